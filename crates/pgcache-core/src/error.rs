@@ -1,0 +1,181 @@
+//! The one error type of `pgcache-core`.
+
+use std::time::Duration;
+
+/// A boxed error from user code (a loader) or a lower layer.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The result type of every fallible operation in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `pgcache-core`.
+///
+/// Messages name the culprit and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key was empty.
+    #[error("cache key is empty")]
+    EmptyKey,
+    /// A key contained a NUL character, which PostgreSQL `text` cannot hold.
+    #[error("cache key contains a NUL character")]
+    KeyContainsNul,
+    /// A key was longer than [`CacheSettings::max_key_bytes`](crate::CacheSettings).
+    #[error("cache key is {len} bytes, over the limit of {max} bytes (setting `max_key_bytes`)")]
+    KeyTooLong {
+        /// Length of the rejected key in bytes.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A value was larger than [`CacheSettings::max_value_bytes`](crate::CacheSettings).
+    #[error("value for key {key:?} is {len} bytes, over the limit of {max} bytes (setting `max_value_bytes`)")]
+    ValueTooLarge {
+        /// The key the value was meant for (truncated to 128 chars).
+        key: String,
+        /// Length of the rejected value in bytes.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A tag was empty or too long.
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The rejected tag (truncated to 128 chars).
+        tag: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A setting had an invalid value.
+    #[error("invalid setting `{name}`: {reason}")]
+    InvalidSetting {
+        /// The setting's name, as in [`CacheSettings`](crate::CacheSettings).
+        name: &'static str,
+        /// Why it was rejected and what is accepted.
+        reason: String,
+    },
+    /// The DSN could not be parsed.
+    #[error("invalid DSN in setting `{name}`: {source}")]
+    InvalidDsn {
+        /// `dsn` or `listen_dsn`.
+        name: &'static str,
+        /// The parser's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// PostgreSQL refused a connection because it has no free connection slots.
+    #[error(
+        "PostgreSQL has no free connection slots (SQLSTATE 53300): use fewer connections: lower `max_pool_size`, \
+         set `disable_notify = true` (saves the LISTEN connection per process), share one cache per process, \
+         or raise `max_connections` on the server"
+    )]
+    TooManyConnections {
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A statement failed or the connection broke.
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No pooled connection could be had in time (server down, pool exhausted).
+    #[error("could not get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// An operation took longer than its configured timeout.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        what: &'static str,
+        /// The configured timeout.
+        after: Duration,
+    },
+    /// A value could not be encoded, or a stored value could not be decoded as the requested type.
+    #[error("codec error for key {key:?}: {source}")]
+    Codec {
+        /// The key involved (truncated to 128 chars).
+        key: String,
+        /// The codec's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The database has no pgcache schema for this prefix, or an older one.
+    #[error(
+        "pgcache schema for prefix {prefix:?} is at version {found}, this library needs {expected}: \
+         run `PostgresCache::init_db(&settings)` (or `apply_migrations`)"
+    )]
+    SchemaOutdated {
+        /// The configured `schema_prefix`.
+        prefix: String,
+        /// The version found (0 = not installed).
+        found: i32,
+        /// The version this library needs.
+        expected: i32,
+    },
+    /// The database has a newer schema than this library knows.
+    #[error("pgcache schema for prefix {prefix:?} is at version {found}, newer than this library's {expected}: upgrade pgcache")]
+    SchemaTooNew {
+        /// The configured `schema_prefix`.
+        prefix: String,
+        /// The version found.
+        found: i32,
+        /// The newest version this library knows.
+        expected: i32,
+    },
+    /// The loader passed to `get_or_set` failed; nothing was cached.
+    #[error("loader failed: {0}")]
+    Loader(#[source] BoxError),
+    /// The cache was closed with [`close`](crate::PostgresCache::close).
+    #[error("the cache is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Wraps a PostgreSQL error, recognising "too many connections".
+    pub(crate) fn from_pg(err: tokio_postgres::Error) -> Self {
+        if err.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) {
+            Error::TooManyConnections { source: err }
+        } else {
+            Error::Postgres(err)
+        }
+    }
+
+    /// Wraps a pool error, recognising "too many connections".
+    pub(crate) fn from_pool(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(pg) => Self::from_pg(pg),
+            other => Error::Pool(other),
+        }
+    }
+
+    /// True when the error means the database could not be reached or answered in time
+    /// (as opposed to bad input), the case where reads fail open.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Postgres(_) | Error::Pool(_) | Error::Timeout { .. } | Error::TooManyConnections { .. })
+    }
+}
+
+/// Shortens user text for error messages so an error never carries a megabyte key.
+pub(crate) fn excerpt(text: &str) -> String {
+    const MAX: usize = 128;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_respects_char_boundaries() {
+        let long = "é".repeat(200);
+        let short = excerpt(&long);
+        assert!(short.ends_with('…'));
+        assert!(short.len() <= 128 + '…'.len_utf8());
+        assert_eq!(excerpt("abc"), "abc");
+    }
+}

@@ -1,0 +1,155 @@
+//! The invalidation listener: one dedicated, unpooled connection that LISTENs on the channel and evicts
+//! local entries, reconnecting by itself.
+//!
+//! tokio-postgres delivers notifications only through `Connection::poll_message`, so this module drives
+//! the connection itself instead of spawning it as a plain future. The connection never opens a
+//! transaction (that would pin the server's notification queue). While the listener is not confirmed
+//! alive the local cache is not trusted (see [`Trust`]), and after every (re)connect the local cache is
+//! emptied before it is trusted again, since notifications sent while it was away are lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::poll_fn;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::local::{LocalCache, Trust};
+
+/// A notification payload, as built by `sql/notify_function.sql`.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub(crate) struct Event {
+    /// The schema prefix of the table that changed.
+    pub(crate) p: String,
+    /// `insert`, `update`, `delete` or `flush`.
+    pub(crate) op: String,
+    /// (key, version) pairs.
+    #[serde(default)]
+    pub(crate) keys: Vec<(String, i64)>,
+}
+
+/// Applies one notification to the local cache. Unknown payloads flush, to stay on the safe side.
+pub(crate) async fn apply(local: &LocalCache, prefix: &str, payload: &str) {
+    match serde_json::from_str::<Event>(payload) {
+        Ok(event) if event.p != prefix => {}
+        Ok(event) if event.op == "flush" => local.evict_all(),
+        Ok(event) => {
+            let keep_newer = event.op != "delete";
+            for (key, version) in event.keys {
+                local.evict(&key, keep_newer.then_some(version)).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(target: "pgcache::listener", error = %e, "unreadable notification; flushing local cache");
+            local.evict_all();
+        }
+    }
+}
+
+/// Configuration of the listener task.
+pub(crate) struct ListenerConfig {
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) channel: String,
+    pub(crate) prefix: String,
+    pub(crate) heartbeat: Duration,
+}
+
+/// Runs until `shutdown` flips: connect, LISTEN, flush, serve notifications and heartbeats; on any
+/// failure mark the local cache untrusted and reconnect with back-off.
+pub(crate) async fn run(
+    config: ListenerConfig,
+    local: Arc<LocalCache>,
+    trust: Arc<Trust>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let outcome = tokio::select! {
+            outcome = session(&config, &local, &trust) => outcome,
+            _ = shutdown.changed() => { trust.set_listening(false); return; }
+        };
+        trust.set_listening(false);
+        match outcome {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(reason) => tracing::warn!(target: "pgcache::listener", %reason, retry_in = ?backoff, "listener down"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One connection's life. Returns `Err` with the reason it ended.
+async fn session(config: &ListenerConfig, local: &LocalCache, trust: &Trust) -> Result<(), String> {
+    let (client, mut connection) = config.pg.connect(NoTls).await.map_err(|e| format!("connect: {e}"))?;
+    let (tx, mut notifications) = mpsc::unbounded_channel::<String>();
+    // Drive the connection, forwarding notifications; ends when the connection does.
+    let mut driver = tokio::spawn(async move {
+        loop {
+            match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return "listener stopped".to_owned();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return format!("connection error: {e}"),
+                None => return "connection closed".to_owned(),
+            }
+        }
+    });
+    let result = async {
+        client.batch_execute(&format!("LISTEN \"{}\"", config.channel)).await.map_err(|e| format!("LISTEN: {e}"))?;
+        // Anything cached before this point may have missed notifications.
+        local.evict_all();
+        trust.renew(Instant::now());
+        trust.set_listening(true);
+        tracing::info!(target: "pgcache::listener", channel = %config.channel, "listening");
+        let mut heartbeat = tokio::time::interval(config.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                payload = notifications.recv() => match payload {
+                    Some(payload) => apply(local, &config.prefix, &payload).await,
+                    None => return Err("notification stream ended".to_owned()),
+                },
+                _ = heartbeat.tick() => {
+                    let sent = Instant::now();
+                    match tokio::time::timeout(config.heartbeat, client.simple_query("SELECT 1")).await {
+                        Ok(Ok(_)) => {
+                            // Notifications sent before the reply are already queued: apply them first.
+                            while let Ok(payload) = notifications.try_recv() {
+                                apply(local, &config.prefix, &payload).await;
+                            }
+                            trust.renew(sent);
+                        }
+                        Ok(Err(e)) => return Err(format!("heartbeat: {e}")),
+                        Err(_) => return Err(format!("heartbeat: no answer within {:?}", config.heartbeat)),
+                    }
+                }
+                reason = &mut driver => return Err(reason.unwrap_or_else(|e| format!("driver: {e}"))),
+            }
+        }
+    }
+    .await;
+    trust.set_listening(false);
+    driver.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse() {
+        let e: Event = serde_json::from_str(r#"{"p":"a_","op":"update","keys":[["k",7],["x\"y",8]]}"#).unwrap();
+        assert_eq!(e.keys, vec![("k".to_owned(), 7), ("x\"y".to_owned(), 8)]);
+        let f: Event = serde_json::from_str(r#"{"p":"a_","op":"flush"}"#).unwrap();
+        assert!(f.keys.is_empty());
+    }
+}

@@ -1,0 +1,298 @@
+//! The local (L1) cache: moka bounded by bytes, per-entry expiry, and the epochs that keep it coherent.
+//!
+//! A fill that read the shared table before an invalidation must not be installed after it. Every
+//! invalidation bumps an epoch (one of 1024 stripes by key hash, or the global one for a flush or a
+//! listener reconnect); a filler takes a [`Snapshot`] before reading, inserts, then re-checks the
+//! snapshot and removes its own insert if an invalidation came in between.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::future::Cache;
+use moka::Expiry as MokaExpiry;
+
+use crate::ttl::Expiry;
+
+const STRIPES: usize = 1024;
+/// Bookkeeping bytes counted per entry on top of key and value.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// One locally cached value.
+#[derive(Debug)]
+pub(crate) struct LocalEntry {
+    pub(crate) value: Bytes,
+    pub(crate) version: i64,
+    /// How long the entry may live locally: min(local TTL, remaining shared TTL at read time).
+    lifetime: Duration,
+    /// When it was read from the shared table (for the remaining TTL reported on a local hit).
+    read_at: Instant,
+    /// The shared expiry at read time.
+    expiry: Expiry,
+}
+
+impl LocalEntry {
+    /// The shared expiry as of now.
+    pub(crate) fn expiry_now(&self) -> Expiry {
+        match self.expiry {
+            Expiry::Never => Expiry::Never,
+            Expiry::In(d) => Expiry::In(d.saturating_sub(self.read_at.elapsed())),
+        }
+    }
+}
+
+struct EntryLifetime;
+
+impl MokaExpiry<Arc<str>, Arc<LocalEntry>> for EntryLifetime {
+    fn expire_after_create(&self, _: &Arc<str>, value: &Arc<LocalEntry>, _: Instant) -> Option<Duration> {
+        Some(value.lifetime)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        value: &Arc<LocalEntry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.lifetime)
+    }
+}
+
+/// Epoch values taken before a fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    global: u64,
+    stripe: u64,
+}
+
+/// Invalidation epochs, shared by the local cache, the listener and the single-flight table.
+pub(crate) struct Epochs {
+    global: AtomicU64,
+    stripes: Box<[AtomicU64]>,
+}
+
+impl Epochs {
+    pub(crate) fn new() -> Self {
+        Self { global: AtomicU64::new(0), stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        let index = (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize) % STRIPES;
+        &self.stripes[index]
+    }
+
+    pub(crate) fn snapshot(&self, key: &str) -> Snapshot {
+        Snapshot { global: self.global.load(Ordering::SeqCst), stripe: self.stripe(key).load(Ordering::SeqCst) }
+    }
+
+    pub(crate) fn unchanged(&self, key: &str, snapshot: Snapshot) -> bool {
+        self.snapshot(key) == snapshot
+    }
+
+    pub(crate) fn bump_key(&self, key: &str) {
+        self.stripe(key).fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn bump_all(&self) {
+        self.global.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether local entries may be served: the listener's health, as a lease renewed by its heartbeats.
+pub(crate) struct Trust {
+    /// False when a listener is expected (notifications on) but is not confirmed listening.
+    listening: AtomicBool,
+    /// Milliseconds since `origin` of the last proof of life, sent before the proof came back.
+    last_proof_ms: AtomicU64,
+    origin: Instant,
+    lease: Duration,
+    needs_listener: bool,
+}
+
+impl Trust {
+    pub(crate) fn new(needs_listener: bool, lease: Duration) -> Self {
+        Self {
+            listening: AtomicBool::new(false),
+            last_proof_ms: AtomicU64::new(0),
+            origin: Instant::now(),
+            lease,
+            needs_listener,
+        }
+    }
+
+    /// True when local entries may be served now.
+    pub(crate) fn trusted(&self) -> bool {
+        if !self.needs_listener {
+            return true;
+        }
+        if !self.listening.load(Ordering::SeqCst) {
+            return false;
+        }
+        let last = Duration::from_millis(self.last_proof_ms.load(Ordering::SeqCst));
+        self.origin.elapsed().saturating_sub(last) <= self.lease
+    }
+
+    /// Records a proof of life whose request was sent at `sent`.
+    pub(crate) fn renew(&self, sent: Instant) {
+        let ms = sent.saturating_duration_since(self.origin).as_millis();
+        self.last_proof_ms.fetch_max(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    pub(crate) fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::SeqCst);
+    }
+
+    pub(crate) fn listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+}
+
+/// The bounded local cache.
+pub(crate) struct LocalCache {
+    cache: Cache<Arc<str>, Arc<LocalEntry>>,
+    local_ttl: Duration,
+    pub(crate) epochs: Arc<Epochs>,
+    pub(crate) trust: Arc<Trust>,
+}
+
+impl LocalCache {
+    pub(crate) fn new(
+        max_entries: u64,
+        max_bytes: u64,
+        local_ttl: Duration,
+        epochs: Arc<Epochs>,
+        trust: Arc<Trust>,
+    ) -> Self {
+        // moka bounds by one capacity: the byte budget, with each entry weighing its bytes. The entry count
+        // bound is enforced by giving each entry a floor weight of max_bytes / max_entries.
+        let floor = (max_bytes / max_entries.max(1)).max(1);
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(move |key: &Arc<str>, value: &Arc<LocalEntry>| -> u32 {
+                let bytes = (key.len() + value.value.len() + ENTRY_OVERHEAD) as u64;
+                u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+            })
+            .expire_after(EntryLifetime)
+            .build();
+        Self { cache, local_ttl, epochs, trust }
+    }
+
+    /// A local hit, if local entries may be served.
+    pub(crate) async fn get(&self, key: &str) -> Option<Arc<LocalEntry>> {
+        if !self.trust.trusted() {
+            return None;
+        }
+        self.cache.get(key).await
+    }
+
+    /// Installs a value read or written at `snapshot`, unless an invalidation came in since.
+    pub(crate) async fn install(&self, key: &str, value: Bytes, version: i64, expiry: Expiry, snapshot: Snapshot) {
+        if !self.trust.trusted() || !self.epochs.unchanged(key, snapshot) {
+            return;
+        }
+        let lifetime = match expiry {
+            Expiry::Never => self.local_ttl,
+            Expiry::In(left) => left.min(self.local_ttl),
+        };
+        if lifetime.is_zero() {
+            return;
+        }
+        let key: Arc<str> = Arc::from(key);
+        let entry = Arc::new(LocalEntry { value, version, lifetime, read_at: Instant::now(), expiry });
+        self.cache.insert(Arc::clone(&key), entry).await;
+        if !self.epochs.unchanged(&key, snapshot) {
+            self.cache.invalidate(&key).await;
+        }
+    }
+
+    /// Evicts a key after a write of `version` elsewhere (`None`: unconditionally, e.g. a delete).
+    pub(crate) async fn evict(&self, key: &str, version: Option<i64>) {
+        self.epochs.bump_key(key);
+        if let (Some(v), Some(entry)) = (version, self.cache.get(key).await) {
+            if entry.version >= v {
+                return;
+            }
+        }
+        self.cache.invalidate(key).await;
+    }
+
+    /// Evicts everything (flush notification, listener reconnect).
+    pub(crate) fn evict_all(&self) {
+        self.epochs.bump_all();
+        self.cache.invalidate_all();
+    }
+
+    /// Entry count and weighted size, after pending maintenance.
+    pub(crate) async fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks().await;
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    /// Entry count and weighted size without running maintenance (cheap, approximate).
+    pub(crate) fn usage_now(&self) -> (u64, u64) {
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(max_entries: u64, max_bytes: u64) -> LocalCache {
+        LocalCache::new(
+            max_entries,
+            max_bytes,
+            Duration::from_secs(60),
+            Arc::new(Epochs::new()),
+            Arc::new(Trust::new(false, Duration::from_secs(2))),
+        )
+    }
+
+    #[tokio::test]
+    async fn install_is_skipped_after_invalidation() {
+        let l = local(100, 1 << 20);
+        let snap = l.epochs.snapshot("k");
+        l.evict("k", None).await;
+        l.install("k", Bytes::from_static(b"old"), 1, Expiry::Never, snap).await;
+        assert!(l.get("k").await.is_none(), "a fill older than an invalidation must not be installed");
+        let snap = l.epochs.snapshot("k");
+        l.install("k", Bytes::from_static(b"new"), 2, Expiry::Never, snap).await;
+        assert_eq!(l.get("k").await.map(|e| e.value.clone()), Some(Bytes::from_static(b"new")));
+    }
+
+    #[tokio::test]
+    async fn evict_keeps_newer_local_versions() {
+        let l = local(100, 1 << 20);
+        l.install("k", Bytes::from_static(b"v5"), 5, Expiry::Never, l.epochs.snapshot("k")).await;
+        l.evict("k", Some(5)).await;
+        assert!(l.get("k").await.is_some(), "own write's notification keeps the entry");
+        l.evict("k", Some(6)).await;
+        assert!(l.get("k").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn stays_within_byte_budget() {
+        let budget = 64 * 1024;
+        let l = local(1_000_000, budget);
+        for i in 0..1000 {
+            let key = format!("key:{i}");
+            l.install(&key, Bytes::from(vec![0u8; 640]), 1, Expiry::Never, l.epochs.snapshot(&key)).await;
+        }
+        let (_, bytes) = l.usage().await;
+        assert!(bytes <= budget, "weighted size {bytes} over budget {budget}");
+    }
+
+    #[tokio::test]
+    async fn untrusted_cache_serves_nothing() {
+        let trust = Arc::new(Trust::new(true, Duration::from_secs(2)));
+        let l = LocalCache::new(100, 1 << 20, Duration::from_secs(60), Arc::new(Epochs::new()), Arc::clone(&trust));
+        trust.set_listening(true);
+        trust.renew(Instant::now());
+        l.install("k", Bytes::from_static(b"v"), 1, Expiry::Never, l.epochs.snapshot("k")).await;
+        assert!(l.get("k").await.is_some());
+        trust.set_listening(false);
+        assert!(l.get("k").await.is_none());
+    }
+}

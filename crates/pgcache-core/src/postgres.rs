@@ -1,0 +1,678 @@
+//! [`PostgresCache`]: the local cache (L1) in front of the shared table (L2), coherent through the
+//! listener, dogpile-safe through advisory locks. This file orchestrates; SQL lives in `store.rs`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cache_store::{CacheStatus, CacheStore, Entry, Fill, ListenerState, Loaded, Loader, SetOptions, Source};
+use crate::codec::{Codec, JsonCodec};
+use crate::error::{Error, Result};
+use crate::flight::Flights;
+use crate::listener::{self, ListenerConfig};
+use crate::local::{Epochs, LocalCache, Snapshot, Trust};
+use crate::lock::{lock_key, AdvisoryLock};
+use crate::settings::CacheSettings;
+use crate::store::{self, Row, Statements, SCHEMA_VERSION};
+use crate::sweeper;
+use crate::ttl::{Expiry, Ttl};
+use crate::typed::TypedCache;
+use crate::validate;
+
+/// A PostgreSQL-backed cache: cheap to clone (an `Arc` inside), `Send + Sync`.
+///
+/// Each instance owns a connection pool, a bounded local cache, a listener connection that evicts local
+/// entries when any process (or any SQL) changes the table, and a sweeper for expired rows.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use pgcache_core::prelude::*;
+/// use serde_json::json;
+///
+/// let settings = CacheSettings::new("postgresql://cache_user:cache_pass@localhost:5432/cache_proto")
+///     .notify_channel("cache_events_marketing")
+///     .schema_prefix("marketing_");
+/// PostgresCache::init_db(&settings).await?;
+/// let cache = PostgresCache::connect(settings).await?;
+/// cache.set("profile:123", &json!({"name": "Ava"}), Some(Duration::from_secs(300))).await?;
+/// let v: Option<serde_json::Value> = cache.get("profile:123").await?;
+/// assert_eq!(v, Some(json!({"name": "Ava"})));
+/// cache.close().await;
+/// # Ok(()) }
+/// ```
+pub struct PostgresCache<C = JsonCodec> {
+    inner: Arc<Inner>,
+    codec: C,
+}
+
+impl<C: Clone> Clone for PostgresCache<C> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner), codec: self.codec.clone() }
+    }
+}
+
+impl<C> std::fmt::Debug for PostgresCache<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresCache")
+            .field("schema_prefix", &self.inner.settings.schema_prefix)
+            .field("notify_channel", &self.inner.settings.notify_channel)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    settings: CacheSettings,
+    sql: Arc<Statements>,
+    pool: Pool,
+    /// Connections for advisory locks: `listen_dsn` when set (session locks need a direct connection).
+    lock_pool: Pool,
+    local: Option<Arc<LocalCache>>,
+    trust: Arc<Trust>,
+    epochs: Arc<Epochs>,
+    flights: Flights,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Ok(tasks) = self.tasks.get_mut() {
+            tasks.drain(..).for_each(|t| t.abort());
+        }
+    }
+}
+
+impl PostgresCache<JsonCodec> {
+    /// Creates or upgrades the schema (table, sequence, functions, triggers) for the settings' prefix and
+    /// channel. Idempotent, and safe when several processes run it at once.
+    ///
+    /// # Errors
+    /// Invalid settings; the database is unreachable; the schema is newer than this library.
+    pub async fn init_db(settings: &CacheSettings) -> Result<()> {
+        store::apply_migrations(settings).await.map(drop)
+    }
+
+    /// Applies pending migrations (each in its own transaction) and returns the version reached.
+    ///
+    /// # Errors
+    /// As [`init_db`](Self::init_db).
+    pub async fn apply_migrations(settings: &CacheSettings) -> Result<i32> {
+        store::apply_migrations(settings).await
+    }
+
+    /// The installed schema version for the prefix (0 when not installed).
+    ///
+    /// # Errors
+    /// Invalid settings; the database is unreachable.
+    pub async fn schema_version(settings: &CacheSettings) -> Result<i32> {
+        store::schema_version(settings).await
+    }
+
+    /// Whether the installed schema is the one this library needs.
+    ///
+    /// # Errors
+    /// As [`schema_version`](Self::schema_version).
+    pub async fn schema_is_current(settings: &CacheSettings) -> Result<bool> {
+        Ok(store::schema_version(settings).await? == SCHEMA_VERSION)
+    }
+
+    /// The schema version this library needs.
+    pub const SCHEMA_VERSION: i32 = SCHEMA_VERSION;
+
+    /// Connects: validates the settings, opens the pool (and `min_pool_size` connections), checks the
+    /// schema, and starts the listener and the sweeper. Waits up to `pool_timeout` for the listener to
+    /// be listening, so a write made right after `connect` returns is heard.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`]/[`Error::InvalidDsn`]; [`Error::SchemaOutdated`] when `init_db` was not
+    /// run; [`Error::TooManyConnections`] and other database errors.
+    pub async fn connect(settings: CacheSettings) -> Result<Self> {
+        settings.validate()?;
+        let pool = store::build_pool(&settings, "dsn", &settings.dsn, settings.max_pool_size)?;
+        let lock_pool = match &settings.listen_dsn {
+            Some(dsn) => store::build_pool(&settings, "listen_dsn", dsn, settings.max_pool_size.clamp(1, 8))?,
+            None => pool.clone(),
+        };
+        check_schema(&pool, &settings).await?;
+        let mut warm = Vec::with_capacity(settings.min_pool_size);
+        for _ in 1..settings.min_pool_size {
+            warm.push(pool.get().await.map_err(Error::from_pool)?);
+        }
+        drop(warm);
+
+        let epochs = Arc::new(Epochs::new());
+        let trust = Arc::new(Trust::new(settings.listener_enabled(), settings.heartbeat_interval * 2));
+        let local = settings.local_enabled().then(|| {
+            Arc::new(LocalCache::new(
+                settings.local_max_entries,
+                settings.local_max_bytes,
+                settings.local_ttl,
+                Arc::clone(&epochs),
+                Arc::clone(&trust),
+            ))
+        });
+        let (shutdown, _) = watch::channel(false);
+        let sql = Arc::new(Statements::new(&settings.schema_prefix));
+        let mut tasks = Vec::new();
+        if let (true, Some(local)) = (settings.listener_enabled(), &local) {
+            let dsn = settings.listen_dsn.as_deref().unwrap_or(&settings.dsn);
+            let config = ListenerConfig {
+                pg: store::pg_config(&settings, "listen_dsn", dsn)?,
+                channel: settings.notify_channel.clone(),
+                prefix: settings.schema_prefix.clone(),
+                heartbeat: settings.heartbeat_interval,
+            };
+            tasks.push(tokio::spawn(listener::run(
+                config,
+                Arc::clone(local),
+                Arc::clone(&trust),
+                shutdown.subscribe(),
+            )));
+        }
+        if let Some(interval) = settings.sweeper_interval {
+            tasks.push(tokio::spawn(sweeper::run(
+                pool.clone(),
+                Arc::clone(&sql),
+                settings.schema_prefix.clone(),
+                settings.cleanup_batch_size,
+                interval,
+                shutdown.subscribe(),
+            )));
+        }
+        let cache = Self {
+            inner: Arc::new(Inner {
+                flights: Flights::new(Arc::clone(&epochs)),
+                settings,
+                sql,
+                pool,
+                lock_pool,
+                local,
+                trust,
+                epochs,
+                shutdown,
+                tasks: Mutex::new(tasks),
+                closed: AtomicBool::new(false),
+            }),
+            codec: JsonCodec,
+        };
+        cache.wait_listening(cache.inner.settings.pool_timeout).await;
+        Ok(cache)
+    }
+
+    /// Connects with settings from `PGCACHE_*` environment variables ([`CacheSettings::from_env`]).
+    ///
+    /// # Errors
+    /// As [`CacheSettings::from_env`] and [`connect`](Self::connect).
+    pub async fn from_env() -> Result<Self> {
+        Self::connect(CacheSettings::from_env()?).await
+    }
+}
+
+async fn check_schema(pool: &Pool, settings: &CacheSettings) -> Result<()> {
+    let conn = pool.get().await.map_err(Error::from_pool)?;
+    let found = store::read_version(&**conn, settings).await?;
+    let (prefix, expected) = (settings.schema_prefix.clone(), SCHEMA_VERSION);
+    match found.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Less => Err(Error::SchemaOutdated { prefix, found, expected }),
+        std::cmp::Ordering::Greater => Err(Error::SchemaTooNew { prefix, found, expected }),
+        std::cmp::Ordering::Equal => Ok(()),
+    }
+}
+
+impl<C> PostgresCache<C> {
+    /// The same cache with another codec for typed values.
+    pub fn with_codec<D: Codec + Clone>(self, codec: D) -> PostgresCache<D> {
+        PostgresCache { inner: self.inner, codec }
+    }
+
+    /// The settings this cache runs with.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.inner.settings
+    }
+
+    /// The advisory lock key `get_or_set` uses for `key` (see [`lock_key`](crate::lock_key)).
+    pub fn lock_key(&self, key: &str) -> i64 {
+        lock_key(&self.inner.settings.schema_prefix, key)
+    }
+
+    /// Entries and weighted bytes in the local cache after pending maintenance (`(0, 0)` when disabled).
+    pub async fn local_usage(&self) -> (u64, u64) {
+        match &self.inner.local {
+            Some(local) => local.usage().await,
+            None => (0, 0),
+        }
+    }
+
+    /// Waits until the listener is listening, up to `timeout`; returns whether it is (true when no
+    /// listener is configured).
+    pub async fn wait_listening(&self, timeout: Duration) -> bool {
+        if !self.inner.settings.listener_enabled() {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        while !self.inner.trust.listening() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    /// Stops the listener and sweeper and closes every connection. Later calls return [`Error::Closed`].
+    /// Other clones of this cache are closed too.
+    pub async fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.inner.shutdown.send(true);
+        let tasks: Vec<_> = match self.inner.tasks.lock() {
+            Ok(mut tasks) => tasks.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(local) = &self.inner.local {
+            local.evict_all();
+        }
+        self.inner.pool.close();
+        self.inner.lock_pool.close();
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_key(&self, key: &str) -> Result<()> {
+        self.check_open()?;
+        validate::key(key, self.inner.settings.max_key_bytes)
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object> {
+        self.inner.pool.get().await.map_err(Error::from_pool)
+    }
+
+    fn snapshot(&self, key: &str) -> Snapshot {
+        self.inner.epochs.snapshot(key)
+    }
+
+    async fn local_hit(&self, key: &str) -> Option<Entry> {
+        let entry = self.inner.local.as_ref()?.get(key).await?;
+        Some(Entry { value: entry.value.clone(), version: entry.version, expiry: entry.expiry_now() })
+    }
+
+    async fn install(&self, key: &str, row: &Row, snapshot: Snapshot) {
+        if let Some(local) = &self.inner.local {
+            local.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
+        }
+    }
+
+    async fn evict_local(&self, key: &str) {
+        match &self.inner.local {
+            Some(local) => local.evict(key, None).await,
+            None => self.inner.epochs.bump_key(key),
+        }
+    }
+
+    fn evict_local_all(&self) {
+        match &self.inner.local {
+            Some(local) => local.evict_all(),
+            None => self.inner.epochs.bump_all(),
+        }
+    }
+
+    /// Reads the shared table, installing a hit locally.
+    async fn read_shared(&self, key: &str) -> Result<Option<Row>> {
+        let snapshot = self.snapshot(key);
+        let row = store::get(&self.conn().await?, &self.inner.sql, key).await?;
+        if let Some(row) = &row {
+            self.install(key, row, snapshot).await;
+        }
+        Ok(row)
+    }
+
+    /// Turns a read error into a miss when failing open.
+    fn read_failed<T>(&self, err: Error, fallback: T) -> Result<T> {
+        if self.inner.settings.fail_open && err.is_unavailable() {
+            tracing::warn!(target: "pgcache::cache", error = %err, "shared cache unavailable; treating as a miss");
+            Ok(fallback)
+        } else {
+            Err(err)
+        }
+    }
+
+    fn ttl_ms(&self, ttl: Ttl) -> Option<i64> {
+        ttl.to_sql_millis(self.inner.settings.default_ttl)
+    }
+
+    fn expiry_of(&self, ttl: Ttl) -> Expiry {
+        match ttl.resolve(self.inner.settings.default_ttl) {
+            Some(d) => Expiry::In(d),
+            None => Expiry::Never,
+        }
+    }
+
+    fn check_fill(&self, key: &str, fill: &Fill) -> Result<()> {
+        validate::value(key, fill.value.len(), self.inner.settings.max_value_bytes)?;
+        validate::tags(&fill.options.tags)
+    }
+
+    /// Writes `value` through `client` and installs it locally at `snapshot`.
+    async fn write(
+        &self,
+        client: &deadpool_postgres::Client,
+        key: &str,
+        value: &Bytes,
+        options: &SetOptions,
+        snapshot: Snapshot,
+    ) -> Result<i64> {
+        let version =
+            store::upsert(client, &self.inner.sql, key, value, self.ttl_ms(options.ttl), &options.tags).await?;
+        if let Some(local) = &self.inner.local {
+            local.install(key, value.clone(), version, self.expiry_of(options.ttl), snapshot).await;
+        }
+        Ok(version)
+    }
+
+    /// The cross-process part of `get_or_load`: take the key's advisory lock (re-check, load, write,
+    /// unlock) or wait for the holder's fill, polling with back-off up to `lock_wait_timeout`.
+    async fn fill_across_processes(&self, key: &str, loader: Loader, snapshot: Snapshot) -> Result<Loaded> {
+        let lock = self.lock_key(key);
+        let deadline = Instant::now() + self.inner.settings.lock_wait_timeout;
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            match AdvisoryLock::try_acquire(&self.inner.lock_pool, lock).await {
+                Ok(Some(guard)) => return self.fill_under_lock(key, loader, snapshot, guard).await,
+                Ok(None) => {}
+                Err(e) => {
+                    self.read_failed(e, ())?;
+                    break;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+            match self.read_shared(key).await {
+                Ok(Some(row)) => return Ok(Loaded { value: row.value, source: Source::Collapsed, stored: true }),
+                Ok(None) => {}
+                Err(e) => {
+                    self.read_failed(e, ())?;
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(target: "pgcache::cache", key, waited = ?self.inner.settings.lock_wait_timeout, "lock wait timed out; loading without the lock");
+                break;
+            }
+        }
+        // No lock (timeout or database unavailable): load anyway, try to store.
+        let fill = run_loader(loader).await?;
+        self.check_fill(key, &fill)?;
+        let stored = match self.conn().await {
+            Ok(conn) => self.write(&conn, key, &fill.value, &fill.options, snapshot).await.is_ok(),
+            Err(_) => false,
+        };
+        Ok(Loaded { value: fill.value, source: Source::Loaded, stored })
+    }
+
+    async fn fill_under_lock(
+        &self,
+        key: &str,
+        loader: Loader,
+        snapshot: Snapshot,
+        guard: AdvisoryLock,
+    ) -> Result<Loaded> {
+        // Another process may have filled the key between our read and our lock.
+        if let Some(client) = guard.client() {
+            if let Ok(Some(row)) = store::get(client, &self.inner.sql, key).await {
+                guard.release().await;
+                self.install(key, &row, snapshot).await;
+                return Ok(Loaded { value: row.value, source: Source::Collapsed, stored: true });
+            }
+        }
+        let fill = match run_loader(loader).await.and_then(|fill| self.check_fill(key, &fill).map(|()| fill)) {
+            Ok(fill) => fill,
+            Err(e) => {
+                guard.release().await;
+                return Err(e);
+            }
+        };
+        let mut stored = false;
+        if let Some(client) = guard.client() {
+            match self.write(client, key, &fill.value, &fill.options, snapshot).await {
+                Ok(_) => stored = true,
+                Err(e) => tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value"),
+            }
+        }
+        guard.release().await;
+        if !stored {
+            // The lock connection broke (e.g. terminated): try once through the pool.
+            if let Ok(conn) = self.conn().await {
+                stored = self.write(&conn, key, &fill.value, &fill.options, snapshot).await.is_ok();
+            }
+        }
+        Ok(Loaded { value: fill.value, source: Source::Loaded, stored })
+    }
+}
+
+async fn run_loader(loader: Loader) -> Result<Fill> {
+    loader().await.map_err(Error::Loader)
+}
+
+#[async_trait]
+impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
+    async fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
+        self.check_key(key)?;
+        if let Some(hit) = self.local_hit(key).await {
+            return Ok(Some(hit));
+        }
+        match self.read_shared(key).await {
+            Ok(row) => Ok(row.map(|r| Entry { value: r.value, version: r.version, expiry: r.expiry })),
+            Err(e) => self.read_failed(e, None),
+        }
+    }
+
+    async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        for key in keys {
+            self.check_key(key)?;
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hit = self.local_hit(key).await.map(|e| e.value);
+            if hit.is_none() {
+                missing.push(i);
+            }
+            out.push(hit);
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let wanted: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let snapshots: Vec<Snapshot> = wanted.iter().map(|k| self.snapshot(k)).collect();
+        let rows = match async { store::get_many(&self.conn().await?, &self.inner.sql, &wanted).await }.await {
+            Ok(rows) => rows,
+            Err(e) => return self.read_failed(e, out),
+        };
+        let mut found: std::collections::HashMap<String, Row> = rows.into_iter().collect();
+        for (slot, (key, snapshot)) in missing.iter().zip(wanted.iter().zip(snapshots)) {
+            if let Some(row) = found.remove(*key) {
+                self.install(key, &row, snapshot).await;
+                out[*slot] = Some(row.value);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_entry(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
+        self.check_key(key)?;
+        validate::value(key, value.len(), self.inner.settings.max_value_bytes)?;
+        validate::tags(&options.tags)?;
+        let snapshot = self.snapshot(key);
+        let conn = self.conn().await?;
+        self.write(&conn, key, &value, options, snapshot).await
+    }
+
+    async fn set_many_bytes(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
+        let mut latest: Vec<(&str, &[u8])> = Vec::with_capacity(items.len());
+        let mut seen = std::collections::HashMap::with_capacity(items.len());
+        for (key, value) in items {
+            self.check_key(key)?;
+            validate::value(key, value.len(), self.inner.settings.max_value_bytes)?;
+            // The last write of a key in the batch wins (one statement cannot update a row twice).
+            match seen.get(key) {
+                Some(&i) => latest[i] = (*key, &value[..]),
+                None => {
+                    seen.insert(*key, latest.len());
+                    latest.push((*key, &value[..]));
+                }
+            }
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let (keys, values): (Vec<&str>, Vec<&[u8]>) = latest.into_iter().unzip();
+        let result =
+            async { store::upsert_many(&self.conn().await?, &self.inner.sql, &keys, &values, self.ttl_ms(ttl)).await }
+                .await;
+        for key in &keys {
+            self.evict_local(key).await;
+        }
+        result.map(drop)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.check_key(key)?;
+        let result = async { store::delete(&self.conn().await?, &self.inner.sql, key).await }.await;
+        self.evict_local(key).await;
+        result
+    }
+
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        for key in keys {
+            self.check_key(key)?;
+        }
+        let result = async { store::delete_many(&self.conn().await?, &self.inner.sql, keys).await }.await;
+        for key in keys {
+            self.evict_local(key).await;
+        }
+        result
+    }
+
+    async fn delete_tags(&self, tags: &[&str]) -> Result<u64> {
+        self.check_open()?;
+        validate::tags(tags)?;
+        let result = async { store::delete_tags(&self.conn().await?, &self.inner.sql, tags).await }.await;
+        // Which keys carried the tags is only known to the database; the trigger tells the other nodes.
+        if result.as_ref().is_ok_and(|n| *n > 0) {
+            self.evict_local_all();
+        }
+        result
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        self.check_open()?;
+        let result = async { store::clear(&self.conn().await?, &self.inner.sql).await }.await;
+        self.evict_local_all();
+        result
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Expiry>> {
+        self.check_key(key)?;
+        store::ttl(&self.conn().await?, &self.inner.sql, key).await
+    }
+
+    async fn touch(&self, key: &str, ttl: Ttl) -> Result<bool> {
+        self.check_key(key)?;
+        let result = async { store::touch(&self.conn().await?, &self.inner.sql, key, self.ttl_ms(ttl)).await }.await;
+        self.evict_local(key).await;
+        result
+    }
+
+    async fn cleanup_expired(&self) -> Result<u64> {
+        self.check_open()?;
+        sweeper::sweep(
+            &self.inner.pool,
+            &self.inner.sql,
+            &self.inner.settings.schema_prefix,
+            self.inner.settings.cleanup_batch_size,
+        )
+        .await
+    }
+
+    async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Loaded> {
+        self.check_key(key)?;
+        if let Some(hit) = self.local_hit(key).await {
+            return Ok(Loaded { value: hit.value, source: Source::Local, stored: true });
+        }
+        let mut flight = self.inner.flights.join(key).await;
+        if flight.waited {
+            if let Some(value) = flight.landed() {
+                return Ok(Loaded { value, source: Source::Collapsed, stored: true });
+            }
+            if let Some(hit) = self.local_hit(key).await {
+                return Ok(Loaded { value: hit.value, source: Source::Collapsed, stored: true });
+            }
+        }
+        let snapshot = self.snapshot(key);
+        let shared_source = if flight.waited { Source::Collapsed } else { Source::Shared };
+        let loaded = match self.read_shared(key).await {
+            Ok(Some(row)) => Loaded { value: row.value, source: shared_source, stored: true },
+            Ok(None) => self.fill_across_processes(key, loader, snapshot).await?,
+            Err(e) => {
+                self.read_failed(e, ())?;
+                let fill = run_loader(loader).await?;
+                self.check_fill(key, &fill)?;
+                Loaded { value: fill.value, source: Source::Loaded, stored: false }
+            }
+        };
+        flight.land(loaded.value.clone(), snapshot);
+        Ok(loaded)
+    }
+
+    fn status(&self) -> CacheStatus {
+        let pool = self.inner.pool.status();
+        let (local_entries, local_bytes) = self.inner.local.as_ref().map_or((0, 0), |l| l.usage_now());
+        let listener = if !self.inner.settings.listener_enabled() {
+            ListenerState::Disabled
+        } else if self.inner.trust.trusted() {
+            ListenerState::Listening
+        } else {
+            ListenerState::Reconnecting
+        };
+        CacheStatus {
+            listener,
+            pool_size: pool.size,
+            pool_available: pool.available,
+            pool_max_size: pool.max_size,
+            local_entries,
+            local_bytes,
+            closed: self.inner.closed.load(Ordering::SeqCst),
+        }
+    }
+
+    fn default_ttl(&self) -> Duration {
+        self.inner.settings.default_ttl
+    }
+}
+
+impl<C: Codec + Clone> TypedCache for PostgresCache<C> {
+    type Codec = C;
+
+    fn codec(&self) -> &C {
+        &self.codec
+    }
+}

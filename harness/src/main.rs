@@ -1,0 +1,2 @@
+//! Load harness (placeholder).
+fn main() {}
