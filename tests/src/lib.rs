@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pgcache_core::{CacheSettings, PostgresCache};
+use pgcache_core::{BoxError, CacheSettings, CacheStore, Fill, Loader, PostgresCache, Source};
 
 /// The DSN of the shared test server (starting a private cluster for this process if needed).
 pub fn test_dsn() -> String {
@@ -211,7 +211,9 @@ impl NotifyTap {
     /// # Errors
     /// The marker did not come back within 10 s.
     pub async fn drain(&mut self, channel: &str) -> Result<Vec<String>> {
-        let marker = format!("marker-{}", unique_name("m"));
+        // A well-formed event of a prefix nobody uses: caches on the channel ignore it (an unreadable
+        // payload would make them flush their local cache).
+        let marker = format!(r#"{{"p":"marker_{}","op":"marker","keys":[]}}"#, unique_name("m"));
         self.client.execute("SELECT pg_notify($1, $2)", &[&channel, &marker]).await?;
         let mut seen = Vec::new();
         loop {
@@ -222,6 +224,32 @@ impl NotifyTap {
                 Err(_) => bail!("own notification did not come back within 10 s"),
             }
         }
+    }
+}
+
+/// Where `cache` serves `key` from right now ([`Source::Local`] proves a local copy is in use), without
+/// changing anything: a missing key is an error, never a load.
+pub async fn source_of<S: CacheStore + ?Sized>(cache: &S, key: &str) -> Result<Source> {
+    let loader: Loader = Box::new(|| Box::pin(async { Err::<Fill, BoxError>("source_of: the key is missing".into()) }));
+    Ok(cache.get_or_load(key, loader).await?.source)
+}
+
+/// Reads `key` on `cache` until it is served from the local cache (a fill that races with an
+/// invalidation, e.g. the notification of the write being read, is rightly not installed, so one read is
+/// not always enough).
+///
+/// # Errors
+/// The key is missing, or never became local within 5 s.
+pub async fn make_local<S: CacheStore + ?Sized>(cache: &S, key: &str) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if source_of(cache, key).await? == Source::Local {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!("{key} never became local");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
