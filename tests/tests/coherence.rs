@@ -148,8 +148,9 @@ async fn disabled_notifications_open_no_listener_and_bound_staleness_by_local_tt
     // B may serve its old copy, but never for longer than local_ttl after it read it.
     let mut last_stale = None;
     loop {
-        let seen = value_of(&b, "k").await;
+        // Timed before the read: a stale answer is stamped no later than the moment it was decided.
         let at = read_at.elapsed();
+        let seen = value_of(&b, "k").await;
         match seen.as_deref() {
             Some("v1") => last_stale = Some(at),
             Some("v3") => break,
