@@ -376,3 +376,72 @@ async fn bulk_removals_evict_every_nodes_local_copies() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The fill/invalidation race: B keeps reading (and filling its local cache) while A and plain SQL keep
+/// writing. A fill that read the table before an invalidation must not be installed after it, so once the
+/// writes stop every node converges on the last value within the propagation bound, not after `local_ttl`.
+#[tokio::test]
+async fn readers_converge_on_the_last_write_under_concurrent_writes() -> anyhow::Result<()> {
+    let settings = settings_for("coh_race").local_ttl(Duration::from_secs(600));
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    let c = connect(&node(&settings, "c")).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    let keys = ["race:0", "race:1", "race:2"];
+    for key in keys {
+        a.set(key, &0u32, None).await?;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = [b.clone(), c.clone()]
+        .into_iter()
+        .map(|cache| {
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for key in keys {
+                        let _ = cache.get::<u32>(key).await;
+                        reads += 1;
+                    }
+                    let _ = cache.get_many::<u32>(&keys).await;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 1..=150u32 {
+        let key = keys[i as usize % keys.len()];
+        if i % 3 == 0 {
+            sql.execute(
+                &format!("UPDATE {table} SET value = convert_to($2, 'UTF8') WHERE key = $1"),
+                &[&key, &i.to_string()],
+            )
+            .await?;
+        } else {
+            a.set(key, &i, None).await?;
+        }
+    }
+    let expected: Vec<Option<u32>> = a.get_many(&keys).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await?;
+    }
+    let took = eventually(DEADLINE, || async {
+        b.get_many::<u32>(&keys).await.ok().as_ref() == Some(&expected)
+            && c.get_many::<u32>(&keys).await.ok().as_ref() == Some(&expected)
+    })
+    .await?;
+    eprintln!("after 150 concurrent writes ({reads} reads), readers converged {took:?} after the last write");
+    // And they stay there (served locally, from the right version).
+    for key in keys {
+        make_local(&b, key).await?;
+    }
+    assert_eq!(b.get_many::<u32>(&keys).await?, expected);
+    for n in [a, b, c] {
+        n.close().await;
+    }
+    Ok(())
+}
