@@ -445,3 +445,46 @@ async fn readers_converge_on_the_last_write_under_concurrent_writes() -> anyhow:
     }
     Ok(())
 }
+
+/// Keys that need escaping in the JSON payload, and batches whose payload would pass PostgreSQL's
+/// 8000-byte NOTIFY limit (sent as a flush), still evict the other node's copies.
+#[tokio::test]
+async fn odd_keys_and_oversized_payloads_still_evict() -> anyhow::Result<()> {
+    let settings = settings_for("coh_odd");
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    let odd: Vec<String> = vec![
+        "quote\"d".into(),
+        "back\\slash".into(),
+        "new\nline".into(),
+        "tab\tand 'single'".into(),
+        "ünïcödé ☃ 😀".into(),
+        "{\"json\": [1]}".into(),
+        "%_like_%".into(),
+        "k".repeat(1024),
+    ];
+    for key in &odd {
+        a.set(key, &"old", None).await?;
+        make_local(&b, key).await?;
+        a.set(key, &"new", None).await?;
+        eventually(DEADLINE, || async { b.get::<String>(key).await.ok().flatten().as_deref() == Some("new") })
+            .await
+            .map_err(|e| anyhow::anyhow!("{key:?}: {e}"))?;
+    }
+    // 60 keys of 600 bytes: about 36 kB of keys in one statement, far over the NOTIFY payload limit.
+    let big: Vec<String> = (0..60).map(|i| format!("{i:03}{}", "x".repeat(597))).collect();
+    let items: Vec<(&str, &str)> = big.iter().map(|k| (k.as_str(), "old")).collect();
+    a.set_many(&items, None).await?;
+    warm(&b, &big).await?;
+    let items: Vec<(&str, &str)> = big.iter().map(|k| (k.as_str(), "new")).collect();
+    a.set_many(&items, None).await?;
+    let refs: Vec<&str> = big.iter().map(String::as_str).collect();
+    let took = eventually(DEADLINE, || async {
+        b.get_many::<String>(&refs).await.is_ok_and(|v| v.iter().all(|x| x.as_deref() == Some("new")))
+    })
+    .await?;
+    eprintln!("36 kB-of-keys batch update reached B in {took:?}");
+    a.close().await;
+    b.close().await;
+    Ok(())
+}
