@@ -451,6 +451,70 @@ async fn hung_listener_is_distrusted_within_the_bound() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resumes a frozen backend when dropped, so that a failing test leaves no stopped process behind.
+struct Frozen(Vec<i32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            signal(*pid, "CONT");
+        }
+    }
+}
+
+/// A server that accepts nothing and answers nothing (every backend of the cache frozen with SIGSTOP,
+/// the TCP connections still up, as with a hung host): reads still fail open and writes fail with a typed
+/// error within the configured timeouts, never hang.
+///
+/// KNOWN FAILURE against core 51e1e19: `get`, `get_or_set` and `set` wait for the frozen backend forever
+/// (`statement_timeout` is enforced by the server, which is the party that hangs; there is no client-side
+/// deadline on a statement, and `Error::Timeout` is never constructed). Measured: still pending after 20 s.
+#[tokio::test]
+async fn unresponsive_server_reads_fail_open_within_timeouts() -> anyhow::Result<()> {
+    let settings = settings_for("f_frozen")
+        .disable_notify(true)
+        .max_pool_size(1)
+        .statement_timeout(Duration::from_secs(1))
+        .pool_timeout(Duration::from_secs(1))
+        .lock_wait_timeout(Duration::from_secs(2));
+    let cache = connect(&settings).await?;
+    cache.set("k", &"v", None).await?;
+    let admin = sql_client(&settings.dsn).await?;
+    let pids: Vec<i32> =
+        pgcache_tests::backends(&admin, &settings.application_name).await?.into_iter().map(|(p, _)| p).collect();
+    assert_eq!(pids.len(), 1, "one pooled connection, no listener");
+    if !pids.iter().all(|pid| signal(*pid, "STOP")) {
+        eprintln!("SKIPPED: cannot signal the server's backends (server not local or not ours)");
+        return Ok(());
+    }
+    let frozen = Frozen(pids);
+    // Generous: several times statement_timeout + pool_timeout.
+    let deadline = Duration::from_secs(8);
+    let start = Instant::now();
+    let read = tokio::time::timeout(deadline, cache.get::<String>("other")).await;
+    eprintln!(
+        "frozen server: get answered {:?} after {:?}",
+        read.as_ref().map(|r| r.as_ref().map_err(ToString::to_string)),
+        start.elapsed()
+    );
+    assert!(matches!(read, Ok(Ok(None))), "get must fail open within {deadline:?}: {read:?}");
+    let start = Instant::now();
+    let loaded = tokio::time::timeout(
+        deadline,
+        cache.get_or_set("k2", || async { Ok::<_, std::io::Error>("from loader".to_owned()) }, None),
+    )
+    .await;
+    eprintln!("frozen server: get_or_set answered after {:?}", start.elapsed());
+    assert!(matches!(&loaded, Ok(Ok(v)) if v == "from loader"), "{loaded:?}");
+    let write = tokio::time::timeout(deadline, cache.set("k", &"lost", None)).await;
+    assert!(matches!(&write, Ok(Err(e)) if e.is_unavailable()), "{write:?}");
+    drop(frozen);
+    eventually(Duration::from_secs(15), || async { cache.set("k", &"back", None).await.is_ok() }).await?;
+    assert_eq!(cache.get::<String>("k").await?.as_deref(), Some("back"));
+    cache.close().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn database_down_fails_open_for_reads_and_loudly_for_writes_then_recovers() -> anyhow::Result<()> {
     let cluster = Arc::new(blocking(TestCluster::start).await?);
