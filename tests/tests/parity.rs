@@ -48,8 +48,7 @@ async fn close_releases_every_connection() -> anyhow::Result<()> {
 
 /// `min_pool_size` connections are open once `connect` returns ("Connections opened at start-up").
 ///
-/// KNOWN FAILURE against core 51e1e19: `connect` opens `min_pool_size - 1` (the warm-up loop runs
-/// `1..min_pool_size` and its first `pool.get()` reuses the connection `check_schema` returned).
+/// `connect` opens exactly `min_pool_size` connections (no listener here).
 #[tokio::test]
 async fn min_pool_size_connections_are_opened_at_connect() -> anyhow::Result<()> {
     let settings = settings_for("par_minpool").min_pool_size(3).disable_notify(true);
@@ -225,8 +224,7 @@ async fn too_many_connections_message_says_how_to_use_fewer() -> anyhow::Result<
 /// say so with the same advice, not start a cache whose listener never connects (its local cache then
 /// stays bypassed forever, with only a log line to show for it).
 ///
-/// KNOWN FAILURE against core 51e1e19: `connect` waits `pool_timeout` for the listener, then returns
-/// `Ok` with `status().listener == Reconnecting`; the 53300 error only reaches a `tracing` warning.
+/// A listener that cannot get a connection slot makes `connect` fail with the typed, helpful error.
 #[tokio::test]
 async fn too_many_connections_for_the_listener_is_reported_by_connect() -> anyhow::Result<()> {
     let settings = settings_for("par_toomany_listen");
