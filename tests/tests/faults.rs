@@ -158,7 +158,7 @@ async fn cancelling_the_first_caller_mid_load_strands_nobody() -> anyhow::Result
                     },
                     None,
                 );
-                match tokio::time::timeout(Duration::from_millis(600), call).await {
+                match tokio::time::timeout(Duration::from_secs(2), call).await {
                     Ok(result) => result,
                     Err(_) => Ok("dropped".to_owned()),
                 }
@@ -175,13 +175,13 @@ async fn cancelling_the_first_caller_mid_load_strands_nobody() -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(tasks.iter().all(|t| !t.is_finished()));
 
-        let cancelled = Instant::now();
         if timed {
             assert_eq!(first.await??, "dropped");
         } else {
             first.abort();
             assert!(first.await.is_err_and(|e| e.is_cancelled()));
         }
+        let cancelled = Instant::now();
         let values = all_within(tasks, PROMPT).await?;
         eprintln!("first caller cancelled (timeout: {timed}): 8 followers answered {:?} later", cancelled.elapsed());
         assert_eq!(runs.load(Ordering::SeqCst), 1, "one follower loads after the cancellation");
