@@ -639,6 +639,11 @@ where
             headers.append(name.clone(), value.clone());
         }
     }
+    let bodiless = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    if !ctx.facts.grpc && !bodiless && !headers.contains_key(header::CONTENT_LENGTH) {
+        // So that HEAD answers from the entry announce the GET's length.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+    }
     Prepared::Store(Box::new(Stored {
         status: parts.status,
         headers,
