@@ -31,7 +31,7 @@ async fn event_streams_pass_through_unbuffered() {
         }),
     );
     let n = node(&settings_for("sse"), app, |l| l).await;
-    let mut resp = request(reqwest::Method::GET, &n.url("/sse")).send().await.unwrap();
+    let mut resp = request(reqwest::Method::GET, n.url("/sse")).send().await.unwrap();
     let status = resp.headers().get("cache-status").unwrap().to_str().unwrap().to_owned();
     assert!(status.contains("detail=streaming"), "{status}");
     let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await.expect("first event in time");
@@ -75,7 +75,7 @@ async fn bodies_over_the_limit_stream_and_are_not_stored() {
             }),
         );
     let n = node(&settings_for("bodies"), app, |l| l.max_body_bytes(1000)).await;
-    let mut resp = request(reqwest::Method::GET, &n.url("/big")).send().await.unwrap();
+    let mut resp = request(reqwest::Method::GET, n.url("/big")).send().await.unwrap();
     assert!(resp.headers().get("cache-status").unwrap().to_str().unwrap().contains("detail=too-large"));
     // The client gets the first 1100 bytes while the handler is still producing.
     let mut received = 0;
