@@ -70,6 +70,11 @@ async fn only_if_cached_misses_with_504() {
     get(&url, &[]).await;
     assert!(get(&url, &[("cache-control", "only-if-cached")]).await.hit());
     assert_eq!(origin.hits(), 1);
+    // A stored response that must be revalidated cannot be used either.
+    let nc = n.url(&scripted("/o2", &["cache-control: no-cache, max-age=60"]));
+    get(&nc, &[]).await;
+    assert_eq!(get(&nc, &[("cache-control", "only-if-cached")]).await.status, 504);
+    assert_eq!(origin.hits(), 2);
 }
 
 #[tokio::test]
@@ -83,7 +88,7 @@ async fn no_cache_responses_are_stored_and_revalidated_every_time() {
     for i in 2..4 {
         let again = get(&url, &[]).await;
         assert_eq!(again.status, 200);
-        assert!(again.cache.contains("fwd=stale"), "{}", again.cache);
+        assert!(again.cache.contains("fwd=stale; fwd-status=304; stored"), "{}", again.cache);
         assert_eq!(again.body, first.body);
         assert_eq!(origin.hits(), i);
     }
