@@ -84,3 +84,70 @@ impl<T> Future for ResponseFuture<T> {
         self.inner.as_mut().poll(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    use axum_core::body::Body;
+    use http_body_util::{BodyExt, Full};
+    use pgcache_core::NullCache;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use crate::PgCacheLayer;
+
+    async fn echo_method(req: Request<Body>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let mut resp = Response::new(Full::new(Bytes::from(req.method().to_string())));
+        resp.headers_mut().insert("cache-control", http::HeaderValue::from_static("max-age=60"));
+        resp.headers_mut().insert("pgcache-control", http::HeaderValue::from_static("max-age=30"));
+        Ok(resp)
+    }
+
+    fn req(method: &str) -> Request<Body> {
+        Request::builder().method(method).uri("/x").header("host", "h").body(Body::empty()).unwrap()
+    }
+
+    fn cache_status<B>(resp: &Response<B>) -> &str {
+        resp.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn null_cache_fills_through_the_handler_and_strips_the_targeted_field() {
+        let svc = PgCacheLayer::new(NullCache::new()).layer(service_fn(echo_method));
+        let resp = svc.oneshot(req("GET")).await.unwrap();
+        assert_eq!(cache_status(&resp), "pgcache; fwd=uri-miss; fwd-status=200; ttl=30; detail=cache-unavailable");
+        assert!(resp.headers().get("pgcache-control").is_none());
+        assert_eq!(resp.headers().get("cache-control").unwrap(), "max-age=60");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "GET");
+    }
+
+    #[tokio::test]
+    async fn head_is_filled_with_get_and_answered_without_body() {
+        let svc = PgCacheLayer::new(NullCache::new()).layer(service_fn(echo_method));
+        let resp = svc.oneshot(req("HEAD")).await.unwrap();
+        assert_eq!(resp.headers().get("content-length").unwrap(), "3");
+        assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unsafe_methods_invalidate_and_other_methods_pass() {
+        let svc = PgCacheLayer::new(NullCache::new()).layer(service_fn(echo_method));
+        let resp = svc.clone().oneshot(req("DELETE")).await.unwrap();
+        assert_eq!(cache_status(&resp), "pgcache; fwd=method; fwd-status=200; detail=invalidated");
+        let resp = svc.oneshot(req("OPTIONS")).await.unwrap();
+        assert_eq!(cache_status(&resp), "pgcache; fwd=method; fwd-status=200");
+    }
+
+    #[tokio::test]
+    async fn inner_errors_are_returned_unchanged() {
+        let failing =
+            service_fn(|_req: Request<Body>| async { Err::<Response<Full<Bytes>>, _>(std::io::Error::other("boom")) });
+        let svc = PgCacheLayer::new(NullCache::new()).layer(failing);
+        let err = svc.clone().oneshot(req("GET")).await.unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        let err = svc.oneshot(req("POST")).await.unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+    }
+}

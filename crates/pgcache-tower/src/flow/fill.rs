@@ -77,7 +77,12 @@ where
         }
         Some(Record::Response(stored)) => stored.vary.iter().map(|(n, _)| n.clone()).collect(),
         Some(Record::Variants(names)) => names,
-        Some(Record::Pass(_)) => return forward(ctx, inner, status.detail("pass")).await,
+        Some(Record::Pass(_)) => {
+            // Not storable (hit-for-pass): everyone goes to the handler, in parallel.
+            let mut pass = Status::fwd(fwd).detail("pass");
+            pass.collapsed = status.collapsed;
+            return forward(ctx, inner, pass).await;
+        }
         None => return forward(ctx, inner, Status::fwd("miss")).await,
     };
     // Another variant than the leader's: read it, else fill it without collapsing.
