@@ -108,7 +108,8 @@ async fn no_response_leaks_between_users() {
     let mut checked = 0;
     for layer in [Layer::Default, Layer::AllowCookies, Layer::KeyByUser] {
         let origin = Origin::new();
-        let n = node(&settings_for("security"), origin.router(), |l| layer.configure(l)).await;
+        let settings = settings_for("security");
+        let n = node(&settings, origin.router(), |l| layer.configure(l)).await;
         for creds in [Creds::Authorization, Creds::Cookie, Creds::Header] {
             for (i, response) in RESPONSES.iter().enumerate() {
                 let url = n.url(&scripted(&format!("/{layer:?}/{creds:?}/{i}"), response));
@@ -142,6 +143,18 @@ async fn no_response_leaks_between_users() {
                 checked += 1;
             }
         }
+        // Responses that vary on credentials are told apart by digests: no credential is ever stored.
+        let sql = pgcache_tests::sql_client(&settings.dsn).await.unwrap();
+        let table = format!("\"{}cache_entries\"", settings.schema_prefix);
+        let query = format!(
+            "SELECT count(*) FROM {table} WHERE position($1::bytea in value) > 0 OR position($2::bytea in value) > 0 \
+             OR position($3 in key) > 0"
+        );
+        let rows: i64 =
+            sql.query_one(&query, &[&&b"Bearer alice"[..], &&b"session=alice"[..], &"alice"]).await.unwrap().get(0);
+        assert_eq!(rows, 0, "{layer:?}: a credential reached the cache table");
+        let stored: i64 = sql.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+        assert!(stored > 0);
     }
     assert_eq!(checked, 3 * 3 * RESPONSES.len());
 }
