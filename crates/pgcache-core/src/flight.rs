@@ -67,7 +67,7 @@ impl Flight<'_> {
     /// The value a previous leader landed, if no invalidation of the key came in since it read it.
     pub(crate) fn landed(&self) -> Option<Entry> {
         let landed = self.guard.as_ref()?.as_ref()?;
-        if !self.flights.epochs.unchanged(&self.key, landed.snapshot) {
+        if !self.flights.epochs.admits(&self.key, landed.snapshot, landed.entry.version) {
             return None;
         }
         let expiry = match landed.entry.expiry {

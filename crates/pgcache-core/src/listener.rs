@@ -36,9 +36,9 @@ pub(crate) async fn apply(local: &LocalCache, prefix: &str, payload: &str) {
         Ok(event) if event.p != prefix => {}
         Ok(event) if event.op == "flush" => local.evict_all(),
         Ok(event) => {
-            let keep_newer = event.op != "delete";
+            let deleted = event.op == "delete";
             for (key, version) in event.keys {
-                local.evict(&key, keep_newer.then_some(version)).await;
+                local.evict_notified(&key, version, deleted).await;
             }
         }
         Err(e) => {

@@ -5,7 +5,7 @@
 //! listener reconnect); a filler takes a [`Snapshot`] before reading, inserts, then re-checks the
 //! snapshot and removes its own insert if an invalidation came in between.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,35 +64,67 @@ impl MokaExpiry<Arc<str>, Arc<LocalEntry>> for EntryLifetime {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     global: u64,
-    stripe: u64,
+    hard: u64,
+    soft: u64,
 }
 
 /// Invalidation epochs, shared by the local cache, the listener and the single-flight table.
+///
+/// Per stripe of keys there are two counters. A *hard* invalidation (a local delete, a write whose
+/// version is unknown) forbids every fill that started before it. A *soft* one is a notification that
+/// carries the row version `v` that replaced the key (or `v + 1` for a delete): a fill of version `≥`
+/// the stripe's highest such version is still current and may be installed — so a node's own write is
+/// not thrown out by its own notification.
 pub(crate) struct Epochs {
     global: AtomicU64,
-    stripes: Box<[AtomicU64]>,
+    hard: Box<[AtomicU64]>,
+    soft: Box<[AtomicU64]>,
+    newest: Box<[AtomicI64]>,
 }
 
 impl Epochs {
     pub(crate) fn new() -> Self {
-        Self { global: AtomicU64::new(0), stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect() }
+        let counters = || (0..STRIPES).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            global: AtomicU64::new(0),
+            hard: counters(),
+            soft: counters(),
+            newest: (0..STRIPES).map(|_| AtomicI64::new(i64::MIN)).collect(),
+        }
     }
 
-    fn stripe(&self, key: &str) -> &AtomicU64 {
-        let index = (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize) % STRIPES;
-        &self.stripes[index]
+    fn stripe(key: &str) -> usize {
+        (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize) % STRIPES
     }
 
     pub(crate) fn snapshot(&self, key: &str) -> Snapshot {
-        Snapshot { global: self.global.load(Ordering::SeqCst), stripe: self.stripe(key).load(Ordering::SeqCst) }
+        let i = Self::stripe(key);
+        Snapshot {
+            global: self.global.load(Ordering::SeqCst),
+            hard: self.hard[i].load(Ordering::SeqCst),
+            soft: self.soft[i].load(Ordering::SeqCst),
+        }
     }
 
-    pub(crate) fn unchanged(&self, key: &str, snapshot: Snapshot) -> bool {
-        self.snapshot(key) == snapshot
+    /// True when a fill of `version` taken at `snapshot` is still current: no flush, no hard
+    /// invalidation, and every notification since named a version this fill already has.
+    pub(crate) fn admits(&self, key: &str, snapshot: Snapshot, version: i64) -> bool {
+        let now = self.snapshot(key);
+        now.global == snapshot.global
+            && now.hard == snapshot.hard
+            && (now.soft == snapshot.soft || self.newest[Self::stripe(key)].load(Ordering::SeqCst) <= version)
     }
 
+    /// Any fill of this key that started before now is stale.
     pub(crate) fn bump_key(&self, key: &str) {
-        self.stripe(key).fetch_add(1, Ordering::SeqCst);
+        self.hard[Self::stripe(key)].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The key now holds `version` (or, for a delete, nothing older than `version`).
+    pub(crate) fn bump_key_to(&self, key: &str, version: i64) {
+        let i = Self::stripe(key);
+        self.newest[i].fetch_max(version, Ordering::SeqCst);
+        self.soft[i].fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn bump_all(&self) {
@@ -189,7 +221,7 @@ impl LocalCache {
 
     /// Installs a value read or written at `snapshot`, unless an invalidation came in since.
     pub(crate) async fn install(&self, key: &str, value: Bytes, version: i64, expiry: Expiry, snapshot: Snapshot) {
-        if !self.trust.trusted() || !self.epochs.unchanged(key, snapshot) {
+        if !self.trust.trusted() || !self.epochs.admits(key, snapshot, version) {
             return;
         }
         let lifetime = match expiry {
@@ -202,18 +234,23 @@ impl LocalCache {
         let key: Arc<str> = Arc::from(key);
         let entry = Arc::new(LocalEntry { value, version, lifetime, read_at: Instant::now(), expiry });
         self.cache.insert(Arc::clone(&key), entry).await;
-        if !self.epochs.unchanged(&key, snapshot) {
+        if !self.epochs.admits(&key, snapshot, version) {
             self.cache.invalidate(&key).await;
         }
     }
 
-    /// Evicts a key after a write of `version` elsewhere (`None`: unconditionally, e.g. a delete).
-    pub(crate) async fn evict(&self, key: &str, version: Option<i64>) {
+    /// Evicts a key unconditionally (a local delete or a write of unknown version).
+    pub(crate) async fn evict(&self, key: &str) {
         self.epochs.bump_key(key);
-        if let (Some(v), Some(entry)) = (version, self.cache.get(key).await) {
-            if entry.version >= v {
-                return;
-            }
+        self.cache.invalidate(key).await;
+    }
+
+    /// Applies a notification: the key was written with `version`, or deleted (`deleted`, the row had
+    /// `version`). A local copy at least that new survives a write notification (typically this node's own).
+    pub(crate) async fn evict_notified(&self, key: &str, version: i64, deleted: bool) {
+        self.epochs.bump_key_to(key, if deleted { version.saturating_add(1) } else { version });
+        if !deleted && self.cache.get(key).await.is_some_and(|entry| entry.version >= version) {
+            return;
         }
         self.cache.invalidate(key).await;
     }
@@ -254,7 +291,7 @@ mod tests {
     async fn install_is_skipped_after_invalidation() {
         let l = local(100, 1 << 20);
         let snap = l.epochs.snapshot("k");
-        l.evict("k", None).await;
+        l.evict("k").await;
         l.install("k", Bytes::from_static(b"old"), 1, Expiry::Never, snap).await;
         assert!(l.get("k").await.is_none(), "a fill older than an invalidation must not be installed");
         let snap = l.epochs.snapshot("k");
@@ -266,10 +303,29 @@ mod tests {
     async fn evict_keeps_newer_local_versions() {
         let l = local(100, 1 << 20);
         l.install("k", Bytes::from_static(b"v5"), 5, Expiry::Never, l.epochs.snapshot("k")).await;
-        l.evict("k", Some(5)).await;
+        l.evict_notified("k", 5, false).await;
         assert!(l.get("k").await.is_some(), "own write's notification keeps the entry");
-        l.evict("k", Some(6)).await;
+        l.evict_notified("k", 6, false).await;
         assert!(l.get("k").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn own_notification_racing_the_install_does_not_drop_the_fill() {
+        let l = local(100, 1 << 20);
+        let snap = l.epochs.snapshot("k");
+        // The write's own notification (version 7) lands before the writer installs version 7.
+        l.evict_notified("k", 7, false).await;
+        l.install("k", Bytes::from_static(b"v7"), 7, Expiry::Never, snap).await;
+        assert!(l.get("k").await.is_some());
+        // A newer write elsewhere, or a delete of the version being installed, blocks older fills.
+        let snap = l.epochs.snapshot("j");
+        l.evict_notified("j", 9, false).await;
+        l.install("j", Bytes::from_static(b"v8"), 8, Expiry::Never, snap).await;
+        assert!(l.get("j").await.is_none());
+        let snap = l.epochs.snapshot("d");
+        l.evict_notified("d", 4, true).await;
+        l.install("d", Bytes::from_static(b"v4"), 4, Expiry::Never, snap).await;
+        assert!(l.get("d").await.is_none(), "a deleted version must not come back");
     }
 
     #[tokio::test]

@@ -378,7 +378,7 @@ impl<C> PostgresCache<C> {
 
     async fn evict_local(&self, key: &str) {
         match &self.inner.local {
-            Some(local) => local.evict(key, None).await,
+            Some(local) => local.evict(key).await,
             None => self.inner.epochs.bump_key(key),
         }
     }
