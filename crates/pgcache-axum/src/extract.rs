@@ -327,9 +327,9 @@ where
         Box::pin(async move {
             match T::load(input, state).await {
                 Ok(value) => {
-                    let bytes = JsonCodec.encode(&value).map_err(|source| -> BoxError {
-                        Box::new(Error::Codec { key, source })
-                    })?;
+                    let bytes = JsonCodec
+                        .encode(&value)
+                        .map_err(|source| -> BoxError { Box::new(Error::Codec { key, source }) })?;
                     let options = SetOptions::ttl(value.ttl()).tags(value.tags());
                     put(&loaded, value);
                     Ok(Fill { value: bytes, options })
