@@ -35,3 +35,8 @@ pub use typed::TypedCache;
 pub mod prelude {
     pub use crate::{CacheSettings, CacheStore, NullCache, PostgresCache, Ttl, TypedCache};
 }
+
+/// The workspace README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct WorkspaceReadme;

@@ -111,8 +111,8 @@ async fn session(config: &ListenerConfig, local: &LocalCache, trust: &Trust) -> 
         let mut heartbeat = tokio::time::interval(config.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Not `biased`: a steady stream of notifications must not starve the heartbeat.
             tokio::select! {
-                biased;
                 payload = notifications.recv() => match payload {
                     Some(payload) => apply(local, &config.prefix, &payload).await,
                     None => return Err("notification stream ended".to_owned()),

@@ -40,7 +40,7 @@ impl AdvisoryLock {
         // statement is in flight, the guard's Drop discards the connection, lock or not.
         let mut guard = Self { conn: Some(conn), key };
         let acquired = match guard.conn.as_ref() {
-            Some(conn) => store::try_advisory_lock(&conn, key).await?,
+            Some(conn) => store::try_advisory_lock(conn, key).await?,
             None => false,
         };
         if acquired {
@@ -60,7 +60,7 @@ impl AdvisoryLock {
     /// Unlocks on the same connection and returns it to the pool; on failure the connection is discarded.
     pub(crate) async fn release(mut self) {
         if let Some(conn) = self.conn.as_ref() {
-            match store::advisory_unlock(&conn, self.key).await {
+            match store::advisory_unlock(conn, self.key).await {
                 Ok(_) => {
                     self.conn.take();
                 }

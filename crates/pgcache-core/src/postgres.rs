@@ -398,6 +398,8 @@ impl<C> PostgresCache<C> {
             match AdvisoryLock::try_acquire(&self.inner.lock_pool, lock).await {
                 Ok(Some(guard)) => return self.fill_under_lock(key, loader, snapshot, guard).await,
                 Ok(None) => {}
+                // Every pooled connection is busy (e.g. other fills holding locks): keep waiting.
+                Err(e) if e.is_pool_busy() => {}
                 Err(e) => {
                     self.read_failed(e, ())?;
                     break;
@@ -501,17 +503,17 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         if missing.is_empty() {
             return Ok(out);
         }
-        let wanted: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let wanted: Vec<&str> = missing.iter().filter_map(|&i| keys.get(i).copied()).collect();
         let snapshots: Vec<Snapshot> = wanted.iter().map(|k| self.snapshot(k)).collect();
         let rows = match async { store::get_many(&self.conn().await?, &self.inner.sql, &wanted).await }.await {
             Ok(rows) => rows,
             Err(e) => return self.read_failed(e, out),
         };
-        let mut found: std::collections::HashMap<String, Row> = rows.into_iter().collect();
+        let found: std::collections::HashMap<String, Row> = rows.into_iter().collect();
         for (slot, (key, snapshot)) in missing.iter().zip(wanted.iter().zip(snapshots)) {
-            if let Some(row) = found.remove(*key) {
-                self.install(key, &row, snapshot).await;
-                out[*slot] = Some(row.value);
+            if let (Some(row), Some(out)) = (found.get(*key), out.get_mut(*slot)) {
+                self.install(key, row, snapshot).await;
+                *out = Some(row.value.clone());
             }
         }
         Ok(out)
