@@ -17,7 +17,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Parser;
 use pgcache_core::{BoxError, CacheStore, Error, Fill, Loader, PostgresCache, Source, Ttl};
 use pgcache_examples::db::ProfileDb;
@@ -123,7 +123,10 @@ async fn client(addr: String, id: i64) -> Result<()> {
     let mut client = ProfilesClient::connect(addr).await?;
     let mut second_hit = false;
     for call in 1..=2 {
-        let response = client.get_profile(GetProfileRequest { id }).await?;
+        let response = client
+            .get_profile(GetProfileRequest { id })
+            .await
+            .map_err(|status| anyhow!("GetProfile({id}) failed: {:?}: {}", status.code(), status.message()))?;
         let status = response.metadata().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let profile = response.into_inner();
         println!("call {call}: {profile:?} (cache-status: {status})");
