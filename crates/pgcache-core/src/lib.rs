@@ -15,6 +15,7 @@ mod postgres;
 mod settings;
 mod store;
 mod sweeper;
+mod tls;
 mod ttl;
 mod typed;
 mod validate;

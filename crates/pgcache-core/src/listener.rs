@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::poll_fn;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
 use crate::local::{LocalCache, Trust};
 
@@ -50,6 +51,7 @@ pub(crate) async fn apply(local: &LocalCache, prefix: &str, payload: &str) {
 /// Configuration of the listener task.
 pub(crate) struct ListenerConfig {
     pub(crate) pg: tokio_postgres::Config,
+    pub(crate) tls: crate::tls::Tls,
     pub(crate) channel: String,
     pub(crate) prefix: String,
     pub(crate) heartbeat: Duration,
@@ -66,7 +68,7 @@ pub(crate) async fn run(
     let mut backoff = Duration::from_millis(50);
     loop {
         let outcome = tokio::select! {
-            outcome = session(&config, &local, &trust) => outcome,
+            outcome = connect_and_serve(&config, &local, &trust) => outcome,
             _ = shutdown.changed() => { trust.set_listening(false); return; }
         };
         trust.set_listening(false);
@@ -82,9 +84,22 @@ pub(crate) async fn run(
     }
 }
 
+async fn connect_and_serve(config: &ListenerConfig, local: &LocalCache, trust: &Trust) -> Result<(), String> {
+    match &config.tls {
+        crate::tls::Tls::Off => session(config, local, trust, NoTls).await,
+        crate::tls::Tls::Rustls(tls) => session(config, local, trust, tls.clone()).await,
+    }
+}
+
 /// One connection's life. Returns `Err` with the reason it ended.
-async fn session(config: &ListenerConfig, local: &LocalCache, trust: &Trust) -> Result<(), String> {
-    let (client, mut connection) = config.pg.connect(NoTls).await.map_err(|e| format!("connect: {e}"))?;
+async fn session<T>(config: &ListenerConfig, local: &LocalCache, trust: &Trust, tls: T) -> Result<(), String>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = config.pg.connect(tls).await.map_err(|e| format!("connect: {e}"))?;
     let (tx, mut notifications) = mpsc::unbounded_channel::<String>();
     // Drive the connection, forwarding notifications; ends when the connection does.
     let mut driver = tokio::spawn(async move {

@@ -165,8 +165,11 @@ impl PostgresCache<JsonCodec> {
         let mut tasks = Vec::new();
         if let (true, Some(local)) = (settings.listener_enabled(), &local) {
             let dsn = settings.listen_dsn.as_deref().unwrap_or(&settings.dsn);
+            let mut pg = store::pg_config(&settings, "listen_dsn", dsn)?;
+            let tls = crate::tls::Tls::for_config(&settings, &mut pg)?;
             let config = ListenerConfig {
-                pg: store::pg_config(&settings, "listen_dsn", dsn)?,
+                pg,
+                tls,
                 channel: settings.notify_channel.clone(),
                 prefix: settings.schema_prefix.clone(),
                 heartbeat: settings.heartbeat_interval,
