@@ -431,6 +431,21 @@ mod tests {
         assert_eq!(state.loads.load(Ordering::SeqCst), 1);
     }
 
+    #[test]
+    fn cache_status_names_the_source() {
+        let cases = [
+            (Source::Local, true, "pgcache; hit; detail=local", true),
+            (Source::Shared, true, "pgcache; hit; detail=shared", true),
+            (Source::Collapsed, true, "pgcache; fwd=uri-miss; collapsed", false),
+            (Source::Loaded, true, "pgcache; fwd=uri-miss; stored", false),
+            (Source::Loaded, false, "pgcache; fwd=uri-miss", false),
+        ];
+        for (source, stored, header, hit) in cases {
+            let lookup = Lookup { value: (), source, stored };
+            assert_eq!((lookup.cache_status(), lookup.is_hit()), (HeaderValue::from_static(header), hit));
+        }
+    }
+
     #[tokio::test]
     async fn bad_input_is_the_input_extractors_rejection() {
         let state = state();

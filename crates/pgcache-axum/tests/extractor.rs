@@ -284,6 +284,24 @@ async fn rejections_have_their_statuses() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_value_over_max_value_bytes_is_served_uncached() -> Result<()> {
+    let settings = pgcache_tests::settings_for("axum_oversize").max_value_bytes(16);
+    let cache = pgcache_tests::connect(&settings).await?;
+    let db = Db::with_rows(&[(1, "a name long enough to exceed sixteen bytes")]);
+    let url = serve(cache.clone(), &db).await?;
+    let client = reqwest::Client::new();
+
+    for expected_loads in 1..=2 {
+        let answer = fetch(&client, &format!("{url}/profiles/1")).await?;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.cache_status, "pgcache; fwd=uri-miss", "loaded, not stored");
+        assert_eq!(db.loads(), expected_loads);
+    }
+    cache.close().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_down_database_fails_open_or_503_when_failing_closed() -> Result<()> {
     let cluster = tokio::task::spawn_blocking(pgcache_tests::TestCluster::start).await??;
     let settings = CacheSettings::new(cluster.dsn())
