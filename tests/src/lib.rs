@@ -57,20 +57,17 @@ pub fn settings_for(name: &str) -> CacheSettings {
 pub fn settings_on(dsn: &str, name: &str) -> CacheSettings {
     let prefix = unique_name(name);
     let channel = format!("{prefix}events");
-    let mut settings = CacheSettings::new(dsn)
+    CacheSettings::new(dsn)
         .schema_prefix(prefix.clone())
         .notify_channel(channel)
+        .application_name(prefix)
         .heartbeat_interval(Duration::from_millis(250))
-        .lock_wait_timeout(Duration::from_secs(10));
-    settings.application_name = prefix;
-    settings
+        .lock_wait_timeout(Duration::from_secs(10))
 }
 
 /// The same settings as another "node" would use, told apart in `pg_stat_activity` by `suffix`.
 pub fn node(settings: &CacheSettings, suffix: &str) -> CacheSettings {
-    let mut node = settings.clone();
-    node.application_name = format!("{}{suffix}", settings.application_name);
-    node
+    settings.clone().application_name(format!("{}{suffix}", settings.application_name))
 }
 
 /// `init_db` then `connect` (one "node").

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use pgcache_core::prelude::*;
 use pgcache_core::CacheSettings;
-use pgcache_tests::{connect, node, settings_for, sql_client};
+use pgcache_tests::{advisory_lock_holder, connect, eventually, node, settings_for, sql_client};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -186,5 +186,39 @@ async fn one_cold_key_many_nodes_in_one_process_loads_once() -> anyhow::Result<(
     for n in nodes {
         n.close().await;
     }
+    Ok(())
+}
+
+/// A worker process dies (SIGKILL) while it holds a key's lock mid-load: PostgreSQL frees the lock with
+/// its session, and a second process loads the key promptly instead of hanging.
+#[tokio::test]
+async fn a_crashed_holder_process_does_not_block_the_others() -> anyhow::Result<()> {
+    let settings = settings_for("dp_crash");
+    let sql = prepare(&settings).await?;
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_dogpile_worker"))
+        .args([settings.dsn.as_str(), &settings.schema_prefix, &settings.notify_channel, "1", "4", "60000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdout = BufReader::new(holder.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await??;
+    assert_eq!(line.trim(), "ready");
+    holder.stdin.as_mut().context("stdin")?.write_all(b"go\n").await?;
+    let lock = pgcache_core::lock_key(&settings.schema_prefix, "key:0");
+    eventually(Duration::from_secs(10), || async { advisory_lock_holder(&sql, lock).await.ok().flatten().is_some() })
+        .await?;
+
+    holder.kill().await?;
+    let killed = Instant::now();
+    let lines = run_workers(&settings, 2, 1, 4).await?;
+    eprintln!("holder process killed mid-load: the other processes answered {:?} later", killed.elapsed());
+    // Far under the workers' 60 s lock-wait timeout: the lock was freed, not waited out.
+    assert!(killed.elapsed() < Duration::from_secs(10), "waited for the dead holder");
+    check_answers(&lines, 8, &settings).await?;
+    let loads = loads(&sql, &settings).await?;
+    assert_eq!(loads.get("key:0"), Some(&1), "only a survivor's load completes: {loads:?}");
     Ok(())
 }

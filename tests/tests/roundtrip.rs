@@ -30,21 +30,31 @@ async fn json_values_round_trip() -> anyhow::Result<()> {
     assert_eq!(other.get::<Profile>("profile:123").await?, Some(ava.clone()));
     assert_eq!(cache.get::<Profile>("profile:missing").await?, None);
 
-    // Overwrite, then delete: `delete` says whether a row existed, on every node.
+    // Overwrite, then delete: `delete` says whether a row existed. The writer reads its own writes at
+    // once; the other node, which holds a local copy, within the propagation delay (coherence.rs).
     cache.set("profile:123", &json!({"id": 123, "name": "Ava 2", "tags": []}), None).await?;
-    assert_eq!(other.get::<Profile>("profile:123").await?.map(|p| p.name), Some("Ava 2".to_owned()));
+    assert_eq!(cache.get::<Profile>("profile:123").await?.map(|p| p.name), Some("Ava 2".to_owned()));
+    eventually(Duration::from_secs(5), || async {
+        other.get::<Profile>("profile:123").await.ok().flatten().map(|p| p.name).as_deref() == Some("Ava 2")
+    })
+    .await?;
     assert!(cache.delete("profile:123").await?);
     assert!(!cache.delete("profile:123").await?);
     assert_eq!(cache.get::<Profile>("profile:123").await?, None);
-    assert_eq!(other.get::<Profile>("profile:123").await?, None);
+    eventually(Duration::from_secs(5), || async { matches!(other.get::<Profile>("profile:123").await, Ok(None)) })
+        .await?;
 
     // Batch operations, in the order asked, missing keys as None.
     cache.set_many(&[("m:1", json!(1)), ("m:2", json!({"two": 2})), ("m:3", json!([3]))], None).await?;
     let got: Vec<Option<serde_json::Value>> = other.get_many(&["m:3", "m:missing", "m:1", "m:2"]).await?;
     assert_eq!(got, vec![Some(json!([3])), None, Some(json!(1)), Some(json!({"two": 2}))]);
     assert_eq!(cache.delete_many(&["m:1", "m:2", "m:nope"]).await?, 2);
-    let got: Vec<Option<serde_json::Value>> = other.get_many(&["m:1", "m:2", "m:3"]).await?;
-    assert_eq!(got, vec![None, None, Some(json!([3]))]);
+    let want = vec![None, None, Some(json!([3]))];
+    assert_eq!(cache.get_many::<serde_json::Value>(&["m:1", "m:2", "m:3"]).await?, want);
+    eventually(Duration::from_secs(5), || async {
+        other.get_many::<serde_json::Value>(&["m:1", "m:2", "m:3"]).await.ok() == Some(want.clone())
+    })
+    .await?;
 
     // get_or_set stores what the loader returned; a second call does not run the loader.
     let v: Profile = cache
@@ -115,7 +125,8 @@ async fn raw_bytes_round_trip_with_metadata() -> anyhow::Result<()> {
     );
 
     assert!(cache.delete("raw:all").await?);
-    assert_eq!(other.get_bytes("raw:all").await?, None);
+    assert_eq!(cache.get_bytes("raw:all").await?, None);
+    eventually(Duration::from_secs(5), || async { matches!(other.get_bytes("raw:all").await, Ok(None)) }).await?;
     cache.close().await;
     other.close().await;
     Ok(())

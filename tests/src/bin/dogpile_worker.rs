@@ -28,13 +28,13 @@ async fn main() -> Result<()> {
     let tasks: usize = tasks.parse().context("TASKS_PER_KEY")?;
     let sleep = Duration::from_millis(sleep_ms.parse().context("SLEEP_MS")?);
 
-    let mut settings = CacheSettings::new(dsn.as_str())
+    let settings = CacheSettings::new(dsn.as_str())
         .schema_prefix(prefix.as_str())
         .notify_channel(channel.as_str())
         .heartbeat_interval(Duration::from_millis(250))
         // Exactly-once is under test, not the fallback after a lock-wait timeout.
-        .lock_wait_timeout(Duration::from_secs(60));
-    settings.application_name = format!("{prefix}worker");
+        .lock_wait_timeout(Duration::from_secs(60))
+        .application_name(format!("{prefix}worker"));
     let cache = PostgresCache::connect(settings).await?;
     let counter = Arc::new(pgcache_tests::sql_client(dsn).await?);
     let insert = Arc::new(format!("INSERT INTO \"{prefix}loads\" (key, pid) VALUES ($1, $2)"));
