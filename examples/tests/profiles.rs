@@ -1,5 +1,6 @@
-//! The profiles app as two OS processes against one database: CRUD over HTTP, reads cached, writes on one
-//! instance seen on the other (`scripts/with-postgres cargo test -p pgcache-examples --test profiles`).
+//! The profiles app as two OS processes against one database: CRUD over HTTP, reads cached (HTTP responses
+//! by `PgCacheLayer`, values by `Lookup<T>`), writes on one instance seen on the other
+//! (`scripts/with-postgres cargo test -p pgcache-examples --test profiles`).
 
 mod support;
 
@@ -14,7 +15,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_profiles");
 
 /// GET `url`: status, `cache-status` header, JSON body (Null when not JSON).
 async fn get(client: &reqwest::Client, url: &str) -> Result<(StatusCode, String, Value)> {
-    let response = client.get(url).send().await?;
+    send(client.get(url)).await
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<(StatusCode, String, Value)> {
+    let response = request.send().await?;
     let status = response.status();
     let cache_status =
         response.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
@@ -29,14 +34,27 @@ async fn crud_on_one_instance_is_seen_on_the_other() -> Result<()> {
     let b = Example::start(BIN, &dsn, &[]).await?;
     let client = reqwest::Client::new();
 
-    // The seeded profile: a miss, then hits.
-    let (status, cache_status, seeded) = get(&client, &format!("{}/profiles/1", a.url)).await?;
+    // The seeded profile: a miss on both cache levels, then an HTTP hit with an Age.
+    let profile_a = format!("{}/profiles/1", a.url);
+    let (status, cache_status, seeded) = get(&client, &profile_a).await?;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(cache_status, "pgcache; fwd=uri-miss; stored");
+    assert_eq!(cache_status, "pgcache-http; fwd=uri-miss; fwd-status=200; stored; ttl=60");
     assert_eq!(seeded["name"], "Ava");
-    let (_, cache_status, again) = get(&client, &format!("{}/profiles/1", a.url)).await?;
-    assert!(cache_status.starts_with("pgcache; hit"), "{cache_status}");
+    let response = client.get(&profile_a).send().await?;
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert!(
+        header("cache-status").is_some_and(|s| s.starts_with("pgcache-http; hit; ttl=")),
+        "{:?}",
+        header("cache-status")
+    );
+    assert!(header("age").is_some_and(|age| age.parse::<u64>().is_ok()), "{:?}", header("age"));
+    assert_eq!(response.json::<Value>().await?, seeded);
+    // A request with a cookie bypasses the HTTP cache; the value cache still answers.
+    let (_, cache_status, again) = send(client.get(&profile_a).header("cookie", "session=1")).await?;
     assert_eq!(again, seeded);
+    assert!(cache_status.starts_with("pgcache; hit; detail="), "{cache_status}");
+    assert!(cache_status.contains(", pgcache-http; fwd=bypass;"), "{cache_status}");
+    assert!(cache_status.ends_with("detail=cookie"), "{cache_status}");
 
     // Create on A: the list on B includes it.
     let created: Value = client
@@ -55,7 +73,7 @@ async fn crud_on_one_instance_is_seen_on_the_other() -> Result<()> {
     let profile_b = format!("{}/profiles/{id}", b.url);
     assert_eq!(get(&client, &profile_b).await?.2["name"], "Nova");
     let (_, cache_status, _) = get(&client, &profile_b).await?;
-    assert!(cache_status.starts_with("pgcache; hit"), "{cache_status}");
+    assert!(cache_status.starts_with("pgcache-http; hit"), "{cache_status}");
     let updated = client.put(format!("{}/profiles/{id}", a.url)).json(&json!({"name": "Nova B."})).send().await?;
     assert_eq!(updated.status(), StatusCode::OK);
     pgcache_tests::eventually(Duration::from_secs(5), || async {

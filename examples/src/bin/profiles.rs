@@ -1,12 +1,13 @@
-//! A profiles CRUD web app backed by PostgreSQL, with reads served through the cache (`Cached<T>` /
-//! `Lookup<T>`) and writes that evict the cached copies on every instance.
+//! A profiles CRUD web app backed by PostgreSQL. Reads are cached twice: whole HTTP responses by
+//! `PgCacheLayer` (pgcache-tower, `Cache-Status: pgcache-http; ...` and `Age`), and the values behind them
+//! by `Lookup<T>` (pgcache-axum, `Cache-Status: pgcache; ...`). Writes evict both, on every instance.
 //!
 //! Run it (from the repository root; `with-postgres` starts a throw-away PostgreSQL):
 //!
 //! ```sh
 //! scripts/with-postgres cargo run -p pgcache-examples --bin profiles -- --port 3000
-//! curl -si localhost:3000/profiles/1                       # cache-status: pgcache; fwd=uri-miss; stored
-//! curl -si localhost:3000/profiles/1                       # cache-status: pgcache; hit; detail=local
+//! curl -si localhost:3000/profiles/1      # cache-status: pgcache; fwd=uri-miss; stored, pgcache-http; fwd=uri-miss; ...
+//! curl -si localhost:3000/profiles/1      # cache-status: pgcache-http; hit; ttl=59   age: 1
 //! curl -s -X PUT localhost:3000/profiles/1 -H 'content-type: application/json' -d '{"name":"Ava B."}'
 //! curl -s localhost:3000/healthz
 //! ```
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use axum::extract::{FromRef, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -27,15 +28,25 @@ use clap::Parser;
 use pgcache_axum::{Cache, CacheResource, Lookup};
 use pgcache_core::{CacheStore, ListenerState, Ttl};
 use pgcache_examples::db::{NewProfile, Profile, ProfileDb};
+use pgcache_tower::PgCacheLayer;
 use serde::{Deserialize, Serialize};
 
 /// The key of the profile list.
 const LIST_KEY: &str = "profiles:list";
-/// How long reads stay cached when nothing changes them.
+/// How long values stay cached when nothing changes them.
 const TTL: Duration = Duration::from_secs(300);
+/// How long whole HTTP responses stay cached when nothing changes them.
+const HTTP_TTL: Duration = Duration::from_secs(60);
+/// The `Surrogate-Key` of the list response.
+const LIST_SURROGATE: &str = "profiles-list";
 
 fn profile_key(id: i64) -> String {
     format!("profile:{id}")
+}
+
+/// The `Surrogate-Key` of a profile's response.
+fn profile_surrogate(id: i64) -> String {
+    format!("profile-{id}")
 }
 
 #[derive(Parser)]
@@ -48,7 +59,10 @@ struct Args {
 
 #[derive(Clone, FromRef)]
 struct AppState {
+    /// The value cache, for `Cached<T>`/`Lookup<T>` and direct use.
     cache: Cache,
+    /// The HTTP response cache in front of the read routes, kept here to purge it after writes.
+    http_cache: PgCacheLayer,
     db: ProfileDb,
 }
 
@@ -116,22 +130,47 @@ impl CacheResource<AppState> for ProfileList {
     }
 }
 
-/// A cached value as JSON with its RFC 9211 `Cache-Status`.
-fn cached_json<T: Serialize>(lookup: Lookup<T>) -> Response {
-    ([("cache-status", lookup.cache_status())], Json(lookup.value)).into_response()
+/// A cached value as JSON with its RFC 9211 `Cache-Status` and the `Surrogate-Key` that purges the HTTP
+/// response built from it.
+fn cached_json<T: Serialize>(lookup: Lookup<T>, surrogate_key: String) -> Response {
+    let cache_status = lookup.cache_status();
+    let mut response = Json(lookup.value).into_response();
+    let headers = response.headers_mut();
+    headers.insert("cache-status", cache_status);
+    if let Ok(key) = HeaderValue::try_from(surrogate_key) {
+        headers.insert("surrogate-key", key);
+    }
+    response
 }
 
 async fn list(lookup: Lookup<ProfileList>) -> Response {
-    cached_json(lookup)
+    cached_json(lookup, LIST_SURROGATE.to_owned())
 }
 
 async fn read(lookup: Lookup<Profile>) -> Response {
-    cached_json(lookup)
+    let surrogate = profile_surrogate(lookup.value.id);
+    cached_json(lookup, surrogate)
+}
+
+/// After a committed write: drop the cached values and the cached HTTP responses built from them, on
+/// every instance (each is one statement and one NOTIFY).
+async fn invalidate(state: &AppState, id: Option<i64>) -> Result<(), AppError> {
+    match id {
+        Some(id) => {
+            state.cache.delete_many(&[&profile_key(id), LIST_KEY]).await?;
+            state.http_cache.purge_tags(&[&profile_surrogate(id), LIST_SURROGATE]).await?;
+        }
+        None => {
+            state.cache.delete(LIST_KEY).await?;
+            state.http_cache.purge_tags(&[LIST_SURROGATE]).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn create(State(state): State<AppState>, Json(new): Json<NewProfile>) -> Result<Response, AppError> {
     let profile = state.db.create(&new).await?;
-    state.cache.delete(LIST_KEY).await?;
+    invalidate(&state, None).await?;
     Ok((StatusCode::CREATED, Json(profile)).into_response())
 }
 
@@ -141,8 +180,7 @@ async fn update(
     Json(new): Json<NewProfile>,
 ) -> Result<Json<Profile>, AppError> {
     let profile = state.db.update(id, &new).await?.ok_or(AppError::NotFound)?;
-    // After the commit: evict the copies on every instance (one statement, one NOTIFY).
-    state.cache.delete_many(&[&profile_key(id), LIST_KEY]).await?;
+    invalidate(&state, Some(id)).await?;
     Ok(Json(profile))
 }
 
@@ -150,7 +188,7 @@ async fn delete(State(state): State<AppState>, Path(id): Path<i64>) -> Result<St
     if !state.db.delete(id).await? {
         return Err(AppError::NotFound);
     }
-    state.cache.delete_many(&[&profile_key(id), LIST_KEY]).await?;
+    invalidate(&state, Some(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -164,9 +202,11 @@ async fn healthz(cache: Cache) -> Response {
 }
 
 fn app(state: AppState) -> Router {
+    // `MethodRouter::layer` wraps only the methods added before it: the GETs.
+    let http_cache = state.http_cache.clone();
     Router::new()
-        .route("/profiles", get(list).post(create))
-        .route("/profiles/{id}", get(read).put(update).delete(delete))
+        .route("/profiles", get(list).layer(http_cache.clone()).post(create))
+        .route("/profiles/{id}", get(read).layer(http_cache).put(update).delete(delete))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
@@ -181,7 +221,12 @@ async fn main() -> Result<()> {
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port))).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let state = AppState { cache: Cache::new(cache.clone()), db };
+    let cache_handle = Cache::new(cache.clone());
+    // Responses carry no Cache-Control, so the layer needs a default TTL; the HTTP entries are named
+    // `pgcache-http` in Cache-Status to tell them from the value cache's `pgcache`.
+    let http_cache =
+        PgCacheLayer::new(cache_handle.store().clone()).default_ttl(Some(HTTP_TTL)).status_name("pgcache-http");
+    let state = AppState { cache: cache_handle, http_cache, db };
     axum::serve(listener, app(state)).with_graceful_shutdown(pgcache_examples::shutdown_signal()).await?;
     cache.close().await;
     Ok(())
