@@ -27,13 +27,20 @@ async fn the_second_call_is_answered_from_the_cache() -> Result<()> {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     assert!(lines[0].starts_with("call 1: Profile { id: 1, name: \"Ava\""), "{stdout}");
-    assert!(lines[0].ends_with("(cache-status: pgcache; fwd=uri-miss; stored)"), "{stdout}");
-    assert!(lines[1].contains("(cache-status: pgcache; hit; detail="), "{stdout}");
+    // The response cache (PgCacheLayer) missed, the service ran and the response was stored...
+    assert!(
+        lines[0].ends_with("(cache-status: pgcache-http; fwd=uri-miss; fwd-status=200; stored; ttl=30)"),
+        "{stdout}"
+    );
+    // ...and the second call was answered by it, trailers replayed (tonic would fail the call otherwise).
+    assert!(lines[1].starts_with("call 2: Profile { id: 1, name: \"Ava\""), "{stdout}");
+    assert!(lines[1].contains("(cache-status: pgcache-http; hit; ttl="), "{stdout}");
     assert_eq!(lines[2], "the second answer came from the cache");
 
-    // A missing profile is NOT_FOUND (and not cached): the client fails.
+    // A missing profile is NOT_FOUND: the client fails before printing anything.
     let (ok, stdout) = run_client(&server.url, "999").await?;
     assert!(!ok, "{stdout}");
+    assert!(stdout.is_empty(), "{stdout}");
 
     let (status, _) = server.terminate().await?;
     assert!(status.success(), "{status:?}");

@@ -9,9 +9,11 @@
 //! cargo run -p pgcache-examples --bin grpc_profiles -- --client --addr http://127.0.0.1:50051 --id 1
 //! ```
 //!
-//! The server caches each answer as protobuf bytes under `grpc:profile:{id}` with the core's dogpile-safe
-//! `get_or_load` (one database read per key across every server instance) and says where the answer came
-//! from in the `cache-status` response metadata (RFC 9211 syntax). Against your own database:
+//! Two cache levels, like the profiles web app: `PgCacheLayer` (pgcache-tower) caches whole `GetProfile`
+//! responses, trailers included, and answers repeated calls without reaching the service (`cache-status:
+//! pgcache-http; hit; ...` in the response metadata); behind it, the handler keeps each profile as protobuf
+//! bytes under `grpc:profile:{id}` with the core's dogpile-safe `get_or_load` (one database read per key
+//! across every server instance; `cache-status: pgcache; ...`). Against your own database:
 //! `PGCACHE_DSN=postgresql://... cargo run -p pgcache-examples --bin grpc_profiles`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,6 +23,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Parser;
 use pgcache_core::{BoxError, CacheStore, Error, Fill, Loader, PostgresCache, Source, Ttl};
 use pgcache_examples::db::ProfileDb;
+use pgcache_tower::PgCacheLayer;
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -34,8 +37,12 @@ use pb::profiles_client::ProfilesClient;
 use pb::profiles_server::{Profiles, ProfilesServer};
 use pb::{GetProfileRequest, Profile};
 
-/// How long an answer stays cached.
+/// How long a profile stays cached.
 const TTL: Duration = Duration::from_secs(60);
+/// How long a whole `GetProfile` response stays cached.
+const RESPONSE_TTL: Duration = Duration::from_secs(30);
+/// The method the response cache may serve (only allow-listed unary methods are cached).
+const GET_PROFILE: &str = "/profiles.v1.Profiles/GetProfile";
 
 #[derive(Parser)]
 #[command(about = "A cached tonic GetProfile service, and a client for it")]
@@ -107,7 +114,12 @@ async fn serve(port: u16) -> Result<()> {
     let cache = pgcache_examples::connect_cache(settings).await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
     println!("listening on http://{}", listener.local_addr()?);
+    let response_cache = PgCacheLayer::new(cache.clone())
+        .grpc_method(GET_PROFILE)
+        .default_ttl(Some(RESPONSE_TTL))
+        .status_name("pgcache-http");
     tonic::transport::Server::builder()
+        .layer(response_cache)
         .add_service(ProfilesServer::new(ProfileService { cache: cache.clone(), db }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
