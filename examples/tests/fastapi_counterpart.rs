@@ -22,9 +22,9 @@ async fn number(request: reqwest::RequestBuilder) -> Result<(u64, String)> {
 
 #[tokio::test]
 async fn two_instances_share_the_number_and_see_each_others_post() -> Result<()> {
-    let dsn = fresh_database("fastapi").await?;
-    let a = Example::start(BIN, &dsn, &[]).await?;
-    let b = Example::start(BIN, &dsn, &[]).await?;
+    let db = fresh_database("fastapi").await?;
+    let a = Example::start(BIN, &db.dsn, &[]).await?;
+    let b = Example::start(BIN, &db.dsn, &[]).await?;
     let client = reqwest::Client::new();
     let (url_a, url_b) = (format!("{}/number", a.url), format!("{}/number", b.url));
 
@@ -48,7 +48,7 @@ async fn two_instances_share_the_number_and_see_each_others_post() -> Result<()>
         assert!(status.success(), "{status:?}");
         assert!(output.iter().any(|l| l == "cache closed, bye"), "{output:?}");
     }
-    Ok(())
+    db.drop_now().await
 }
 
 /// `2026-11-25T06:43:04.123+00:00`-like.

@@ -19,8 +19,8 @@ async fn run_client(addr: &str, id: &str) -> Result<(bool, String)> {
 
 #[tokio::test]
 async fn the_second_call_is_answered_from_the_cache() -> Result<()> {
-    let dsn = fresh_database("grpc").await?;
-    let server = Example::start(BIN, &dsn, &[]).await?;
+    let db = fresh_database("grpc").await?;
+    let server = Example::start(BIN, &db.dsn, &[]).await?;
 
     let (ok, stdout) = run_client(&server.url, "1").await?;
     assert!(ok, "client failed:\n{stdout}");
@@ -44,5 +44,5 @@ async fn the_second_call_is_answered_from_the_cache() -> Result<()> {
 
     let (status, _) = server.terminate().await?;
     assert!(status.success(), "{status:?}");
-    Ok(())
+    db.drop_now().await
 }

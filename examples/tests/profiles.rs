@@ -29,9 +29,9 @@ async fn send(request: reqwest::RequestBuilder) -> Result<(StatusCode, String, V
 
 #[tokio::test]
 async fn crud_on_one_instance_is_seen_on_the_other() -> Result<()> {
-    let dsn = fresh_database("profiles").await?;
-    let a = Example::start(BIN, &dsn, &[]).await?;
-    let b = Example::start(BIN, &dsn, &[]).await?;
+    let db = fresh_database("profiles").await?;
+    let a = Example::start(BIN, &db.dsn, &[]).await?;
+    let b = Example::start(BIN, &db.dsn, &[]).await?;
     let client = reqwest::Client::new();
 
     // The seeded profile: a miss on both cache levels, then an HTTP hit with an Age.
@@ -106,5 +106,5 @@ async fn crud_on_one_instance_is_seen_on_the_other() -> Result<()> {
         let (status, _) = example.terminate().await?;
         assert!(status.success(), "{status:?}");
     }
-    Ok(())
+    db.drop_now().await
 }

@@ -11,8 +11,24 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// A database of its own for one test (its own `profiles` table and cache schema); returns its DSN.
-pub(crate) async fn fresh_database(name: &str) -> Result<String> {
+/// A database of its own for one test (its own `profiles` table and cache schema).
+pub(crate) struct TestDatabase {
+    /// Its DSN.
+    pub(crate) dsn: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Drops the database (call it after the examples using it have exited).
+    pub(crate) async fn drop_now(self) -> Result<()> {
+        let client = pgcache_tests::sql_client(&pgcache_tests::test_dsn()).await?;
+        client.batch_execute(&format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name)).await?;
+        Ok(())
+    }
+}
+
+/// Creates a [`TestDatabase`] on the test server.
+pub(crate) async fn fresh_database(name: &str) -> Result<TestDatabase> {
     let server = pgcache_tests::test_dsn();
     let db = pgcache_tests::unique_name(name).trim_end_matches('_').to_owned();
     let client = pgcache_tests::sql_client(&server).await?;
@@ -26,7 +42,7 @@ pub(crate) async fn fresh_database(name: &str) -> Result<String> {
         Some(slash) => &base[..authority_end + slash],
         None => base,
     };
-    Ok(format!("{root}/{db}{query}"))
+    Ok(TestDatabase { dsn: format!("{root}/{db}{query}"), name: db })
 }
 
 /// One running example process.
