@@ -85,14 +85,53 @@ pub enum Source {
 
 /// The answer of [`CacheStore::get_or_load`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Loaded {
     /// The value.
     pub value: Bytes,
     /// Where it came from.
     pub source: Source,
-    /// For [`Source::Loaded`]: whether the value was written to the shared table (false when the database
-    /// was unreachable and the cache failed open). True for the other sources.
+    /// Whether the value is in the shared table: true for every source but [`Source::Loaded`], where it
+    /// says whether this caller's write succeeded.
     pub stored: bool,
+    /// True when the shared cache could not be reached, so the value was loaded without its protection
+    /// (fail open). False for a [`NullCache`](crate::NullCache), which stores nothing by design.
+    pub unavailable: bool,
+    /// The row version (0 when not stored).
+    pub version: i64,
+    /// Time left before the entry expires, by the database clock when it was read or written.
+    pub expiry: Expiry,
+}
+
+impl Loaded {
+    /// An answer found in a cache (local, shared, or filled by another caller).
+    pub(crate) fn found(entry: Entry, source: Source) -> Self {
+        Self {
+            value: entry.value,
+            source,
+            stored: true,
+            unavailable: false,
+            version: entry.version,
+            expiry: entry.expiry,
+        }
+    }
+
+    /// An answer this caller loaded; `version` is `Some` when it was stored.
+    pub(crate) fn by_loader(value: Bytes, version: Option<i64>, expiry: Expiry, unavailable: bool) -> Self {
+        Self {
+            value,
+            source: Source::Loaded,
+            stored: version.is_some(),
+            unavailable,
+            version: version.unwrap_or(0),
+            expiry,
+        }
+    }
+
+    /// The answer as an [`Entry`].
+    pub fn entry(&self) -> Entry {
+        Entry { value: self.value.clone(), version: self.version, expiry: self.expiry }
+    }
 }
 
 /// State of the invalidation listener.

@@ -11,14 +11,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use std::time::Instant;
+
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+use crate::cache_store::Entry;
 use crate::local::{Epochs, Snapshot};
+use crate::ttl::Expiry;
 
 /// What a finished leader leaves for its followers.
 pub(crate) struct Landed {
-    pub(crate) value: Bytes,
+    entry: Entry,
+    at: Instant,
     snapshot: Snapshot,
 }
 
@@ -61,15 +65,22 @@ impl Flights {
 
 impl Flight<'_> {
     /// The value a previous leader landed, if no invalidation of the key came in since it read it.
-    pub(crate) fn landed(&self) -> Option<Bytes> {
+    pub(crate) fn landed(&self) -> Option<Entry> {
         let landed = self.guard.as_ref()?.as_ref()?;
-        self.flights.epochs.unchanged(&self.key, landed.snapshot).then(|| landed.value.clone())
+        if !self.flights.epochs.unchanged(&self.key, landed.snapshot) {
+            return None;
+        }
+        let expiry = match landed.entry.expiry {
+            Expiry::Never => Expiry::Never,
+            Expiry::In(left) => Expiry::In(left.saturating_sub(landed.at.elapsed())),
+        };
+        Some(Entry { expiry, ..landed.entry.clone() })
     }
 
-    /// Leaves a value for the followers; `snapshot` was taken before the value was read or loaded.
-    pub(crate) fn land(&mut self, value: Bytes, snapshot: Snapshot) {
+    /// Leaves an entry for the followers; `snapshot` was taken before it was read or loaded.
+    pub(crate) fn land(&mut self, entry: Entry, snapshot: Snapshot) {
         if let Some(guard) = self.guard.as_mut() {
-            **guard = Some(Landed { value, snapshot });
+            **guard = Some(Landed { entry, at: Instant::now(), snapshot });
         }
     }
 }
@@ -99,7 +110,10 @@ mod tests {
             let mut leader = flights.join("k").await;
             assert!(!leader.waited);
             assert!(leader.landed().is_none());
-            leader.land(Bytes::from_static(b"v"), epochs.snapshot("k"));
+            leader.land(
+                Entry { value: bytes::Bytes::from_static(b"v"), version: 1, expiry: Expiry::Never },
+                epochs.snapshot("k"),
+            );
             // A follower in the same flight (joined before the leader left) sees it.
             let slot = flights.table.lock().map(|t| t.len()).unwrap_or(0);
             assert_eq!(slot, 1);
@@ -118,10 +132,13 @@ mod tests {
             (f.waited, f.landed())
         });
         tokio::task::yield_now().await;
-        leader.land(Bytes::from_static(b"v"), epochs.snapshot("k"));
+        leader.land(
+            Entry { value: bytes::Bytes::from_static(b"v"), version: 1, expiry: Expiry::Never },
+            epochs.snapshot("k"),
+        );
         epochs.bump_key("k");
         drop(leader);
-        let (waited, landed) = follower.await.unwrap_or((false, Some(Bytes::new())));
+        let (waited, landed) = follower.await.unwrap_or((false, None));
         assert!(waited);
         assert!(landed.is_none());
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::cache_store::{CacheStatus, CacheStore, Entry, ListenerState, Loaded, Loader, SetOptions, Source};
+use crate::cache_store::{CacheStatus, CacheStore, Entry, ListenerState, Loaded, Loader, SetOptions};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::{Error, Result};
 use crate::ttl::{Expiry, Ttl};
@@ -118,7 +118,11 @@ impl<C: Send + Sync + 'static> CacheStore for NullCache<C> {
     async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Loaded> {
         self.check(key)?;
         let fill = loader().await.map_err(Error::Loader)?;
-        Ok(Loaded { value: fill.value, source: Source::Loaded, stored: false })
+        let expiry = match fill.options.ttl.resolve(self.default_ttl) {
+            Some(d) => Expiry::In(d),
+            None => Expiry::Never,
+        };
+        Ok(Loaded::by_loader(fill.value, None, expiry, false))
     }
 
     fn status(&self) -> CacheStatus {

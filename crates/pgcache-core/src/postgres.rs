@@ -19,7 +19,7 @@ use crate::listener::{self, ListenerConfig};
 use crate::local::{Epochs, LocalCache, Snapshot, Trust};
 use crate::lock::{lock_key, AdvisoryLock};
 use crate::settings::CacheSettings;
-use crate::store::{self, Row, Statements, SCHEMA_VERSION};
+use crate::store::{self, Statements, SCHEMA_VERSION};
 use crate::sweeper;
 use crate::ttl::{Expiry, Ttl};
 use crate::typed::TypedCache;
@@ -370,7 +370,7 @@ impl<C> PostgresCache<C> {
         Some(Entry { value: entry.value.clone(), version: entry.version, expiry: entry.expiry_now() })
     }
 
-    async fn install(&self, key: &str, row: &Row, snapshot: Snapshot) {
+    async fn install(&self, key: &str, row: &Entry, snapshot: Snapshot) {
         if let Some(local) = &self.inner.local {
             local.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
         }
@@ -391,7 +391,7 @@ impl<C> PostgresCache<C> {
     }
 
     /// Reads the shared table, installing a hit locally.
-    async fn read_shared(&self, key: &str) -> Result<Option<Row>> {
+    async fn read_shared(&self, key: &str) -> Result<Option<Entry>> {
         let snapshot = self.snapshot(key);
         let row = with_conn!(self, |c| store::get(c, &self.inner.sql, key))?;
         if let Some(row) = &row {
@@ -463,7 +463,7 @@ impl<C> PostgresCache<C> {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(50));
             match self.read_shared(key).await {
-                Ok(Some(row)) => return Ok(Loaded { value: row.value, source: Source::Collapsed, stored: true }),
+                Ok(Some(row)) => return Ok(Loaded::found(row, Source::Collapsed)),
                 Ok(None) => {}
                 Err(e) => {
                     self.read_failed(e, ())?;
@@ -478,9 +478,10 @@ impl<C> PostgresCache<C> {
         // No lock (timeout or database unavailable): load anyway, try to store.
         let fill = run_loader(loader).await?;
         self.check_fill(key, &fill)?;
-        let stored =
-            async { with_conn!(self, |c| self.write(c, key, &fill.value, &fill.options, snapshot)) }.await.is_ok();
-        Ok(Loaded { value: fill.value, source: Source::Loaded, stored })
+        let version =
+            async { with_conn!(self, |c| self.write(c, key, &fill.value, &fill.options, snapshot)) }.await.ok();
+        let unavailable = version.is_none();
+        Ok(Loaded::by_loader(fill.value, version, self.expiry_of(fill.options.ttl), unavailable))
     }
 
     async fn fill_under_lock(
@@ -496,7 +497,7 @@ impl<C> PostgresCache<C> {
             if let Ok(Ok(Some(row))) = tokio::time::timeout(bound, store::get(client, &self.inner.sql, key)).await {
                 guard.release().await;
                 self.install(key, &row, snapshot).await;
-                return Ok(Loaded { value: row.value, source: Source::Collapsed, stored: true });
+                return Ok(Loaded::found(row, Source::Collapsed));
             }
         }
         let fill = match run_loader(loader).await.and_then(|fill| self.check_fill(key, &fill).map(|()| fill)) {
@@ -506,10 +507,10 @@ impl<C> PostgresCache<C> {
                 return Err(e);
             }
         };
-        let mut stored = false;
+        let mut version = None;
         if let Some(client) = guard.client() {
             match tokio::time::timeout(bound, self.write(client, key, &fill.value, &fill.options, snapshot)).await {
-                Ok(Ok(_)) => stored = true,
+                Ok(Ok(v)) => version = Some(v),
                 Ok(Err(e)) => tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value"),
                 Err(_) => {
                     tracing::warn!(target: "pgcache::cache", after = ?bound, "storing the loaded value timed out")
@@ -517,12 +518,13 @@ impl<C> PostgresCache<C> {
             }
         }
         guard.release().await;
-        if !stored {
+        if version.is_none() {
             // The lock connection broke (e.g. terminated): try once through the pool.
-            stored =
-                async { with_conn!(self, |c| self.write(c, key, &fill.value, &fill.options, snapshot)) }.await.is_ok();
+            version =
+                async { with_conn!(self, |c| self.write(c, key, &fill.value, &fill.options, snapshot)) }.await.ok();
         }
-        Ok(Loaded { value: fill.value, source: Source::Loaded, stored })
+        let unavailable = version.is_none();
+        Ok(Loaded::by_loader(fill.value, version, self.expiry_of(fill.options.ttl), unavailable))
     }
 }
 
@@ -565,7 +567,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             Ok(rows) => rows,
             Err(e) => return self.read_failed(e, out),
         };
-        let found: std::collections::HashMap<String, Row> = rows.into_iter().collect();
+        let found: std::collections::HashMap<String, Entry> = rows.into_iter().collect();
         for (slot, (key, snapshot)) in missing.iter().zip(wanted.iter().zip(snapshots)) {
             if let (Some(row), Some(out)) = (found.get(*key), out.get_mut(*slot)) {
                 self.install(key, row, snapshot).await;
@@ -674,30 +676,30 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
     async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Loaded> {
         self.check_key(key)?;
         if let Some(hit) = self.local_hit(key).await {
-            return Ok(Loaded { value: hit.value, source: Source::Local, stored: true });
+            return Ok(Loaded::found(hit, Source::Local));
         }
         let mut flight = self.inner.flights.join(key).await;
         if flight.waited {
-            if let Some(value) = flight.landed() {
-                return Ok(Loaded { value, source: Source::Collapsed, stored: true });
+            if let Some(entry) = flight.landed() {
+                return Ok(Loaded::found(entry, Source::Collapsed));
             }
             if let Some(hit) = self.local_hit(key).await {
-                return Ok(Loaded { value: hit.value, source: Source::Collapsed, stored: true });
+                return Ok(Loaded::found(hit, Source::Collapsed));
             }
         }
         let snapshot = self.snapshot(key);
         let shared_source = if flight.waited { Source::Collapsed } else { Source::Shared };
         let loaded = match self.read_shared(key).await {
-            Ok(Some(row)) => Loaded { value: row.value, source: shared_source, stored: true },
+            Ok(Some(row)) => Loaded::found(row, shared_source),
             Ok(None) => self.fill_across_processes(key, loader, snapshot).await?,
             Err(e) => {
                 self.read_failed(e, ())?;
                 let fill = run_loader(loader).await?;
                 self.check_fill(key, &fill)?;
-                Loaded { value: fill.value, source: Source::Loaded, stored: false }
+                Loaded::by_loader(fill.value, None, self.expiry_of(fill.options.ttl), true)
             }
         };
-        flight.land(loaded.value.clone(), snapshot);
+        flight.land(loaded.entry(), snapshot);
         Ok(loaded)
     }
 

@@ -11,6 +11,7 @@ use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, R
 use tokio_postgres::GenericClient;
 use tokio_postgres::NoTls;
 
+use crate::cache_store::Entry;
 use crate::error::{Error, Result};
 use crate::settings::{parse_dsn, CacheSettings};
 use crate::tls::Tls;
@@ -80,13 +81,6 @@ impl Statements {
             ),
         }
     }
-}
-
-/// A row read from the table.
-pub(crate) struct Row {
-    pub(crate) value: Bytes,
-    pub(crate) version: i64,
-    pub(crate) expiry: Expiry,
 }
 
 /// Builds a driver config for `dsn` with this library's session settings.
@@ -254,9 +248,9 @@ fn pg<T>(r: std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
     r.map_err(Error::from_pg)
 }
 
-fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Row> {
+fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Entry> {
     let value: Vec<u8> = pg(row.try_get(offset))?;
-    Ok(Row {
+    Ok(Entry {
         value: Bytes::from(value),
         version: pg(row.try_get(offset + 1))?,
         expiry: Expiry::from_sql_millis(pg(row.try_get(offset + 2))?),
@@ -264,7 +258,7 @@ fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Row> {
 }
 
 /// `GET`: the live row for `key`.
-pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<Option<Row>> {
+pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<Option<Entry>> {
     let stmt = pg(client.prepare_cached(&sql.get).await)?;
     match pg(client.query_opt(&stmt, &[&key]).await)? {
         Some(row) => row_of(&row, 0).map(Some),
@@ -273,7 +267,7 @@ pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<
 }
 
 /// `GET` of many keys in one round trip; returns (key, row) pairs for the live ones.
-pub(crate) async fn get_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, Row)>> {
+pub(crate) async fn get_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, Entry)>> {
     let stmt = pg(client.prepare_cached(&sql.get_many).await)?;
     let rows = pg(client.query(&stmt, &[&keys]).await)?;
     rows.iter().map(|row| Ok((pg(row.try_get::<_, String>(0))?, row_of(row, 1)?))).collect()

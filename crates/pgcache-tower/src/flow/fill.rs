@@ -39,7 +39,9 @@ where
             status.ttl = Some(ttl_left(&stored, stored.freshness.initial_age));
             match result {
                 Ok(Loaded { stored: true, .. }) => status.stored = true,
-                Ok(_) => status.detail = Some("cache-unavailable"),
+                Ok(Loaded { unavailable: true, .. }) => status.detail = Some("cache-unavailable"),
+                // A NullCache stores nothing by design: a plain miss, nothing to report.
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(target: "pgcache::tower", error = %e, "could not store the response");
                     status.detail = Some("cache-unavailable");
