@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
-use pgcache_core::{BoxError, CacheStore, Codec, Error, Fill, JsonCodec, Loader, SetOptions, Source, Ttl};
+use pgcache_core::{BoxError, CacheStore, Codec, Error, Expiry, Fill, JsonCodec, Loader, SetOptions, Source, Ttl};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::Cache;
@@ -203,6 +203,10 @@ pub struct Lookup<T> {
     /// Whether the value is in the shared table (false when this request loaded it and could not store
     /// it: the database was down and the cache failed open, or the value was over `max_value_bytes`).
     pub stored: bool,
+    /// True when the database could not be reached and the value was loaded without the cache (fail open).
+    pub unavailable: bool,
+    /// Time left before the cached entry expires ([`Expiry::Never`] when it has no TTL or was not stored).
+    pub expiry: Expiry,
 }
 
 impl<T> Lookup<T> {
@@ -211,27 +215,41 @@ impl<T> Lookup<T> {
         matches!(self.source, Source::Local | Source::Shared)
     }
 
-    /// An RFC 9211 `Cache-Status` value: `pgcache; hit; detail=local` (or `shared`) for a hit,
-    /// `pgcache; fwd=uri-miss; collapsed` when another request loaded it while this one waited, and
-    /// `pgcache; fwd=uri-miss; stored` (or without `stored`) when this request loaded it.
+    /// An RFC 9211 `Cache-Status` member named `pgcache`, with the entry's remaining `ttl` in seconds:
+    ///
+    /// - `pgcache; hit; ttl=42; detail=local` (or `detail=shared`): it was cached;
+    /// - `pgcache; fwd=uri-miss; collapsed; ttl=60`: another request loaded it while this one waited;
+    /// - `pgcache; fwd=uri-miss; stored; ttl=60`: this request loaded and stored it;
+    /// - `pgcache; fwd=uri-miss; detail=cache-unavailable`: loaded without the cache (database down, fail
+    ///   open); `pgcache; fwd=uri-miss` when it could not be stored for another reason.
     ///
     /// ```
     /// # use pgcache_axum::Lookup;
     /// # use pgcache_core::Source;
     /// # fn demo(lookup: Lookup<u32>) {
     /// if lookup.source == Source::Local {
-    ///     assert_eq!(lookup.cache_status(), "pgcache; hit; detail=local");
+    ///     assert!(lookup.cache_status().to_str().unwrap().starts_with("pgcache; hit"));
     /// }
     /// # }
     /// ```
     pub fn cache_status(&self) -> HeaderValue {
-        HeaderValue::from_static(match (self.source, self.stored) {
-            (Source::Local, _) => "pgcache; hit; detail=local",
-            (Source::Shared, _) => "pgcache; hit; detail=shared",
-            (Source::Collapsed, _) => "pgcache; fwd=uri-miss; collapsed",
-            (_, true) => "pgcache; fwd=uri-miss; stored",
-            (_, false) => "pgcache; fwd=uri-miss",
-        })
+        let mut member = match (self.source, self.stored) {
+            (Source::Local | Source::Shared, _) => "pgcache; hit".to_owned(),
+            (Source::Collapsed, _) => "pgcache; fwd=uri-miss; collapsed".to_owned(),
+            (_, true) => "pgcache; fwd=uri-miss; stored".to_owned(),
+            (_, false) => "pgcache; fwd=uri-miss".to_owned(),
+        };
+        if let (Expiry::In(left), true) = (self.expiry, self.stored) {
+            member.push_str(&format!("; ttl={}", left.as_secs()));
+        }
+        match self.source {
+            Source::Local => member.push_str("; detail=local"),
+            Source::Shared => member.push_str("; detail=shared"),
+            _ if self.unavailable => member.push_str("; detail=cache-unavailable"),
+            _ => {}
+        }
+        // Only ASCII tokens and digits: always a valid header value.
+        HeaderValue::try_from(member).unwrap_or_else(|_| HeaderValue::from_static("pgcache"))
     }
 
     /// Runs the extraction: input, key, then the cache's `get_or_load` with `T::load` as the loader.
@@ -266,7 +284,13 @@ impl<T> Lookup<T> {
                         .decode(&hit.value)
                         .map_err(|source| misconfigured(Error::Codec { key: key.clone(), source }))?,
                 };
-                Ok(Lookup { value, source: hit.source, stored: hit.stored })
+                Ok(Lookup {
+                    value,
+                    source: hit.source,
+                    stored: hit.stored,
+                    unavailable: hit.unavailable,
+                    expiry: hit.expiry,
+                })
             }
             Err(Error::Loader(err)) => match take(&rejected) {
                 Some(rejection) => Err(CachedRejection::Load(rejection)),
@@ -279,7 +303,13 @@ impl<T> Lookup<T> {
             Err(err @ Error::ValueTooLarge { .. }) => match take(&loaded) {
                 Some(value) => {
                     tracing::warn!(target: "pgcache::axum", error = %err, "serving the loaded value uncached");
-                    Ok(Lookup { value, source: Source::Loaded, stored: false })
+                    Ok(Lookup {
+                        value,
+                        source: Source::Loaded,
+                        stored: false,
+                        unavailable: false,
+                        expiry: Expiry::Never,
+                    })
                 }
                 None => Err(CachedRejection::from_cache_error(err)),
             },
@@ -425,7 +455,7 @@ mod tests {
         let state = state();
         let lookup = extract("/item?id=7", &state).await.unwrap();
         assert_eq!(lookup.value, Item { id: "7".into() });
-        assert_eq!((lookup.source, lookup.stored), (Source::Loaded, false));
+        assert_eq!((lookup.source, lookup.stored, lookup.unavailable), (Source::Loaded, false, false));
         assert_eq!(lookup.cache_status(), "pgcache; fwd=uri-miss");
         assert!(!lookup.is_hit());
         assert_eq!(state.loads.load(Ordering::SeqCst), 1);
@@ -433,15 +463,17 @@ mod tests {
 
     #[test]
     fn cache_status_names_the_source() {
+        let minute = Expiry::In(std::time::Duration::from_millis(59_900));
         let cases = [
-            (Source::Local, true, "pgcache; hit; detail=local", true),
-            (Source::Shared, true, "pgcache; hit; detail=shared", true),
-            (Source::Collapsed, true, "pgcache; fwd=uri-miss; collapsed", false),
-            (Source::Loaded, true, "pgcache; fwd=uri-miss; stored", false),
-            (Source::Loaded, false, "pgcache; fwd=uri-miss", false),
+            (Source::Local, true, false, minute, "pgcache; hit; ttl=59; detail=local", true),
+            (Source::Shared, true, false, Expiry::Never, "pgcache; hit; detail=shared", true),
+            (Source::Collapsed, true, false, minute, "pgcache; fwd=uri-miss; collapsed; ttl=59", false),
+            (Source::Loaded, true, false, minute, "pgcache; fwd=uri-miss; stored; ttl=59", false),
+            (Source::Loaded, false, true, Expiry::Never, "pgcache; fwd=uri-miss; detail=cache-unavailable", false),
+            (Source::Loaded, false, false, minute, "pgcache; fwd=uri-miss", false),
         ];
-        for (source, stored, header, hit) in cases {
-            let lookup = Lookup { value: (), source, stored };
+        for (source, stored, unavailable, expiry, header, hit) in cases {
+            let lookup = Lookup { value: (), source, stored, unavailable, expiry };
             assert_eq!((lookup.cache_status(), lookup.is_hit()), (HeaderValue::from_static(header), hit));
         }
     }

@@ -13,7 +13,7 @@
 //! responses, trailers included, and answers repeated calls without reaching the service (`cache-status:
 //! pgcache-http; hit; ...` in the response metadata); behind it, the handler keeps each profile as protobuf
 //! bytes under `grpc:profile:{id}` with the core's dogpile-safe `get_or_load` (one database read per key
-//! across every server instance; `cache-status: pgcache; ...`). Against your own database:
+//! across every server instance). Against your own database:
 //! `PGCACHE_DSN=postgresql://... cargo run -p pgcache-examples --bin grpc_profiles`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,11 +21,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Parser;
-use pgcache_core::{BoxError, CacheStore, Error, Fill, Loader, PostgresCache, Source, Ttl};
+use pgcache_core::{BoxError, CacheStore, Error, Fill, Loader, PostgresCache, Ttl};
 use pgcache_examples::db::ProfileDb;
 use pgcache_tower::PgCacheLayer;
 use prost::Message;
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -66,17 +65,6 @@ struct ProfileService {
     db: ProfileDb,
 }
 
-/// An RFC 9211 `Cache-Status` value for an answer of `get_or_load`.
-fn cache_status(source: Source, stored: bool) -> &'static str {
-    match (source, stored) {
-        (Source::Local, _) => "pgcache; hit; detail=local",
-        (Source::Shared, _) => "pgcache; hit; detail=shared",
-        (Source::Collapsed, _) => "pgcache; fwd=uri-miss; collapsed",
-        (_, true) => "pgcache; fwd=uri-miss; stored",
-        (_, false) => "pgcache; fwd=uri-miss",
-    }
-}
-
 #[tonic::async_trait]
 impl Profiles for ProfileService {
     async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<Profile>, Status> {
@@ -100,11 +88,7 @@ impl Profiles for ProfileService {
             err => Status::internal(err.to_string()),
         })?;
         let profile = Profile::decode(loaded.value).map_err(|e| Status::internal(format!("cached value: {e}")))?;
-        let mut response = Response::new(profile);
-        response
-            .metadata_mut()
-            .insert("cache-status", MetadataValue::from_static(cache_status(loaded.source, loaded.stored)));
-        Ok(response)
+        Ok(Response::new(profile))
     }
 }
 
