@@ -16,6 +16,7 @@ mod bench;
 mod cli;
 mod compare;
 mod load;
+mod netem;
 mod redis_server;
 mod report;
 mod stats;
