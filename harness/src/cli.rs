@@ -117,6 +117,9 @@ pub(crate) struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Do not print the report (used when another command runs `load`).
+    #[arg(skip)]
+    pub(crate) quiet_report: bool,
 }
 
 impl LoadArgs {
@@ -133,6 +136,18 @@ impl LoadArgs {
         }
         Ok(())
     }
+}
+
+/// Parses `load` options from `argv` (without the command name), for commands that run `load` inside.
+pub(crate) fn load_args(argv: &[&str]) -> anyhow::Result<LoadArgs> {
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: LoadArgs,
+    }
+    let wrap = Wrap::try_parse_from(std::iter::once("load").chain(argv.iter().copied()))?;
+    wrap.args.validate()?;
+    Ok(wrap.args)
 }
 
 /// Parses `10s`, `250ms`, `2m`, `1h`, `1.5s`, or a bare number of seconds.

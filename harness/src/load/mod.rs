@@ -60,6 +60,14 @@ pub(crate) struct Invalidation {
     pub(crate) delay: Summary,
 }
 
+/// Runs `load` without printing the report (for `bench`); fails on any consistency violation.
+pub(crate) async fn run_quiet(args: &LoadArgs) -> anyhow::Result<LoadReport> {
+    let args = LoadArgs { quiet_report: true, ..args.clone() };
+    let outcome = run(&args).await?;
+    anyhow::ensure!(outcome.violations == 0, "the load run found {} consistency violations", outcome.violations);
+    Ok(outcome.report)
+}
+
 /// Runs `load` with `args`; prints the report and writes `results.json` and `latency.svg` to `--out`.
 pub(crate) async fn run(args: &LoadArgs) -> anyhow::Result<Outcome> {
     tokio::fs::create_dir_all(&args.out).await.with_context(|| format!("creating {}", args.out.display()))?;
@@ -223,7 +231,9 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         "prefill": args.prefill, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
     });
     let (report, histograms) = analyse(&events, config, wall, checked);
-    print_report(&report, &args.out);
+    if !args.quiet_report {
+        print_report(&report, &args.out);
+    }
     let json = serde_json::to_string_pretty(&report)?;
     tokio::fs::write(args.out.join("results.json"), json).await?;
     tokio::fs::write(args.out.join("latency.svg"), crate::svg::percentile_chart("pgcache load: latency by path", &histograms))
