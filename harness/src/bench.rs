@@ -390,6 +390,14 @@ fn throughput_row(what: &str, ours: f64, base: f64, baseline: &str, min_ratio: f
     }
 }
 
+fn format_ratio(x: f64) -> String {
+    if x < 0.01 {
+        format!("{x:.4}x (1/{:.0})", 1.0 / x)
+    } else {
+        format!("{x:.2}x")
+    }
+}
+
 /// The markdown table.
 pub(crate) fn table(rows: &[BenchRow]) -> String {
     let mut out = String::from("| what | pgcache | baseline | ratio | target | met |\n| --- | ---: | ---: | ---: | --- | --- |\n");
@@ -399,7 +407,7 @@ pub(crate) fn table(rows: &[BenchRow]) -> String {
             r.what,
             r.pgcache,
             r.baseline,
-            r.ratio.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}x")),
+            r.ratio.map_or_else(|| "-".to_owned(), format_ratio),
             r.target,
             match r.met {
                 Some(true) => "yes",
