@@ -217,7 +217,17 @@ fn check_key(key: u64, log: &mut KeyLog, p: &Params, outcome: &mut Outcome) {
                             ),
                         ))
                     } else if expired {
-                        Some(("expired value", format!("{} returned write {id:?} after its TTL ran out", obs.what)))
+                        let deadline = w.end + p.ttl.unwrap_or(0);
+                        Some((
+                            "expired value",
+                            format!(
+                                "{} returned write {id:?} (written {}..{}) {} after its TTL had certainly run out",
+                                obs.what,
+                                ms(w.start.saturating_sub(p.origin)),
+                                ms(w.end.saturating_sub(p.origin)),
+                                ms(obs.start.saturating_sub(deadline)),
+                            ),
+                        ))
                     } else {
                         None
                     }
@@ -257,10 +267,11 @@ fn check_key(key: u64, log: &mut KeyLog, p: &Params, outcome: &mut Outcome) {
         if !deleted && !expired {
             outcome.duplicate_loads += 1;
             let detail = format!(
-                "loader ran again (write {:?}, {}..{}) although the fill {:?} ({}..{}) was stored and not deleted or expired",
+                "loader ran again (write {:?}, {}..{}, stored: {}) although the fill {:?} ({}..{}) was stored and not deleted or expired",
                 b.id,
                 ms(b.start.saturating_sub(p.origin)),
                 ms(b.end.saturating_sub(p.origin)),
+                b.stored,
                 a.id,
                 ms(a.start.saturating_sub(p.origin)),
                 ms(a.end.saturating_sub(p.origin)),
