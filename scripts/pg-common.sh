@@ -16,7 +16,7 @@ pgcache_find_pg_bin() {
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y postgresql >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y postgresql >&2
   candidate="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
   if [ -z "$candidate" ]; then
     echo "with-postgres: could not install PostgreSQL; install the 'postgresql' package and retry" >&2

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pgcache_core::{CacheSettings, PostgresCache};
+use pgcache_core::{BoxError, CacheSettings, CacheStore, Fill, Loader, PostgresCache, Source};
 
 /// The DSN of the shared test server (starting a private cluster for this process if needed).
 pub fn test_dsn() -> String {
@@ -46,14 +46,28 @@ pub fn unique_name(name: &str) -> String {
 }
 
 /// Settings for one test: the test server, a fresh prefix and channel, short timers so tests are quick.
+///
+/// The `application_name` is the prefix too, so the test can find this cache's backends in
+/// `pg_stat_activity` ([`backends`], [`listener_pid`]).
 pub fn settings_for(name: &str) -> CacheSettings {
+    settings_on(&test_dsn(), name)
+}
+
+/// Like [`settings_for`], on another server (a private [`TestCluster`], another role's DSN).
+pub fn settings_on(dsn: &str, name: &str) -> CacheSettings {
     let prefix = unique_name(name);
     let channel = format!("{prefix}events");
-    CacheSettings::new(test_dsn())
-        .schema_prefix(prefix)
+    CacheSettings::new(dsn)
+        .schema_prefix(prefix.clone())
         .notify_channel(channel)
+        .application_name(prefix)
         .heartbeat_interval(Duration::from_millis(250))
         .lock_wait_timeout(Duration::from_secs(10))
+}
+
+/// The same settings as another "node" would use, told apart in `pg_stat_activity` by `suffix`.
+pub fn node(settings: &CacheSettings, suffix: &str) -> CacheSettings {
+    settings.clone().application_name(format!("{}{suffix}", settings.application_name))
 }
 
 /// `init_db` then `connect` (one "node").
@@ -69,6 +83,179 @@ pub async fn sql_client(dsn: &str) -> Result<tokio_postgres::Client> {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// The quoted name of the entries table of `settings`' prefix, for SQL by hand.
+pub fn entries_table(settings: &CacheSettings) -> String {
+    format!("\"{}cache_entries\"", settings.schema_prefix)
+}
+
+/// Rows in the entries table of `settings`' prefix, expired ones included.
+pub async fn row_count(client: &tokio_postgres::Client, settings: &CacheSettings) -> Result<i64> {
+    let sql = format!("SELECT count(*) FROM {}", entries_table(settings));
+    Ok(client.query_one(&sql, &[]).await?.try_get(0)?)
+}
+
+/// `(pid, query)` of every backend whose `application_name` is `app`.
+pub async fn backends(client: &tokio_postgres::Client, app: &str) -> Result<Vec<(i32, String)>> {
+    let rows = client
+        .query(
+            "SELECT pid, coalesce(query, '') FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            &[&app],
+        )
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// The backend of the cache's listener connection (application name `app`), if connected.
+///
+/// PostgreSQL does not show which session listens on what, so the listener is recognised by its
+/// statements: it only ever runs `LISTEN "channel"` and its heartbeat `SELECT 1`, which the pooled
+/// connections never do (they run prepared statements).
+pub async fn listener_pid(client: &tokio_postgres::Client, app: &str) -> Result<Option<i32>> {
+    let pids: Vec<i32> = backends(client, app)
+        .await?
+        .into_iter()
+        .filter(|(_, query)| query.starts_with("LISTEN ") || query == "SELECT 1")
+        .map(|(pid, _)| pid)
+        .collect();
+    if pids.len() > 1 {
+        bail!("several listener-like backends for {app}: {pids:?}");
+    }
+    Ok(pids.first().copied())
+}
+
+/// The backend holding the session advisory lock `key` (a bigint lock shows in `pg_locks` as
+/// classid = high 32 bits, objid = low 32 bits, objsubid = 1).
+pub async fn advisory_lock_holder(client: &tokio_postgres::Client, key: i64) -> Result<Option<i32>> {
+    let high = i64::from((key >> 32) as u32);
+    let low = i64::from(key as u32);
+    let row = client
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1",
+            &[&high, &low],
+        )
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+/// `pg_terminate_backend(pid)`: true when the backend existed.
+pub async fn terminate(client: &tokio_postgres::Client, pid: i32) -> Result<bool> {
+    Ok(client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await?.try_get(0)?)
+}
+
+/// Creates a login role (not a superuser, so `CONNECTION LIMIT` applies to it) allowed to use every
+/// table and sequence of the `public` schema, and returns a DSN for it on the server of `admin_dsn`.
+/// Run it after `init_db`. Roles are cluster-wide: `name` should be unique (e.g. a settings' prefix).
+pub async fn login_role(admin_dsn: &str, name: &str, connection_limit: i32) -> Result<String> {
+    let admin = sql_client(admin_dsn).await?;
+    let role = name.trim_end_matches('_');
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\" LOGIN PASSWORD 'pgcache_test' CONNECTION LIMIT {connection_limit}; \
+             GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{role}\"; \
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO \"{role}\";"
+        ))
+        .await?;
+    with_user(admin_dsn, role, "pgcache_test")
+}
+
+/// `dsn` with another user and password (URL or key=value form).
+pub fn with_user(dsn: &str, user: &str, password: &str) -> Result<String> {
+    for scheme in ["postgresql://", "postgres://"] {
+        if let Some(rest) = dsn.strip_prefix(scheme) {
+            let host_part = rest.split_once('@').map_or(rest, |(_, host)| host);
+            return Ok(format!("{scheme}{user}:{password}@{host_part}"));
+        }
+    }
+    if dsn.contains('=') {
+        return Ok(format!("{dsn} user={user} password={password}"));
+    }
+    bail!("cannot rewrite the user of DSN {dsn:?}")
+}
+
+/// A raw LISTEN on `channel` over its own connection, for tests that look at notifications themselves.
+pub struct NotifyTap {
+    client: tokio_postgres::Client,
+    payloads: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl NotifyTap {
+    /// Connects to `dsn` and listens on `channel`.
+    ///
+    /// # Errors
+    /// Connection or LISTEN failed.
+    pub async fn listen(dsn: &str, channel: &str) -> Result<Self> {
+        let (client, mut connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+        let (tx, payloads) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+        Ok(Self { client, payloads })
+    }
+
+    /// Every payload received until this tap's own `NOTIFY channel, marker` comes back (notifications
+    /// are delivered in commit order, so everything committed before the marker is in the list).
+    ///
+    /// # Errors
+    /// The marker did not come back within 10 s.
+    pub async fn drain(&mut self, channel: &str) -> Result<Vec<String>> {
+        // A well-formed event of a prefix nobody uses: caches on the channel ignore it (an unreadable
+        // payload would make them flush their local cache).
+        let marker = format!(r#"{{"p":"marker_{}","op":"marker","keys":[]}}"#, unique_name("m"));
+        self.client.execute("SELECT pg_notify($1, $2)", &[&channel, &marker]).await?;
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.payloads.recv()).await {
+                Ok(Some(payload)) if payload == marker => return Ok(seen),
+                Ok(Some(payload)) => seen.push(payload),
+                Ok(None) => bail!("notification connection closed"),
+                Err(_) => bail!("own notification did not come back within 10 s"),
+            }
+        }
+    }
+}
+
+/// Where `cache` serves `key` from right now ([`Source::Local`] proves a local copy is in use), without
+/// changing anything: a missing key is an error, never a load.
+pub async fn source_of<S: CacheStore + ?Sized>(cache: &S, key: &str) -> Result<Source> {
+    let loader: Loader = Box::new(|| Box::pin(async { Err::<Fill, BoxError>("source_of: the key is missing".into()) }));
+    Ok(cache.get_or_load(key, loader).await?.source)
+}
+
+/// Reads `key` on `cache` until it is served from the local cache (a fill that races with an
+/// invalidation, e.g. the notification of the write being read, is rightly not installed, so one read is
+/// not always enough).
+///
+/// # Errors
+/// The key is missing, or never became local within 5 s.
+pub async fn make_local<S: CacheStore + ?Sized>(cache: &S, key: &str) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if source_of(cache, key).await? == Source::Local {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!("{key} never became local");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs blocking work (a [`TestCluster`] start or stop) off the async runtime.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// Polls `check` every 5 ms until it returns true or `deadline` passes; returns the time it took.

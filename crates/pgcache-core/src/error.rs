@@ -146,6 +146,11 @@ impl Error {
         }
     }
 
+    /// True when every pooled connection was busy for the whole `pool_timeout` (the server may be fine).
+    pub fn is_pool_busy(&self) -> bool {
+        matches!(self, Error::Pool(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)))
+    }
+
     /// True when the error means the database could not be reached or answered in time
     /// (as opposed to bad input), the case where reads fail open.
     pub fn is_unavailable(&self) -> bool {

@@ -15,6 +15,7 @@ mod postgres;
 mod settings;
 mod store;
 mod sweeper;
+mod tls;
 mod ttl;
 mod typed;
 mod validate;
@@ -35,3 +36,8 @@ pub use typed::TypedCache;
 pub mod prelude {
     pub use crate::{CacheSettings, CacheStore, NullCache, PostgresCache, Ttl, TypedCache};
 }
+
+/// The workspace README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct WorkspaceReadme;

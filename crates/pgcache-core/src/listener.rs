@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::poll_fn;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
 use crate::local::{LocalCache, Trust};
 
@@ -50,6 +51,7 @@ pub(crate) async fn apply(local: &LocalCache, prefix: &str, payload: &str) {
 /// Configuration of the listener task.
 pub(crate) struct ListenerConfig {
     pub(crate) pg: tokio_postgres::Config,
+    pub(crate) tls: crate::tls::Tls,
     pub(crate) channel: String,
     pub(crate) prefix: String,
     pub(crate) heartbeat: Duration,
@@ -57,16 +59,21 @@ pub(crate) struct ListenerConfig {
 
 /// Runs until `shutdown` flips: connect, LISTEN, flush, serve notifications and heartbeats; on any
 /// failure mark the local cache untrusted and reconnect with back-off.
+///
+/// `first` hears how the first connection attempt went (listening, or the error), so `connect` can
+/// report e.g. "too many connections" instead of starting with a listener that never comes up.
 pub(crate) async fn run(
     config: ListenerConfig,
     local: Arc<LocalCache>,
     trust: Arc<Trust>,
     mut shutdown: watch::Receiver<bool>,
+    first: oneshot::Sender<crate::Result<()>>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut first = Some(first);
     loop {
         let outcome = tokio::select! {
-            outcome = session(&config, &local, &trust) => outcome,
+            outcome = connect_and_serve(&config, &local, &trust, &mut first) => outcome,
             _ = shutdown.changed() => { trust.set_listening(false); return; }
         };
         trust.set_listening(false);
@@ -82,9 +89,49 @@ pub(crate) async fn run(
     }
 }
 
+/// Reports the first attempt's outcome, once.
+type FirstReport = Option<oneshot::Sender<crate::Result<()>>>;
+
+async fn connect_and_serve(
+    config: &ListenerConfig,
+    local: &LocalCache,
+    trust: &Trust,
+    first: &mut FirstReport,
+) -> Result<(), String> {
+    match &config.tls {
+        crate::tls::Tls::Off => session(config, local, trust, NoTls, first).await,
+        crate::tls::Tls::Rustls(tls) => session(config, local, trust, tls.clone(), first).await,
+    }
+}
+
+fn report(first: &mut FirstReport, outcome: crate::Result<()>) {
+    if let Some(tx) = first.take() {
+        let _ = tx.send(outcome);
+    }
+}
+
 /// One connection's life. Returns `Err` with the reason it ended.
-async fn session(config: &ListenerConfig, local: &LocalCache, trust: &Trust) -> Result<(), String> {
-    let (client, mut connection) = config.pg.connect(NoTls).await.map_err(|e| format!("connect: {e}"))?;
+async fn session<T>(
+    config: &ListenerConfig,
+    local: &LocalCache,
+    trust: &Trust,
+    tls: T,
+    first: &mut FirstReport,
+) -> Result<(), String>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = match config.pg.connect(tls).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let reason = format!("connect: {e}");
+            report(first, Err(crate::Error::from_pg(e)));
+            return Err(reason);
+        }
+    };
     let (tx, mut notifications) = mpsc::unbounded_channel::<String>();
     // Drive the connection, forwarding notifications; ends when the connection does.
     let mut driver = tokio::spawn(async move {
@@ -107,12 +154,13 @@ async fn session(config: &ListenerConfig, local: &LocalCache, trust: &Trust) -> 
         local.evict_all();
         trust.renew(Instant::now());
         trust.set_listening(true);
+        report(first, Ok(()));
         tracing::info!(target: "pgcache::listener", channel = %config.channel, "listening");
         let mut heartbeat = tokio::time::interval(config.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Not `biased`: a steady stream of notifications must not starve the heartbeat.
             tokio::select! {
-                biased;
                 payload = notifications.recv() => match payload {
                     Some(payload) => apply(local, &config.prefix, &payload).await,
                     None => return Err("notification stream ended".to_owned()),

@@ -1,5 +1,7 @@
 //! Advisory locks for `get_or_set`: the key hash and a guard that releases the lock on every path.
 
+use std::time::Duration;
+
 use deadpool_postgres::{Object, Pool};
 
 use crate::error::{Error, Result};
@@ -30,17 +32,21 @@ pub fn lock_key(schema_prefix: &str, key: &str) -> i64 {
 pub(crate) struct AdvisoryLock {
     conn: Option<Object>,
     key: i64,
+    /// Client-side bound of the lock and unlock statements.
+    bound: Duration,
 }
 
 impl AdvisoryLock {
     /// Tries to take the lock on a connection from `pool`; `None` when another session holds it.
-    pub(crate) async fn try_acquire(pool: &Pool, key: i64) -> Result<Option<Self>> {
+    pub(crate) async fn try_acquire(pool: &Pool, key: i64, bound: Duration) -> Result<Option<Self>> {
         let conn = pool.get().await.map_err(Error::from_pool)?;
-        // Hand the connection to the guard before awaiting: if this future is dropped while the
-        // statement is in flight, the guard's Drop discards the connection, lock or not.
-        let mut guard = Self { conn: Some(conn), key };
+        // Hand the connection to the guard before awaiting: if this future is dropped (or times out)
+        // while the statement is in flight, the guard's Drop discards the connection, lock or not.
+        let mut guard = Self { conn: Some(conn), key, bound };
         let acquired = match guard.conn.as_ref() {
-            Some(conn) => store::try_advisory_lock(&conn, key).await?,
+            Some(conn) => tokio::time::timeout(bound, store::try_advisory_lock(conn, key))
+                .await
+                .map_err(|_| Error::Timeout { what: "pg_try_advisory_lock", after: bound })??,
             None => false,
         };
         if acquired {
@@ -60,11 +66,16 @@ impl AdvisoryLock {
     /// Unlocks on the same connection and returns it to the pool; on failure the connection is discarded.
     pub(crate) async fn release(mut self) {
         if let Some(conn) = self.conn.as_ref() {
-            match store::advisory_unlock(&conn, self.key).await {
-                Ok(_) => {
+            match tokio::time::timeout(self.bound, store::advisory_unlock(conn, self.key)).await {
+                Ok(Ok(_)) => {
                     self.conn.take();
                 }
-                Err(e) => tracing::warn!(target: "pgcache::lock", error = %e, "unlock failed; closing the connection"),
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "pgcache::lock", error = %e, "unlock failed; closing the connection")
+                }
+                Err(_) => {
+                    tracing::warn!(target: "pgcache::lock", after = ?self.bound, "unlock timed out; closing the connection")
+                }
             }
         }
         // Drop discards a connection still present (unlock failed), which frees the lock.

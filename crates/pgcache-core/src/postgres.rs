@@ -25,6 +25,21 @@ use crate::ttl::{Expiry, Ttl};
 use crate::typed::TypedCache;
 use crate::validate;
 
+/// Runs `$op`, an expression using `$conn: &Client`, on a pooled connection within the client-side bound
+/// ([`PostgresCache::op_timeout`]). A connection whose statement overran is closed, never pooled again: a
+/// frozen or partitioned server must not hang callers, nor hand a wedged connection to the next one.
+macro_rules! with_conn {
+    ($cache:expr, |$conn:ident| $op:expr) => {{
+        let cache = $cache;
+        let owned = cache.conn().await?;
+        let outcome = {
+            let $conn = &owned;
+            tokio::time::timeout(cache.op_timeout(), $op).await
+        };
+        cache.settle(owned, outcome)
+    }};
+}
+
 /// A PostgreSQL-backed cache: cheap to clone (an `Arc` inside), `Send + Sync`.
 ///
 /// Each instance owns a connection pool, a bounded local cache, a listener connection that evicts local
@@ -142,9 +157,12 @@ impl PostgresCache<JsonCodec> {
             Some(dsn) => store::build_pool(&settings, "listen_dsn", dsn, settings.max_pool_size.clamp(1, 8))?,
             None => pool.clone(),
         };
-        check_schema(&pool, &settings).await?;
+        let schema_bound = settings.statement_timeout + settings.pool_timeout;
+        tokio::time::timeout(schema_bound, check_schema(&pool, &settings))
+            .await
+            .map_err(|_| Error::Timeout { what: "schema check", after: schema_bound })??;
         let mut warm = Vec::with_capacity(settings.min_pool_size);
-        for _ in 1..settings.min_pool_size {
+        for _ in 0..settings.min_pool_size {
             warm.push(pool.get().await.map_err(Error::from_pool)?);
         }
         drop(warm);
@@ -163,20 +181,27 @@ impl PostgresCache<JsonCodec> {
         let (shutdown, _) = watch::channel(false);
         let sql = Arc::new(Statements::new(&settings.schema_prefix));
         let mut tasks = Vec::new();
+        let mut first_listen = None;
         if let (true, Some(local)) = (settings.listener_enabled(), &local) {
             let dsn = settings.listen_dsn.as_deref().unwrap_or(&settings.dsn);
+            let mut pg = store::pg_config(&settings, "listen_dsn", dsn)?;
+            let tls = crate::tls::Tls::for_config(&settings, &mut pg)?;
             let config = ListenerConfig {
-                pg: store::pg_config(&settings, "listen_dsn", dsn)?,
+                pg,
+                tls,
                 channel: settings.notify_channel.clone(),
                 prefix: settings.schema_prefix.clone(),
                 heartbeat: settings.heartbeat_interval,
             };
+            let (tx, rx) = tokio::sync::oneshot::channel();
             tasks.push(tokio::spawn(listener::run(
                 config,
                 Arc::clone(local),
                 Arc::clone(&trust),
                 shutdown.subscribe(),
+                tx,
             )));
+            first_listen = Some(rx);
         }
         if let Some(interval) = settings.sweeper_interval {
             tasks.push(tokio::spawn(sweeper::run(
@@ -185,6 +210,7 @@ impl PostgresCache<JsonCodec> {
                 settings.schema_prefix.clone(),
                 settings.cleanup_batch_size,
                 interval,
+                settings.statement_timeout + Duration::from_millis(500),
                 shutdown.subscribe(),
             )));
         }
@@ -204,7 +230,15 @@ impl PostgresCache<JsonCodec> {
             }),
             codec: JsonCodec,
         };
-        cache.wait_listening(cache.inner.settings.pool_timeout).await;
+        // A listener that cannot connect at all (no free slots, bad credentials) is a set-up error: report
+        // it. One that is merely slow keeps retrying in the background while the local cache is bypassed.
+        if let Some(first) = first_listen {
+            let wait = cache.inner.settings.pool_timeout * 2;
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(wait, first).await {
+                cache.close().await;
+                return Err(e);
+            }
+        }
         Ok(cache)
     }
 
@@ -306,6 +340,27 @@ impl<C> PostgresCache<C> {
         self.inner.pool.get().await.map_err(Error::from_pool)
     }
 
+    /// Client-side bound of one statement: `statement_timeout` (enforced by the server) plus 500 ms, for
+    /// when the server cannot enforce it (frozen, partitioned).
+    fn op_timeout(&self) -> Duration {
+        self.inner.settings.statement_timeout + Duration::from_millis(500)
+    }
+
+    /// The result of a bounded statement; on overrun the connection is closed instead of pooled.
+    fn settle<T>(
+        &self,
+        conn: deadpool_postgres::Object,
+        outcome: std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(conn));
+                Err(Error::Timeout { what: "database statement", after: self.op_timeout() })
+            }
+        }
+    }
+
     fn snapshot(&self, key: &str) -> Snapshot {
         self.inner.epochs.snapshot(key)
     }
@@ -338,7 +393,7 @@ impl<C> PostgresCache<C> {
     /// Reads the shared table, installing a hit locally.
     async fn read_shared(&self, key: &str) -> Result<Option<Row>> {
         let snapshot = self.snapshot(key);
-        let row = store::get(&self.conn().await?, &self.inner.sql, key).await?;
+        let row = with_conn!(self, |c| store::get(c, &self.inner.sql, key))?;
         if let Some(row) = &row {
             self.install(key, row, snapshot).await;
         }
@@ -395,9 +450,11 @@ impl<C> PostgresCache<C> {
         let deadline = Instant::now() + self.inner.settings.lock_wait_timeout;
         let mut backoff = Duration::from_millis(2);
         loop {
-            match AdvisoryLock::try_acquire(&self.inner.lock_pool, lock).await {
+            match AdvisoryLock::try_acquire(&self.inner.lock_pool, lock, self.op_timeout()).await {
                 Ok(Some(guard)) => return self.fill_under_lock(key, loader, snapshot, guard).await,
                 Ok(None) => {}
+                // Every pooled connection is busy (e.g. other fills holding locks): keep waiting.
+                Err(e) if e.is_pool_busy() => {}
                 Err(e) => {
                     self.read_failed(e, ())?;
                     break;
@@ -421,10 +478,8 @@ impl<C> PostgresCache<C> {
         // No lock (timeout or database unavailable): load anyway, try to store.
         let fill = run_loader(loader).await?;
         self.check_fill(key, &fill)?;
-        let stored = match self.conn().await {
-            Ok(conn) => self.write(&conn, key, &fill.value, &fill.options, snapshot).await.is_ok(),
-            Err(_) => false,
-        };
+        let stored =
+            async { with_conn!(self, |c| self.write(c, key, &fill.value, &fill.options, snapshot)) }.await.is_ok();
         Ok(Loaded { value: fill.value, source: Source::Loaded, stored })
     }
 
@@ -435,9 +490,10 @@ impl<C> PostgresCache<C> {
         snapshot: Snapshot,
         guard: AdvisoryLock,
     ) -> Result<Loaded> {
+        let bound = self.op_timeout();
         // Another process may have filled the key between our read and our lock.
         if let Some(client) = guard.client() {
-            if let Ok(Some(row)) = store::get(client, &self.inner.sql, key).await {
+            if let Ok(Ok(Some(row))) = tokio::time::timeout(bound, store::get(client, &self.inner.sql, key)).await {
                 guard.release().await;
                 self.install(key, &row, snapshot).await;
                 return Ok(Loaded { value: row.value, source: Source::Collapsed, stored: true });
@@ -452,17 +508,19 @@ impl<C> PostgresCache<C> {
         };
         let mut stored = false;
         if let Some(client) = guard.client() {
-            match self.write(client, key, &fill.value, &fill.options, snapshot).await {
-                Ok(_) => stored = true,
-                Err(e) => tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value"),
+            match tokio::time::timeout(bound, self.write(client, key, &fill.value, &fill.options, snapshot)).await {
+                Ok(Ok(_)) => stored = true,
+                Ok(Err(e)) => tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value"),
+                Err(_) => {
+                    tracing::warn!(target: "pgcache::cache", after = ?bound, "storing the loaded value timed out")
+                }
             }
         }
         guard.release().await;
         if !stored {
             // The lock connection broke (e.g. terminated): try once through the pool.
-            if let Ok(conn) = self.conn().await {
-                stored = self.write(&conn, key, &fill.value, &fill.options, snapshot).await.is_ok();
-            }
+            stored =
+                async { with_conn!(self, |c| self.write(c, key, &fill.value, &fill.options, snapshot)) }.await.is_ok();
         }
         Ok(Loaded { value: fill.value, source: Source::Loaded, stored })
     }
@@ -501,17 +559,17 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         if missing.is_empty() {
             return Ok(out);
         }
-        let wanted: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let wanted: Vec<&str> = missing.iter().filter_map(|&i| keys.get(i).copied()).collect();
         let snapshots: Vec<Snapshot> = wanted.iter().map(|k| self.snapshot(k)).collect();
-        let rows = match async { store::get_many(&self.conn().await?, &self.inner.sql, &wanted).await }.await {
+        let rows = match async { with_conn!(self, |c| store::get_many(c, &self.inner.sql, &wanted)) }.await {
             Ok(rows) => rows,
             Err(e) => return self.read_failed(e, out),
         };
-        let mut found: std::collections::HashMap<String, Row> = rows.into_iter().collect();
+        let found: std::collections::HashMap<String, Row> = rows.into_iter().collect();
         for (slot, (key, snapshot)) in missing.iter().zip(wanted.iter().zip(snapshots)) {
-            if let Some(row) = found.remove(*key) {
-                self.install(key, &row, snapshot).await;
-                out[*slot] = Some(row.value);
+            if let (Some(row), Some(out)) = (found.get(*key), out.get_mut(*slot)) {
+                self.install(key, row, snapshot).await;
+                *out = Some(row.value.clone());
             }
         }
         Ok(out)
@@ -522,8 +580,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         validate::value(key, value.len(), self.inner.settings.max_value_bytes)?;
         validate::tags(&options.tags)?;
         let snapshot = self.snapshot(key);
-        let conn = self.conn().await?;
-        self.write(&conn, key, &value, options, snapshot).await
+        with_conn!(self, |c| self.write(c, key, &value, options, snapshot))
     }
 
     async fn set_many_bytes(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
@@ -546,7 +603,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         }
         let (keys, values): (Vec<&str>, Vec<&[u8]>) = latest.into_iter().unzip();
         let result =
-            async { store::upsert_many(&self.conn().await?, &self.inner.sql, &keys, &values, self.ttl_ms(ttl)).await }
+            async { with_conn!(self, |c| store::upsert_many(c, &self.inner.sql, &keys, &values, self.ttl_ms(ttl))) }
                 .await;
         for key in &keys {
             self.evict_local(key).await;
@@ -556,7 +613,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         self.check_key(key)?;
-        let result = async { store::delete(&self.conn().await?, &self.inner.sql, key).await }.await;
+        let result = async { with_conn!(self, |c| store::delete(c, &self.inner.sql, key)) }.await;
         self.evict_local(key).await;
         result
     }
@@ -565,7 +622,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         for key in keys {
             self.check_key(key)?;
         }
-        let result = async { store::delete_many(&self.conn().await?, &self.inner.sql, keys).await }.await;
+        let result = async { with_conn!(self, |c| store::delete_many(c, &self.inner.sql, keys)) }.await;
         for key in keys {
             self.evict_local(key).await;
         }
@@ -575,7 +632,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
     async fn delete_tags(&self, tags: &[&str]) -> Result<u64> {
         self.check_open()?;
         validate::tags(tags)?;
-        let result = async { store::delete_tags(&self.conn().await?, &self.inner.sql, tags).await }.await;
+        let result = async { with_conn!(self, |c| store::delete_tags(c, &self.inner.sql, tags)) }.await;
         // Which keys carried the tags is only known to the database; the trigger tells the other nodes.
         if result.as_ref().is_ok_and(|n| *n > 0) {
             self.evict_local_all();
@@ -585,19 +642,19 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
 
     async fn clear(&self) -> Result<u64> {
         self.check_open()?;
-        let result = async { store::clear(&self.conn().await?, &self.inner.sql).await }.await;
+        let result = async { with_conn!(self, |c| store::clear(c, &self.inner.sql)) }.await;
         self.evict_local_all();
         result
     }
 
     async fn ttl(&self, key: &str) -> Result<Option<Expiry>> {
         self.check_key(key)?;
-        store::ttl(&self.conn().await?, &self.inner.sql, key).await
+        with_conn!(self, |c| store::ttl(c, &self.inner.sql, key))
     }
 
     async fn touch(&self, key: &str, ttl: Ttl) -> Result<bool> {
         self.check_key(key)?;
-        let result = async { store::touch(&self.conn().await?, &self.inner.sql, key, self.ttl_ms(ttl)).await }.await;
+        let result = async { with_conn!(self, |c| store::touch(c, &self.inner.sql, key, self.ttl_ms(ttl))) }.await;
         self.evict_local(key).await;
         result
     }
@@ -609,6 +666,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             &self.inner.sql,
             &self.inner.settings.schema_prefix,
             self.inner.settings.cleanup_batch_size,
+            self.op_timeout(),
         )
         .await
     }

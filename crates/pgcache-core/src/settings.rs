@@ -31,7 +31,8 @@ use crate::error::{Error, Result};
 /// `PGCACHE_LOCAL_MAX_ENTRIES`, `PGCACHE_LOCAL_MAX_BYTES`, `PGCACHE_LOCAL_TTL`, `PGCACHE_DEFAULT_TTL`,
 /// `PGCACHE_MIN_POOL_SIZE`, `PGCACHE_MAX_POOL_SIZE`, `PGCACHE_POOL_TIMEOUT`, `PGCACHE_STATEMENT_TIMEOUT`,
 /// `PGCACHE_LOCK_WAIT_TIMEOUT`, `PGCACHE_MAX_KEY_BYTES`, `PGCACHE_MAX_VALUE_BYTES`, `PGCACHE_UNLOGGED`,
-/// `PGCACHE_SWEEPER_INTERVAL` (`0` disables), `PGCACHE_CLEANUP_BATCH_SIZE`, `PGCACHE_HEARTBEAT_INTERVAL`.
+/// `PGCACHE_SWEEPER_INTERVAL` (`0` disables), `PGCACHE_CLEANUP_BATCH_SIZE`, `PGCACHE_HEARTBEAT_INTERVAL`,
+/// `PGCACHE_TLS_ROOT_CERT`.
 /// Durations are written `250ms`, `5s`, `10m`, `1h` (a bare number means seconds).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -88,6 +89,10 @@ pub struct CacheSettings {
     pub fail_open: bool,
     /// `application_name` shown in `pg_stat_activity`. Default: `pgcache`.
     pub application_name: String,
+    /// PEM file of the CA (or self-signed server certificate) to trust, on top of the platform's roots.
+    /// Setting it makes TLS required; otherwise TLS is used when the DSN says `sslmode=require`. The server
+    /// certificate is always verified. Default: `None`.
+    pub tls_root_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for CacheSettings {
@@ -115,6 +120,7 @@ impl Default for CacheSettings {
             heartbeat_interval: Duration::from_secs(1),
             fail_open: true,
             application_name: "pgcache".to_owned(),
+            tls_root_cert: None,
         }
     }
 }
@@ -156,6 +162,20 @@ impl CacheSettings {
     #[must_use]
     pub fn schema_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.schema_prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`application_name`](Self::application_name).
+    #[must_use]
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// Sets [`tls_root_cert`](Self::tls_root_cert) (and so requires TLS).
+    #[must_use]
+    pub fn tls_root_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls_root_cert = Some(path.into());
         self
     }
 
@@ -222,6 +242,9 @@ impl CacheSettings {
         }
         if let Some(v) = var("PGCACHE_NOTIFY_CHANNEL") {
             s.notify_channel = v;
+        }
+        if let Some(v) = var("PGCACHE_TLS_ROOT_CERT") {
+            s.tls_root_cert = Some(v.into());
         }
         if let Some(v) = lookup("PGCACHE_SCHEMA_PREFIX") {
             s.schema_prefix = v;

@@ -13,6 +13,7 @@ use tokio_postgres::NoTls;
 
 use crate::error::{Error, Result};
 use crate::settings::{parse_dsn, CacheSettings};
+use crate::tls::Tls;
 use crate::ttl::Expiry;
 
 /// The schema version this library writes and expects.
@@ -114,8 +115,12 @@ pub(crate) fn pg_config(settings: &CacheSettings, name: &'static str, dsn: &str)
 
 /// A deadpool pool with every timeout set (deadpool's default is to wait forever).
 pub(crate) fn build_pool(settings: &CacheSettings, name: &'static str, dsn: &str, max_size: usize) -> Result<Pool> {
-    let config = pg_config(settings, name, dsn)?;
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let mut config = pg_config(settings, name, dsn)?;
+    let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = match Tls::for_config(settings, &mut config)? {
+        Tls::Off => Manager::from_config(config, NoTls, manager_config),
+        Tls::Rustls(tls) => Manager::from_config(config, tls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(settings.pool_timeout))
@@ -128,13 +133,21 @@ pub(crate) fn build_pool(settings: &CacheSettings, name: &'static str, dsn: &str
 
 /// Opens one unpooled connection for schema work.
 async fn connect_once(settings: &CacheSettings) -> Result<tokio_postgres::Client> {
-    let config = pg_config(settings, "dsn", &settings.dsn)?;
-    let (client, connection) = config.connect(NoTls).await.map_err(Error::from_pg)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(target: "pgcache::store", error = %e, "schema connection closed");
+    let mut config = pg_config(settings, "dsn", &settings.dsn)?;
+    let closed =
+        |e: tokio_postgres::Error| tracing::debug!(target: "pgcache::store", error = %e, "schema connection closed");
+    let client = match Tls::for_config(settings, &mut config)? {
+        Tls::Off => {
+            let (client, connection) = config.connect(NoTls).await.map_err(Error::from_pg)?;
+            tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+            client
         }
-    });
+        Tls::Rustls(tls) => {
+            let (client, connection) = config.connect(tls).await.map_err(Error::from_pg)?;
+            tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+            client
+        }
+    };
     Ok(client)
 }
 

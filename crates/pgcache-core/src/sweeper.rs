@@ -6,34 +6,46 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::lock::lock_key;
+use crate::lock::{lock_key, AdvisoryLock};
 use crate::store::{self, Statements};
 
 /// Deletes every expired row in batches of `batch` (each its own short statement), under a
 /// `pg_try_advisory_lock` so that one process sweeps a prefix at a time. Returns the rows removed
 /// (0 when another process holds the sweeper lock).
-pub(crate) async fn sweep(pool: &deadpool_postgres::Pool, sql: &Statements, prefix: &str, batch: u32) -> Result<u64> {
-    let conn = pool.get().await.map_err(Error::from_pool)?;
+/// Each statement is bounded by `bound` on the client side; a connection that overran is closed.
+pub(crate) async fn sweep(
+    pool: &deadpool_postgres::Pool,
+    sql: &Statements,
+    prefix: &str,
+    batch: u32,
+    bound: Duration,
+) -> Result<u64> {
     let key = lock_key(prefix, "\u{0}pgcache:sweeper");
-    if !store::try_advisory_lock(&conn, key).await? {
+    let Some(guard) = AdvisoryLock::try_acquire(pool, key, bound).await? else {
         return Ok(0);
-    }
+    };
     let mut total = 0;
     let result = async {
-        loop {
-            let n = store::sweep_batch(&conn, sql, i64::from(batch)).await?;
+        while let Some(client) = guard.client() {
+            let n = tokio::time::timeout(bound, store::sweep_batch(client, sql, i64::from(batch)))
+                .await
+                .map_err(|_| Error::Timeout { what: "sweeper statement", after: bound })??;
             total += n;
             if n < u64::from(batch) {
-                return Ok::<_, Error>(total);
+                break;
             }
         }
+        Ok::<_, Error>(total)
     }
     .await;
-    if store::advisory_unlock(&conn, key).await.is_err() {
-        // Never return a connection that may still hold the lock.
-        drop(deadpool_postgres::Object::take(conn));
+    match result {
+        Ok(n) => {
+            guard.release().await;
+            Ok(n)
+        }
+        // Dropping the guard closes the connection, which frees the lock whatever state it is in.
+        Err(e) => Err(e),
     }
-    result
 }
 
 /// Runs [`sweep`] every `interval` until `shutdown` flips; runs when the cache is otherwise idle too.
@@ -43,6 +55,7 @@ pub(crate) async fn run(
     prefix: String,
     batch: u32,
     interval: Duration,
+    bound: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -53,7 +66,7 @@ pub(crate) async fn run(
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
-        match sweep(&pool, &sql, &prefix, batch).await {
+        match sweep(&pool, &sql, &prefix, batch, bound).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(target: "pgcache::sweeper", removed = n, "swept expired rows"),
             Err(e) => tracing::warn!(target: "pgcache::sweeper", error = %e, "sweep failed"),

@@ -94,7 +94,7 @@ pub(crate) fn millis(d: Duration) -> Option<i64> {
     // Cap at ~100 years: PostgreSQL intervals and timestamps are fine far beyond that, overflow is not.
     const MAX_MS: u128 = 100 * 366 * 24 * 3600 * 1000;
     let ms = d.as_nanos().div_ceil(1_000_000);
-    (ms <= MAX_MS).then(|| ms as i64)
+    i64::try_from(ms).ok().filter(|_| ms <= MAX_MS)
 }
 
 #[cfg(test)]

@@ -1,0 +1,224 @@
+//! Issue #2, behaviour 5: dogpile safety across OS processes. Several `dogpile_worker` processes x many
+//! tasks each call `get_or_set` on cold keys at the same moment, with a loader that sleeps 200 ms and
+//! counts its runs in a table: every key is loaded exactly once and every caller gets that value.
+//! Also the same inside one process, with several cache instances.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pgcache_core::prelude::*;
+use pgcache_core::CacheSettings;
+use pgcache_tests::{advisory_lock_holder, connect, eventually, node, settings_for, sql_client};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+const LOADER_MS: u64 = 200;
+
+/// Creates the schema and the `{prefix}loads` counter table.
+async fn prepare(settings: &CacheSettings) -> anyhow::Result<tokio_postgres::Client> {
+    PostgresCache::init_db(settings).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    sql.batch_execute(&format!(
+        "CREATE TABLE \"{}loads\" (key text NOT NULL, pid bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        settings.schema_prefix
+    ))
+    .await?;
+    Ok(sql)
+}
+
+/// Starts `processes` workers, releases them together once all are connected, and returns every
+/// `(key, value)` line they printed.
+async fn run_workers(
+    settings: &CacheSettings,
+    processes: usize,
+    keys: usize,
+    tasks_per_key: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dogpile_worker"))
+            .args([
+                settings.dsn.as_str(),
+                &settings.schema_prefix,
+                &settings.notify_channel,
+                &keys.to_string(),
+                &tasks_per_key.to_string(),
+                &LOADER_MS.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        children.push((child, stdout));
+    }
+    // Barrier: every process connected before any starts calling.
+    for (_, stdout) in &mut children {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await??;
+        if line.trim() != "ready" {
+            bail!("worker did not get ready: {line:?}");
+        }
+    }
+    for (child, _) in &mut children {
+        child.stdin.as_mut().context("stdin")?.write_all(b"go\n").await?;
+    }
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    for (mut child, mut stdout) in children {
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(60), stdout.read_to_string(&mut out)).await??;
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            stderr.read_to_string(&mut err).await?;
+        }
+        if !status.success() {
+            bail!("worker failed ({status}):\n{out}\n{err}");
+        }
+        for line in out.lines() {
+            let (key, value) = line.split_once('\t').with_context(|| format!("bad line {line:?}"))?;
+            lines.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    eprintln!(
+        "{processes} processes x {keys} keys x {tasks_per_key} tasks: all answered {:?} after the start",
+        started.elapsed()
+    );
+    Ok(lines)
+}
+
+/// Loader runs per key, from the counter table.
+async fn loads(sql: &tokio_postgres::Client, settings: &CacheSettings) -> anyhow::Result<HashMap<String, i64>> {
+    let rows =
+        sql.query(&format!("SELECT key, count(*) FROM \"{}loads\" GROUP BY key", settings.schema_prefix), &[]).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Every caller of a key got the same value, and it is the one stored.
+async fn check_answers(
+    lines: &[(String, String)],
+    expected_calls: usize,
+    settings: &CacheSettings,
+) -> anyhow::Result<HashMap<String, String>> {
+    assert_eq!(lines.len(), expected_calls, "every call must answer");
+    let mut by_key: HashMap<String, String> = HashMap::new();
+    for (key, value) in lines {
+        assert!(value.starts_with(&format!("{key}@")), "{key} got {value}");
+        let first = by_key.entry(key.clone()).or_insert_with(|| value.clone());
+        assert_eq!(first, value, "callers of {key} got different values");
+    }
+    let reader = connect(&node(settings, "check")).await?;
+    for (key, value) in &by_key {
+        assert_eq!(reader.get::<String>(key).await?.as_ref(), Some(value), "stored value of {key}");
+    }
+    reader.close().await;
+    Ok(by_key)
+}
+
+#[tokio::test]
+async fn one_cold_key_many_processes_loads_once() -> anyhow::Result<()> {
+    let settings = settings_for("dp_one");
+    let sql = prepare(&settings).await?;
+    let (processes, tasks) = (4, 16);
+    let lines = run_workers(&settings, processes, 1, tasks).await?;
+    check_answers(&lines, processes * tasks, &settings).await?;
+    let loads = loads(&sql, &settings).await?;
+    assert_eq!(
+        loads.get("key:0"),
+        Some(&1),
+        "the loader must run exactly once across {processes} processes: {loads:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn many_cold_keys_many_processes_load_each_once() -> anyhow::Result<()> {
+    let settings = settings_for("dp_many");
+    let sql = prepare(&settings).await?;
+    let (processes, keys, tasks) = (4, 64, 2);
+    let lines = run_workers(&settings, processes, keys, tasks).await?;
+    let by_key = check_answers(&lines, processes * keys * tasks, &settings).await?;
+    assert_eq!(by_key.len(), keys);
+    let loads = loads(&sql, &settings).await?;
+    assert_eq!(loads.len(), keys, "every key loaded");
+    let twice: Vec<_> = loads.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "keys loaded more than once: {twice:?}");
+    Ok(())
+}
+
+/// The same in one process: several cache instances (nodes) x many tasks, one loader run.
+#[tokio::test]
+async fn one_cold_key_many_nodes_in_one_process_loads_once() -> anyhow::Result<()> {
+    let settings = settings_for("dp_nodes");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(connect(&node(&settings, &format!("n{i}"))).await?);
+    }
+    let runs = Arc::new(AtomicU32::new(0));
+    let mut handles = Vec::new();
+    for task in 0..60 {
+        let cache = nodes[task % nodes.len()].clone();
+        let runs = Arc::clone(&runs);
+        handles.push(tokio::spawn(async move {
+            cache
+                .get_or_set(
+                    "cold",
+                    move || async move {
+                        tokio::time::sleep(Duration::from_millis(LOADER_MS)).await;
+                        let n = runs.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, std::io::Error>(format!("loaded#{n}"))
+                    },
+                    None,
+                )
+                .await
+        }));
+    }
+    for handle in handles {
+        assert_eq!(handle.await??, "loaded#0");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    for n in nodes {
+        n.close().await;
+    }
+    Ok(())
+}
+
+/// A worker process dies (SIGKILL) while it holds a key's lock mid-load: PostgreSQL frees the lock with
+/// its session, and a second process loads the key promptly instead of hanging.
+#[tokio::test]
+async fn a_crashed_holder_process_does_not_block_the_others() -> anyhow::Result<()> {
+    let settings = settings_for("dp_crash");
+    let sql = prepare(&settings).await?;
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_dogpile_worker"))
+        .args([settings.dsn.as_str(), &settings.schema_prefix, &settings.notify_channel, "1", "4", "60000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdout = BufReader::new(holder.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await??;
+    assert_eq!(line.trim(), "ready");
+    holder.stdin.as_mut().context("stdin")?.write_all(b"go\n").await?;
+    let lock = pgcache_core::lock_key(&settings.schema_prefix, "key:0");
+    eventually(Duration::from_secs(10), || async { advisory_lock_holder(&sql, lock).await.ok().flatten().is_some() })
+        .await?;
+
+    holder.kill().await?;
+    let killed = Instant::now();
+    let lines = run_workers(&settings, 2, 1, 4).await?;
+    eprintln!("holder process killed mid-load: the other processes answered {:?} later", killed.elapsed());
+    // Far under the workers' 60 s lock-wait timeout: the lock was freed, not waited out.
+    assert!(killed.elapsed() < Duration::from_secs(10), "waited for the dead holder");
+    check_answers(&lines, 8, &settings).await?;
+    let loads = loads(&sql, &settings).await?;
+    assert_eq!(loads.get("key:0"), Some(&1), "only a survivor's load completes: {loads:?}");
+    Ok(())
+}
