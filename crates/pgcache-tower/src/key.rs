@@ -1,0 +1,314 @@
+//! Cache keys: the primary key (method, scheme, authority, path, normalised query, custom part, body
+//! hash), the variant key (the request headers named by `Vary`), and the tags every entry carries.
+//!
+//! Keys are SHA-256 digests of a length-prefixed encoding, so no two different inputs share a key by
+//! construction, and a stored response also keeps the exact header values it was selected by (checked
+//! again before serving).
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::request::Parts;
+use http::Method;
+use sha2::{Digest, Sha256};
+
+use crate::layer::{Config, KeyMode};
+
+/// The keys and tags of one cacheable request.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    /// The primary key (the response, or the Vary index when it varies).
+    pub(crate) primary: String,
+    /// Tag of every entry for this URI (any method, query or variant): what unsafe methods purge.
+    pub(crate) uri_tag: String,
+    /// Tag of every entry of this layer's namespace.
+    pub(crate) all_tag: String,
+    /// `authority` (lowercase), the scope of Cache-Groups (RFC 9875 §2).
+    pub(crate) origin: String,
+}
+
+/// A length-prefixed SHA-256 over fields.
+struct Hasher(Sha256);
+
+impl Hasher {
+    fn new(domain: &str) -> Self {
+        let mut h = Self(Sha256::new());
+        h.field(domain.as_bytes());
+        h
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
+    }
+
+    fn hex(self) -> String {
+        let digest = self.0.finalize();
+        let mut out = String::with_capacity(32);
+        for b in digest.iter().take(16) {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+}
+
+/// SHA-256 of a request body, for keys of cacheable POST requests.
+pub(crate) fn body_digest(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
+}
+
+/// The lowercase authority of a request: from the URI (HTTP/2, absolute form) or the `Host` header.
+pub(crate) fn authority(parts: &Parts) -> String {
+    authority_of(&parts.uri, &parts.headers)
+}
+
+/// As [`authority`], from a URI and headers.
+pub(crate) fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> String {
+    match uri.authority() {
+        Some(a) => a.as_str().to_ascii_lowercase(),
+        None => {
+            headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_ascii_lowercase).unwrap_or_default()
+        }
+    }
+}
+
+/// Tag of every entry of `authority` + `path` in namespace `ns`.
+pub(crate) fn uri_tag(ns: &str, authority: &str, path: &str) -> String {
+    let mut h = Hasher::new("uri");
+    h.field(authority.as_bytes());
+    h.field(path.as_bytes());
+    format!("{ns}u:{}", h.hex())
+}
+
+/// Tag of a Cache-Groups group (scoped to its origin, RFC 9875 §2).
+pub(crate) fn group_tag(ns: &str, origin: &str, group: &str) -> String {
+    let mut h = Hasher::new("group");
+    h.field(origin.as_bytes());
+    h.field(group.as_bytes());
+    format!("{ns}g:{}", h.hex())
+}
+
+/// Tag of a surrogate key (and of a Cache-Groups group, unscoped), for programmatic purges.
+pub(crate) fn surrogate_tag(ns: &str, key: &str) -> String {
+    let mut h = Hasher::new("surrogate");
+    h.field(key.as_bytes());
+    format!("{ns}s:{}", h.hex())
+}
+
+/// The keys of a request, or `None` when a custom key function declines to cache it.
+pub(crate) fn primary(cfg: &Config, parts: &Parts, body: Option<&[u8; 32]>, grpc: bool) -> Option<Keys> {
+    let authority = authority(parts);
+    let path = parts.uri.path();
+    let mut h = Hasher::new("primary");
+    // GET and HEAD share entries: HEAD is answered from the GET response.
+    let class = if parts.method == Method::HEAD { Method::GET.as_str() } else { parts.method.as_str() };
+    h.field(class.as_bytes());
+    let custom = match &cfg.key_fn {
+        Some((f, _)) => Some(f(parts)?),
+        None => None,
+    };
+    if !matches!(cfg.key_fn, Some((_, KeyMode::Replace))) {
+        let scheme = parts.uri.scheme_str().unwrap_or(&cfg.scheme);
+        h.field(scheme.as_bytes());
+        h.field(authority.as_bytes());
+        h.field(path.as_bytes());
+        h.field(normalised_query(cfg, parts.uri.query()).as_bytes());
+    }
+    h.field(custom.as_deref().unwrap_or("").as_bytes());
+    h.field(body.map_or(&[][..], |b| &b[..]));
+    if grpc {
+        // The request bytes depend on the encoding, the response on what the client accepts.
+        for name in ["grpc-encoding", "grpc-accept-encoding"] {
+            h.field(joined(&parts.headers, &HeaderName::from_static(name)).as_deref().unwrap_or(b""));
+        }
+    }
+    let ns = &cfg.namespace;
+    Some(Keys {
+        primary: format!("{ns}p:{}", h.hex()),
+        uri_tag: uri_tag(ns, &authority, path),
+        all_tag: format!("{ns}all"),
+        origin: authority,
+    })
+}
+
+/// The query string after the configured normalisation (sorting, dropped parameters).
+pub(crate) fn normalised_query(cfg: &Config, query: Option<&str>) -> String {
+    let Some(query) = query else { return String::new() };
+    if !cfg.sort_query && cfg.ignored_params.is_empty() {
+        return query.to_owned();
+    }
+    let ignored = |name: &str| {
+        cfg.ignored_params.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == p,
+        })
+    };
+    let mut pairs: Vec<&str> =
+        query.split('&').filter(|p| !p.is_empty()).filter(|p| !ignored(p.split('=').next().unwrap_or(p))).collect();
+    if cfg.sort_query {
+        // Stable by name: repeated parameters keep their order.
+        pairs.sort_by_key(|p| p.split('=').next().unwrap_or(p));
+    }
+    pairs.join("&")
+}
+
+/// All fields `name` joined with `,` and normalised (whitespace around commas removed).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut out = Vec::new();
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let parts: Vec<&[u8]> = v.as_bytes().split(|b| *b == b',').map(|p| p.trim_ascii()).collect();
+        out.extend(parts.join(&b','));
+    }
+    Some(out)
+}
+
+/// The request values of the `Vary` headers `names`: a SHA-256 of each normalised value, so that
+/// credentials a response varies on (`Authorization`, `Cookie`) are compared exactly but never stored.
+pub(crate) fn selected(names: &[HeaderName], headers: &HeaderMap) -> Vec<(HeaderName, Option<Bytes>)> {
+    names.iter().map(|n| (n.clone(), joined(headers, n).map(|v| Bytes::copy_from_slice(&Sha256::digest(&v))))).collect()
+}
+
+/// The key of one variant of `primary`.
+pub(crate) fn variant(primary: &str, selected: &[(HeaderName, Option<Bytes>)]) -> String {
+    let mut h = Hasher::new("variant");
+    for (name, value) in selected {
+        h.field(name.as_str().as_bytes());
+        match value {
+            Some(v) => {
+                h.field(b"1");
+                h.field(v);
+            }
+            None => h.field(b"0"),
+        }
+    }
+    format!("{primary}:v:{}", h.hex())
+}
+
+/// The key that serialises one refresh of `key` at `version` across nodes.
+pub(crate) fn refresh(key: &str, version: i64) -> String {
+    format!("{key}:r:{version}")
+}
+
+/// Groups named by `Cache-Groups` (RFC 9875: a list of strings) or `Cache-Group-Invalidation`.
+pub(crate) fn groups(headers: &HeaderMap, name: &str) -> Vec<String> {
+    let name = HeaderName::from_bytes(name.as_bytes()).unwrap_or(header::VARY);
+    crate::policy::list_values(headers, &name)
+        .filter_map(|item| {
+            // sf-string: "..." with \" and \\ escapes; anything else is not a valid member.
+            let inner = item.strip_prefix('"')?.strip_suffix('"')?;
+            Some(inner.replace("\\\"", "\"").replace("\\\\", "\\"))
+        })
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
+/// Keys named by `Surrogate-Key` (space-separated).
+pub(crate) fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("surrogate-key")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_ascii_whitespace)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every tag of a stored response: namespace, URI, and its groups and surrogate keys.
+pub(crate) fn response_tags(ns: &str, keys: &Keys, headers: &HeaderMap) -> Vec<String> {
+    let mut tags = vec![keys.all_tag.clone(), keys.uri_tag.clone()];
+    for g in groups(headers, "cache-groups") {
+        tags.push(group_tag(ns, &keys.origin, &g));
+        tags.push(surrogate_tag(ns, &g));
+    }
+    for k in surrogate_keys(headers) {
+        tags.push(surrogate_tag(ns, &k));
+    }
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderValue, Request};
+    use std::sync::Arc;
+
+    fn parts(method: &str, uri: &str, host: &str) -> Parts {
+        Request::builder().method(method).uri(uri).header("host", host).body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn key_inputs() {
+        let cfg = Config::default();
+        let k = |m: &str, u: &str, h: &str| primary(&cfg, &parts(m, u, h), None, false).unwrap().primary;
+        assert_eq!(k("GET", "/a?x=1", "h"), k("HEAD", "/a?x=1", "H"));
+        assert_ne!(k("GET", "/a?x=1", "h"), k("GET", "/a?x=2", "h"));
+        assert_ne!(k("GET", "/a", "h"), k("GET", "/a", "other"));
+        assert_ne!(k("GET", "/a", "h"), k("POST", "/a", "h"));
+        assert_ne!(k("GET", "/a?y=1&x=1", "h"), k("GET", "/a?x=1&y=1", "h"));
+        // The URI tag ignores method and query.
+        let t = |m: &str, u: &str| primary(&cfg, &parts(m, u, "h"), None, false).unwrap().uri_tag;
+        assert_eq!(t("GET", "/a?x=1"), t("DELETE", "/a"));
+        assert_ne!(t("GET", "/a"), t("GET", "/b"));
+        // Body digests separate POST keys.
+        let p = parts("POST", "/q", "h");
+        assert_ne!(
+            primary(&cfg, &p, Some(&body_digest(b"a")), false).unwrap().primary,
+            primary(&cfg, &p, Some(&body_digest(b"b")), false).unwrap().primary
+        );
+    }
+
+    #[test]
+    fn query_normalisation() {
+        let cfg =
+            Config { sort_query: true, ignored_params: vec!["utm_*".into(), "fbclid".into()], ..Config::default() };
+        assert_eq!(normalised_query(&cfg, Some("b=2&utm_source=x&a=1&a=0&fbclid=z")), "a=1&a=0&b=2");
+        assert_eq!(normalised_query(&Config::default(), Some("b=2&a=1")), "b=2&a=1");
+    }
+
+    #[test]
+    fn custom_keys() {
+        let extend = Config {
+            key_fn: Some((
+                Arc::new(|p: &Parts| p.headers.get("x-tenant").and_then(|v| v.to_str().ok()).map(String::from)),
+                KeyMode::Extend,
+            )),
+            ..Config::default()
+        };
+        let mut a = parts("GET", "/x", "h");
+        a.headers.insert("x-tenant", HeaderValue::from_static("a"));
+        let mut b = parts("GET", "/x", "h");
+        b.headers.insert("x-tenant", HeaderValue::from_static("b"));
+        assert_ne!(
+            primary(&extend, &a, None, false).unwrap().primary,
+            primary(&extend, &b, None, false).unwrap().primary
+        );
+        assert!(primary(&extend, &parts("GET", "/x", "h"), None, false).is_none());
+    }
+
+    #[test]
+    fn variants_and_tags() {
+        let mut h = HeaderMap::new();
+        h.append("accept-language", HeaderValue::from_static("en , fr"));
+        let names = [HeaderName::from_static("accept-language"), HeaderName::from_static("x-none")];
+        let sel = selected(&names, &h);
+        let mut same = HeaderMap::new();
+        same.append("accept-language", HeaderValue::from_static("en,fr"));
+        assert_eq!(sel, selected(&names, &same), "whitespace around commas is not significant");
+        assert_eq!(sel[0].1.as_deref(), Some(&Sha256::digest(b"en,fr")[..]));
+        assert_eq!(sel[1].1, None);
+        assert_ne!(variant("p", &sel), variant("p", &selected(&names, &HeaderMap::new())));
+        let mut r = HeaderMap::new();
+        r.insert("cache-groups", HeaderValue::from_static("\"a\", \"b\\\"c\", bad"));
+        r.insert("surrogate-key", HeaderValue::from_static("k1  k2"));
+        assert_eq!(groups(&r, "cache-groups"), ["a", "b\"c"]);
+        assert_eq!(surrogate_keys(&r), ["k1", "k2"]);
+    }
+}

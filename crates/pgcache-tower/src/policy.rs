@@ -1,0 +1,573 @@
+//! RFC 9111 rules for a shared cache, as pure functions: `Cache-Control` parsing, storability, freshness,
+//! and conditional-request evaluation (RFC 9110 §13). No I/O here; every rule is unit-tested below.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, StatusCode};
+
+/// The targeted cache-control field (RFC 9213) this cache obeys instead of `Cache-Control` when present.
+/// It is removed from every response before it leaves the layer.
+pub const PGCACHE_CONTROL: HeaderName = HeaderName::from_static("pgcache-control");
+
+/// Parsed `Cache-Control` directives (request or response).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CacheControl {
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
+    pub(crate) only_if_cached: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
+    pub(crate) stale_while_revalidate: Option<u64>,
+    pub(crate) stale_if_error: Option<u64>,
+}
+
+impl CacheControl {
+    /// Parses every `name` field of `headers` (a list of comma-separated directives, names
+    /// case-insensitive, quoted arguments allowed). Duplicate delta-second directives keep the smallest
+    /// value; an unparsable delta-seconds value counts as 0 (stale), per RFC 9111 §1.2.2 / §4.2.1.
+    pub(crate) fn parse(headers: &HeaderMap, name: &HeaderName) -> Self {
+        let mut cc = Self::default();
+        for value in headers.get_all(name) {
+            let Ok(text) = value.to_str() else { continue };
+            for (directive, arg) in directives(text) {
+                let seconds = || arg.map_or(0, |a| a.parse::<u64>().unwrap_or(0));
+                let min = |slot: &mut Option<u64>, v: u64| *slot = Some(slot.map_or(v, |old| old.min(v)));
+                match directive.to_ascii_lowercase().as_str() {
+                    "no-store" => cc.no_store = true,
+                    // A qualified no-cache="field" is treated as unqualified (allowed: RFC 9111 §5.2.2.4).
+                    "no-cache" => cc.no_cache = true,
+                    // A qualified private="field" is treated as unqualified (never stored): stricter than §5.2.2.7.
+                    "private" => cc.private = true,
+                    "public" => cc.public = true,
+                    "must-revalidate" => cc.must_revalidate = true,
+                    "proxy-revalidate" => cc.proxy_revalidate = true,
+                    "only-if-cached" => cc.only_if_cached = true,
+                    "max-age" => min(&mut cc.max_age, seconds()),
+                    "s-maxage" => min(&mut cc.s_maxage, seconds()),
+                    "stale-while-revalidate" => min(&mut cc.stale_while_revalidate, seconds()),
+                    "stale-if-error" => min(&mut cc.stale_if_error, seconds()),
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+}
+
+/// Splits a directive list into `(name, argument)` pairs, honouring quoted strings.
+fn directives(text: &str) -> Vec<(&str, Option<&str>)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        // Find the end of this directive: the next comma outside quotes.
+        let mut in_quotes = false;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if in_quotes => escaped = true,
+                '"' => in_quotes = !in_quotes,
+                ',' if !in_quotes => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let (item, tail) = rest.split_at(end);
+        rest = tail.strip_prefix(',').unwrap_or(tail);
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        match item.split_once('=') {
+            Some((name, arg)) => out.push((name.trim(), Some(arg.trim().trim_matches('"')))),
+            None => out.push((item, None)),
+        }
+    }
+    out
+}
+
+/// Splits a comma-separated header (all its fields) into trimmed, non-empty elements.
+pub(crate) fn list_values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The options of the layer that the storage rules read.
+#[derive(Clone, Debug)]
+pub(crate) struct Rules {
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) min_ttl: Duration,
+    pub(crate) max_ttl: Option<Duration>,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+}
+
+/// What the request contributes to the storage decision.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RequestFacts {
+    /// The request carried `Authorization`.
+    pub(crate) authorization: bool,
+    /// The request is a gRPC call (success is decided by `grpc-status`, not the HTTP status).
+    pub(crate) grpc: bool,
+}
+
+/// How long a stored response stays fresh and may be served stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Freshness {
+    /// Freshness lifetime (RFC 9111 §4.2.1), after clamps.
+    pub(crate) lifetime: Duration,
+    /// `Age` of the response when it was stored (§4.2.3 `corrected_initial_age` for an in-process origin).
+    pub(crate) initial_age: Duration,
+    /// Window after expiry in which a stale copy is served while one refresh runs (RFC 5861).
+    pub(crate) stale_while_revalidate: Duration,
+    /// Window after expiry in which a stale copy is served when the handler fails (RFC 5861).
+    pub(crate) stale_if_error: Duration,
+    /// `no-cache`: stored, but every use is revalidated with the handler.
+    pub(crate) no_cache: bool,
+}
+
+impl Freshness {
+    /// How long the entry is kept in the store: until the last moment it may still be used.
+    pub(crate) fn keep_for(&self) -> Duration {
+        let stale = self.stale_while_revalidate.max(self.stale_if_error);
+        (self.lifetime + stale).saturating_sub(self.initial_age).max(Duration::from_millis(1))
+    }
+}
+
+/// The outcome of the storage rules for one response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Store it with this freshness; `vary` lists the (lowercase, sorted) request headers it varies on.
+    Store { freshness: Freshness, vary: Vec<HeaderName> },
+    /// Do not store; the token says why (sent as the `Cache-Status` `detail`).
+    Pass(&'static str),
+}
+
+/// The statuses a shared cache may store without explicit freshness (RFC 9110 §15.1 "heuristically
+/// cacheable"), minus 206 (this cache does not assemble ranges).
+const HEURISTIC: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
+/// Further final statuses stored only with explicit freshness information.
+const EXPLICIT_ONLY: [u16; 4] = [302, 303, 307, 501];
+
+/// RFC 9111 §3 for a shared cache, with this layer's safer defaults (see the crate docs).
+pub(crate) fn decide(rules: &Rules, req: RequestFacts, status: StatusCode, headers: &HeaderMap) -> Decision {
+    let code = status.as_u16();
+    let targeted = headers.contains_key(&PGCACHE_CONTROL);
+    let field = if targeted { PGCACHE_CONTROL } else { header::CACHE_CONTROL };
+    let cc = CacheControl::parse(headers, &field);
+    if cc.no_store {
+        return Decision::Pass("no-store");
+    }
+    if cc.private {
+        return Decision::Pass("private");
+    }
+    if headers.contains_key(header::SET_COOKIE) {
+        return Decision::Pass("set-cookie");
+    }
+    let vary = match vary_names(headers) {
+        Some(vary) => vary,
+        None => return Decision::Pass("vary-star"),
+    };
+    if req.authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        return Decision::Pass("authorization");
+    }
+    if is_event_stream(headers) {
+        return Decision::Pass("streaming");
+    }
+    if req.grpc && headers.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0") {
+        return Decision::Pass("grpc-status");
+    }
+    let explicit = explicit_lifetime(&cc, headers);
+    let heuristic_ok = HEURISTIC.contains(&code);
+    if !(heuristic_ok || (explicit.is_some() && EXPLICIT_ONLY.contains(&code))) {
+        return Decision::Pass("status");
+    }
+    let Some(mut lifetime) = explicit.or(rules.default_ttl) else {
+        return Decision::Pass("no-ttl");
+    };
+    if cc.no_cache && lifetime.is_zero() {
+        // Always revalidated anyway: keep it as long as a default says, so validators can be reused.
+        lifetime = rules.default_ttl.unwrap_or(Duration::ZERO);
+    }
+    lifetime = lifetime.max(rules.min_ttl);
+    if let Some(max) = rules.max_ttl {
+        lifetime = lifetime.min(max);
+    }
+    // must-revalidate / proxy-revalidate forbid serving stale in a shared cache (RFC 9111 §4.2.4). The
+    // proxy-revalidate semantics implied by s-maxage do not cancel *explicit* stale-* directives.
+    let no_stale = cc.must_revalidate || cc.proxy_revalidate;
+    let window = |explicit: Option<u64>, default: Duration, implicit_ok: bool| match (no_stale, explicit) {
+        (true, _) => Duration::ZERO,
+        (false, Some(s)) => Duration::from_secs(s),
+        (false, None) if implicit_ok => default,
+        (false, None) => Duration::ZERO,
+    };
+    let implicit_ok = cc.s_maxage.is_none();
+    let freshness = Freshness {
+        lifetime,
+        initial_age: age_header(headers),
+        stale_while_revalidate: window(cc.stale_while_revalidate, rules.stale_while_revalidate, implicit_ok),
+        stale_if_error: window(cc.stale_if_error, rules.stale_if_error, implicit_ok),
+        no_cache: cc.no_cache,
+    };
+    let usable = !freshness.lifetime.is_zero()
+        || !freshness.stale_while_revalidate.is_zero()
+        || !freshness.stale_if_error.is_zero();
+    if !usable
+        || freshness.initial_age >= freshness.lifetime + freshness.stale_while_revalidate.max(freshness.stale_if_error)
+    {
+        return Decision::Pass("no-ttl");
+    }
+    Decision::Store { freshness, vary }
+}
+
+/// `s-maxage` > `max-age` > `Expires - Date` (RFC 9111 §4.2.1).
+fn explicit_lifetime(cc: &CacheControl, headers: &HeaderMap) -> Option<Duration> {
+    if let Some(s) = cc.s_maxage.or(cc.max_age) {
+        return Some(Duration::from_secs(s));
+    }
+    let expires = headers.get(header::EXPIRES)?;
+    // An invalid Expires (e.g. "0") means already expired.
+    let Some(expires) = expires.to_str().ok().and_then(|v| httpdate::parse_http_date(v).ok()) else {
+        return Some(Duration::ZERO);
+    };
+    let date = headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .unwrap_or_else(SystemTime::now);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+fn age_header(headers: &HeaderMap) -> Duration {
+    headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// The header names of `Vary`, lowercase, sorted and deduplicated; `None` for `Vary: *`.
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for item in list_values(headers, &header::VARY) {
+        if item == "*" {
+            return None;
+        }
+        // Unparsable names cannot match any request header; treat them like `*` (never stored).
+        names.push(HeaderName::from_bytes(item.as_bytes()).ok()?);
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
+}
+
+/// Whether a status counts as an error for `stale-if-error` (RFC 5861 §4).
+pub(crate) fn is_error_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// Whether a response to an unsafe request invalidates the target URI (RFC 9111 §4.4: 2xx or 3xx).
+pub(crate) fn invalidates(method: &Method, status: StatusCode) -> bool {
+    is_unsafe(method) && (status.is_success() || status.is_redirection())
+}
+
+/// Methods that are not safe (RFC 9110 §9.2.1), the ones whose success invalidates.
+pub(crate) fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+}
+
+/// The answer to a client's conditional GET/HEAD against a stored response (RFC 9110 §13.2.2).
+pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            // `*` matches any current representation.
+            return list_values(request, &header::IF_NONE_MATCH).any(|t| t == "*");
+        };
+        return list_values(request, &header::IF_NONE_MATCH).any(|t| t == "*" || weak_eq(t, etag));
+    }
+    let since = request.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok());
+    let modified = stored.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok());
+    match (since.map(httpdate::parse_http_date), modified.map(httpdate::parse_http_date)) {
+        (Some(Ok(since)), Some(Ok(modified))) => modified <= since,
+        _ => false,
+    }
+}
+
+/// Weak comparison of two entity tags (RFC 9110 §8.8.3.2): equal opaque tags, `W/` ignored.
+pub(crate) fn weak_eq(a: &str, b: &str) -> bool {
+    let opaque = |t: &str| {
+        let t = t.trim();
+        t.strip_prefix("W/").unwrap_or(t).to_owned()
+    };
+    let (a, b) = (opaque(a), opaque(b));
+    a.starts_with('"') && a.len() >= 2 && a == b
+}
+
+/// Headers a 304 built from a stored response carries (RFC 9110 §15.4.5).
+pub(crate) const NOT_MODIFIED_HEADERS: [HeaderName; 6] =
+    [header::CACHE_CONTROL, header::CONTENT_LOCATION, header::DATE, header::ETAG, header::EXPIRES, header::VARY];
+
+/// Hop-by-hop and per-use fields never stored (RFC 9111 §3.1), plus fields this cache regenerates.
+pub(crate) fn is_unstored_header(name: &HeaderName, connection_listed: &[String]) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "set-cookie"
+            | "age"
+            | "cache-status"
+    ) || *name == PGCACHE_CONTROL
+        || connection_listed.iter().any(|c| c == name.as_str())
+}
+
+/// The field names listed in `Connection` (lowercase), which are hop-by-hop too.
+pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    list_values(headers, &header::CONNECTION).map(str::to_ascii_lowercase).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            default_ttl: None,
+            min_ttl: Duration::ZERO,
+            max_ttl: None,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        }
+    }
+
+    fn decide_h(pairs: &[(&str, &str)]) -> Decision {
+        decide(&rules(), RequestFacts::default(), StatusCode::OK, &headers(pairs))
+    }
+
+    fn lifetime(d: Decision) -> Option<u64> {
+        match d {
+            Decision::Store { freshness, .. } => Some(freshness.lifetime.as_secs()),
+            Decision::Pass(_) => None,
+        }
+    }
+
+    #[test]
+    fn parses_directives_case_and_quotes() {
+        let h = headers(&[
+            ("cache-control", "Public, MAX-AGE=60, private=\"a, b\", s-maxage=\"30\""),
+            ("cache-control", "max-age=10"),
+        ]);
+        let cc = CacheControl::parse(&h, &header::CACHE_CONTROL);
+        assert!(cc.public && cc.private);
+        assert_eq!(cc.max_age, Some(10));
+        assert_eq!(cc.s_maxage, Some(30));
+        let bad = CacheControl::parse(&headers(&[("cache-control", "max-age=abc")]), &header::CACHE_CONTROL);
+        assert_eq!(bad.max_age, Some(0));
+    }
+
+    #[test]
+    fn ttl_precedence() {
+        assert_eq!(lifetime(decide_h(&[("cache-control", "max-age=60, s-maxage=5")])), Some(5));
+        assert_eq!(lifetime(decide_h(&[("cache-control", "max-age=60")])), Some(60));
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        let exp = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        assert_eq!(lifetime(decide_h(&[("date", &date), ("expires", &exp)])), Some(120));
+        assert_eq!(decide_h(&[("expires", "0")]), Decision::Pass("no-ttl"));
+        assert_eq!(decide_h(&[]), Decision::Pass("no-ttl"));
+        let with_default = Rules { default_ttl: Some(Duration::from_secs(7)), ..rules() };
+        let d = decide(&with_default, RequestFacts::default(), StatusCode::OK, &HeaderMap::new());
+        assert_eq!(lifetime(d), Some(7));
+    }
+
+    #[test]
+    fn clamps() {
+        let r = Rules { min_ttl: Duration::from_secs(10), max_ttl: Some(Duration::from_secs(100)), ..rules() };
+        let d = |cc: &str| {
+            lifetime(decide(&r, RequestFacts::default(), StatusCode::OK, &headers(&[("cache-control", cc)])))
+        };
+        assert_eq!(d("max-age=1"), Some(10));
+        assert_eq!(d("max-age=1000"), Some(100));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(decide_h(&[("cache-control", "no-store, max-age=60")]), Decision::Pass("no-store"));
+        assert_eq!(decide_h(&[("cache-control", "private, max-age=60")]), Decision::Pass("private"));
+        assert_eq!(decide_h(&[("cache-control", "private=\"x\", max-age=60")]), Decision::Pass("private"));
+        assert_eq!(decide_h(&[("cache-control", "max-age=60"), ("set-cookie", "a=b")]), Decision::Pass("set-cookie"));
+        assert_eq!(decide_h(&[("cache-control", "max-age=60"), ("vary", "accept, *")]), Decision::Pass("vary-star"));
+        assert_eq!(
+            decide_h(&[("cache-control", "max-age=60"), ("content-type", "text/event-stream")]),
+            Decision::Pass("streaming")
+        );
+        assert_eq!(decide_h(&[("cache-control", "max-age=0")]), Decision::Pass("no-ttl"));
+        assert_eq!(decide_h(&[("cache-control", "max-age=60"), ("age", "61")]), Decision::Pass("no-ttl"));
+    }
+
+    #[test]
+    fn statuses() {
+        let h = headers(&[("cache-control", "max-age=60")]);
+        for (code, ok) in [
+            (200, true),
+            (404, true),
+            (301, true),
+            (302, true),
+            (206, false),
+            (304, false),
+            (500, false),
+            (503, false),
+            (501, true),
+            (201, false),
+            (101, false),
+        ] {
+            let d = decide(&rules(), RequestFacts::default(), StatusCode::from_u16(code).unwrap(), &h);
+            assert_eq!(matches!(d, Decision::Store { .. }), ok, "status {code}");
+        }
+        // 302 needs explicit freshness; 200 can use the default.
+        let r = Rules { default_ttl: Some(Duration::from_secs(5)), ..rules() };
+        assert_eq!(decide(&r, RequestFacts::default(), StatusCode::FOUND, &HeaderMap::new()), Decision::Pass("status"));
+    }
+
+    #[test]
+    fn authorization_needs_explicit_permission() {
+        let auth = RequestFacts { authorization: true, grpc: false };
+        let d = |cc: &str| decide(&rules(), auth, StatusCode::OK, &headers(&[("cache-control", cc)]));
+        assert_eq!(d("max-age=60"), Decision::Pass("authorization"));
+        assert!(matches!(d("public, max-age=60"), Decision::Store { .. }));
+        assert!(matches!(d("s-maxage=60"), Decision::Store { .. }));
+        assert!(matches!(d("must-revalidate, max-age=60"), Decision::Store { .. }));
+    }
+
+    #[test]
+    fn targeted_field_wins() {
+        let d = decide_h(&[("cache-control", "no-store"), ("pgcache-control", "max-age=30")]);
+        assert_eq!(lifetime(d), Some(30));
+        assert_eq!(
+            decide_h(&[("cache-control", "max-age=30"), ("pgcache-control", "no-store")]),
+            Decision::Pass("no-store")
+        );
+    }
+
+    #[test]
+    fn stale_windows() {
+        let get = |cc: &str| match decide_h(&[("cache-control", cc)]) {
+            Decision::Store { freshness, .. } => {
+                (freshness.stale_while_revalidate.as_secs(), freshness.stale_if_error.as_secs())
+            }
+            Decision::Pass(p) => panic!("{p}"),
+        };
+        assert_eq!(get("max-age=1, stale-while-revalidate=30, stale-if-error=60"), (30, 60));
+        assert_eq!(get("max-age=1, must-revalidate, stale-while-revalidate=30"), (0, 0));
+        assert_eq!(get("s-maxage=1, stale-while-revalidate=30"), (30, 0));
+        assert!(matches!(
+            decide_h(&[("cache-control", "max-age=0, stale-while-revalidate=30")]),
+            Decision::Store { .. }
+        ));
+        let r = Rules { stale_if_error: Duration::from_secs(9), ..rules() };
+        match decide(&r, RequestFacts::default(), StatusCode::OK, &headers(&[("cache-control", "max-age=5")])) {
+            Decision::Store { freshness, .. } => {
+                assert_eq!(freshness.stale_if_error.as_secs(), 9);
+                assert_eq!(freshness.keep_for().as_secs(), 14);
+            }
+            Decision::Pass(p) => panic!("{p}"),
+        }
+    }
+
+    #[test]
+    fn no_cache_is_stored_and_flagged() {
+        let r = Rules { default_ttl: Some(Duration::from_secs(60)), ..rules() };
+        match decide(
+            &r,
+            RequestFacts::default(),
+            StatusCode::OK,
+            &headers(&[("cache-control", "no-cache"), ("etag", "\"a\"")]),
+        ) {
+            Decision::Store { freshness, .. } => assert!(freshness.no_cache),
+            Decision::Pass(p) => panic!("{p}"),
+        }
+    }
+
+    #[test]
+    fn grpc_errors_in_headers_are_refused() {
+        let grpc = RequestFacts { authorization: false, grpc: true };
+        let h = headers(&[("cache-control", "max-age=60"), ("grpc-status", "5")]);
+        assert_eq!(decide(&rules(), grpc, StatusCode::OK, &h), Decision::Pass("grpc-status"));
+    }
+
+    #[test]
+    fn vary_is_normalised() {
+        let h = headers(&[("vary", "Accept-Language, accept"), ("vary", "ACCEPT")]);
+        let names = vary_names(&h).unwrap();
+        assert_eq!(names.iter().map(HeaderName::as_str).collect::<Vec<_>>(), ["accept", "accept-language"]);
+    }
+
+    #[test]
+    fn conditionals() {
+        let stored = headers(&[("etag", "\"v1\""), ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")]);
+        assert!(not_modified(&headers(&[("if-none-match", "W/\"v1\"")]), &stored));
+        assert!(not_modified(&headers(&[("if-none-match", "\"x\", \"v1\"")]), &stored));
+        assert!(not_modified(&headers(&[("if-none-match", "*")]), &stored));
+        assert!(!not_modified(&headers(&[("if-none-match", "\"v2\"")]), &stored));
+        // If-None-Match wins over If-Modified-Since.
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"v2\""), ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            &stored
+        ));
+        assert!(not_modified(&headers(&[("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")]), &stored));
+        assert!(!not_modified(&headers(&[("if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT")]), &stored));
+        assert!(!not_modified(&headers(&[("if-modified-since", "garbage")]), &stored));
+        assert!(!weak_eq("v1", "v1"));
+    }
+
+    #[test]
+    fn invalidation_rules() {
+        assert!(invalidates(&Method::POST, StatusCode::CREATED));
+        assert!(invalidates(&Method::DELETE, StatusCode::SEE_OTHER));
+        assert!(!invalidates(&Method::POST, StatusCode::BAD_REQUEST));
+        assert!(!invalidates(&Method::GET, StatusCode::OK));
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let listed = connection_listed(&headers(&[("connection", "X-Foo, close")]));
+        assert!(is_unstored_header(&HeaderName::from_static("x-foo"), &listed));
+        assert!(is_unstored_header(&header::TRANSFER_ENCODING, &listed));
+        assert!(!is_unstored_header(&header::ETAG, &listed));
+    }
+}

@@ -1,0 +1,197 @@
+//! Behaviour 2: what may be stored (RFC 9111 §3 for a shared cache, with safer defaults).
+
+use std::time::Duration;
+
+use pgcache_tests::settings_for;
+
+use crate::support::{get, got, node, request, scripted, Origin};
+
+struct Case {
+    response: &'static [&'static str],
+    request: &'static [(&'static str, &'static str)],
+    status: Option<u16>,
+    stored: bool,
+    /// Expected in the first response's `Cache-Status`.
+    says: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case { response: &["cache-control: max-age=60"], request: &[], status: None, stored: true, says: "stored; ttl=60" },
+    Case {
+        response: &["cache-control: max-age=600, s-maxage=30"],
+        request: &[],
+        status: None,
+        stored: true,
+        says: "ttl=30",
+    },
+    Case { response: &["expires: 0"], request: &[], status: None, stored: false, says: "detail=no-ttl" },
+    Case { response: &[], request: &[], status: None, stored: false, says: "detail=no-ttl" },
+    Case {
+        response: &["cache-control: no-store, max-age=60"],
+        request: &[],
+        status: None,
+        stored: false,
+        says: "detail=no-store",
+    },
+    Case {
+        response: &["cache-control: private, max-age=60"],
+        request: &[],
+        status: None,
+        stored: false,
+        says: "detail=private",
+    },
+    Case {
+        response: &["cache-control: max-age=60", "set-cookie: sid=1"],
+        request: &[],
+        status: None,
+        stored: false,
+        says: "detail=set-cookie",
+    },
+    Case {
+        response: &["cache-control: max-age=60"],
+        request: &[("authorization", "Bearer a")],
+        status: None,
+        stored: false,
+        says: "detail=authorization",
+    },
+    Case {
+        response: &["cache-control: public, max-age=60"],
+        request: &[("authorization", "Bearer a")],
+        status: None,
+        stored: true,
+        says: "stored",
+    },
+    Case {
+        response: &["cache-control: max-age=60"],
+        request: &[("cookie", "sid=1")],
+        status: None,
+        stored: false,
+        says: "fwd=bypass; fwd-status=200; detail=cookie",
+    },
+    Case {
+        response: &["cache-control: max-age=60"],
+        request: &[],
+        status: Some(404),
+        stored: true,
+        says: "fwd-status=404; stored",
+    },
+    Case {
+        response: &["cache-control: max-age=60"],
+        request: &[],
+        status: Some(500),
+        stored: false,
+        says: "detail=status",
+    },
+    Case {
+        response: &["cache-control: max-age=60"],
+        request: &[],
+        status: Some(206),
+        stored: false,
+        says: "detail=status",
+    },
+    Case {
+        response: &["cache-control: max-age=60"],
+        request: &[],
+        status: Some(201),
+        stored: false,
+        says: "detail=status",
+    },
+    Case {
+        response: &["cache-control: max-age=60", "content-type: text/event-stream"],
+        request: &[],
+        status: None,
+        stored: false,
+        says: "detail=streaming",
+    },
+    Case {
+        response: &["pgcache-control: max-age=60", "cache-control: no-store"],
+        request: &[],
+        status: None,
+        stored: true,
+        says: "stored; ttl=60",
+    },
+];
+
+#[tokio::test]
+async fn storability_matrix() {
+    let origin = Origin::new();
+    let n = node(&settings_for("store"), origin.router(), |l| l).await;
+    for (i, case) in CASES.iter().enumerate() {
+        let mut path = scripted(&format!("/case{i}"), case.response);
+        if let Some(status) = case.status {
+            path.push_str(&format!("&status={status}"));
+        }
+        let url = n.url(&path);
+        let before = origin.hits();
+        let first = get(&url, case.request).await;
+        assert!(first.cache.contains(case.says), "case {i}: {:?} said {:?}", case.response, first.cache);
+        let second = get(&url, case.request).await;
+        assert_eq!(second.hit(), case.stored, "case {i}: {:?} second said {:?}", case.response, second.cache);
+        assert_eq!(origin.hits() - before, if case.stored { 1 } else { 2 }, "case {i}");
+        // The targeted field never reaches the client.
+        assert!(second.headers.get("pgcache-control").is_none() && first.headers.get("pgcache-control").is_none());
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_fields_are_not_stored() {
+    let origin = Origin::new();
+    let n = node(&settings_for("store_hop"), origin.router(), |l| l).await;
+    let url = n.url(&scripted(
+        "/hop",
+        &["cache-control: max-age=60", "x-keep: 1", "x-keep: 2", "connection: x-hop", "x-hop: secret"],
+    ));
+    get(&url, &[]).await;
+    let hit = get(&url, &[]).await;
+    assert!(hit.hit());
+    assert!(hit.headers.get("x-hop").is_none());
+    let kept: Vec<_> = hit.headers.get_all("x-keep").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert_eq!(kept, ["1", "2"]);
+}
+
+#[tokio::test]
+async fn default_ttl_and_clamps() {
+    let origin = Origin::new();
+    let n = node(&settings_for("store_ttl"), origin.router(), |l| {
+        l.default_ttl(Some(Duration::from_secs(30)))
+            .max_ttl(Some(Duration::from_secs(100)))
+            .min_ttl(Duration::from_secs(5))
+    })
+    .await;
+    let plain = get(&n.url("/plain"), &[]).await;
+    assert!(plain.cache.contains("stored; ttl=30"), "{}", plain.cache);
+    let long = get(&n.url(&scripted("/long", &["cache-control: max-age=100000"])), &[]).await;
+    assert!(long.cache.contains("ttl=100"), "{}", long.cache);
+    let short = get(&n.url(&scripted("/short", &["cache-control: max-age=1"])), &[]).await;
+    assert!(short.cache.contains("ttl=5"), "{}", short.cache);
+    // Private stays private whatever the defaults.
+    let private = get(&n.url(&scripted("/private", &["cache-control: private"])), &[]).await;
+    assert!(private.cache.contains("detail=private"));
+}
+
+#[tokio::test]
+async fn post_is_cached_only_when_opted_in_and_keyed_by_body() {
+    let origin = Origin::new();
+    let opted = node(&settings_for("store_post"), origin.router(), |l| l.cache_post(true)).await;
+    let url = opted.url(&scripted("/graphql", &["cache-control: max-age=60"]));
+    let post = |body: &'static str| {
+        let url = url.clone();
+        async move { got(request(reqwest::Method::POST, &url).body(body).send().await.unwrap()).await }
+    };
+    let a1 = post("{q:1}").await;
+    let a2 = post("{q:1}").await;
+    let b = post("{q:2}").await;
+    assert!(a2.hit(), "{}", a2.cache);
+    assert!(a1.body.contains("body={q:1}") && a2.body == a1.body);
+    assert!(!b.hit() && b.body.contains("body={q:2}"));
+    assert_eq!(origin.hits(), 2);
+
+    let plain_origin = Origin::new();
+    let plain = node(&settings_for("store_post2"), plain_origin.router(), |l| l).await;
+    let url = plain.url(&scripted("/graphql", &["cache-control: max-age=60"]));
+    for _ in 0..2 {
+        let r = got(request(reqwest::Method::POST, &url).body("{q:1}").send().await.unwrap()).await;
+        assert!(r.cache.contains("fwd=method"), "{}", r.cache);
+    }
+    assert_eq!(plain_origin.hits(), 2);
+}
