@@ -9,6 +9,8 @@
 //! | get_many(16) | one `get_many_bytes` of 16 keys | 16 sequential `get_bytes` |
 //! | Redis | L2 hit and L1 hit | redis-rs `GET` over loopback |
 //! | invalidation | probe write on one process, change seen on another (idle database) | target p99 ≤ 10 ms |
+//! | HTTP from L1 | axum route behind `PgCacheLayer`, served from L1 | the same route without the layer |
+//! | HTTP miss | 100 concurrent requests for one URL over 2 layer instances, 50 ms handler | handler runs once |
 //!
 //! Latency rows interleave pgcache and baseline in rounds so drift (other work on the machine) hits both.
 
@@ -310,14 +312,8 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
         target: "p99 ≤ 10ms".into(),
         met: Some(p99 <= 10_000.0),
     });
-    out.push(BenchRow {
-        what: "HTTP rows (PgCacheLayer)".into(),
-        pgcache: "not measured".into(),
-        baseline: "-".into(),
-        ratio: None,
-        target: "pgcache-tower had not landed".into(),
-        met: None,
-    });
+    eprintln!("bench: HTTP (PgCacheLayer)");
+    out.extend(crate::http_bench::rows(base, window).await?);
     Ok(out)
 }
 

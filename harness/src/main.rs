@@ -15,6 +15,7 @@
 mod bench;
 mod cli;
 mod compare;
+mod http_bench;
 mod load;
 mod netem;
 mod redis_server;
