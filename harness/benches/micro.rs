@@ -18,12 +18,17 @@ fn l1_hit(c: &mut Criterion) {
     let key = "bench:7";
     let mut group = c.benchmark_group("l1_hit");
 
-    let moka: moka::future::Cache<Arc<str>, Arc<(Bytes, i64)>> = moka::future::Cache::builder().max_capacity(10_000).build();
+    let moka: moka::future::Cache<Arc<str>, Arc<(Bytes, i64)>> =
+        moka::future::Cache::builder().max_capacity(10_000).build();
     rt.block_on(moka.insert(Arc::from(key), Arc::new((value.clone(), 1))));
-    group.bench_function("raw_moka_get", |b| b.to_async(&rt).iter(|| async { black_box(moka.get(black_box(key)).await) }));
+    group.bench_function("raw_moka_get", |b| {
+        b.to_async(&rt).iter(|| async { black_box(moka.get(black_box(key)).await) })
+    });
 
     let Ok(dsn) = std::env::var("PGCACHE_DSN") else {
-        eprintln!("notice: PGCACHE_DSN is not set: measuring only the moka baseline (run through scripts/with-postgres)");
+        eprintln!(
+            "notice: PGCACHE_DSN is not set: measuring only the moka baseline (run through scripts/with-postgres)"
+        );
         return;
     };
     let id = std::process::id();

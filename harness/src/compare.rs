@@ -190,7 +190,10 @@ pub(crate) async fn compare(args: &CompareArgs, netem: Option<Netem>) -> anyhow:
                 let cache = PostgresCache::connect(settings.clone()).await?;
                 let row = workload(args, backend, Client::Pg(cache.clone())).await;
                 cache.close().await;
-                let _ = crate::load::drop_table(&CacheSettings::new(&args.db.dsn).schema_prefix(settings.schema_prefix.clone())).await;
+                let _ = crate::load::drop_table(
+                    &CacheSettings::new(&args.db.dsn).schema_prefix(settings.schema_prefix.clone()),
+                )
+                .await;
                 row?
             }
         };
@@ -210,7 +213,8 @@ async fn workload(args: &CompareArgs, backend: Backend, client: Client) -> anyho
             let mut h = Latency::new();
             for iteration in 0..iterations {
                 let key = format!("bench:{}", rand::thread_rng().gen_range(0..keyspace));
-                let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                let ts =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
                 let value = serde_json::json!({"writer": writer, "iteration": iteration, "ts": ts});
                 let value = Bytes::from(serde_json::to_vec(&value)?);
                 let t = Instant::now();

@@ -29,8 +29,10 @@ async fn serve(app: Router) -> anyhow::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
+/// GETs `url` with one fixed `Host` (so that every node computes the same cache key).
 async fn fetch(client: &HttpClient, url: &str) -> anyhow::Result<http::StatusCode> {
-    let resp = client.get(url.parse()?).await?;
+    let req = http::Request::get(url).header(http::header::HOST, "bench.test").body(Empty::new())?;
+    let resp = client.request(req).await?;
     let status = resp.status();
     resp.into_body().collect().await?;
     Ok(status)
@@ -68,7 +70,9 @@ pub(crate) async fn rows(base: &CacheSettings, window: Duration) -> anyhow::Resu
     // L1-served route vs the same route without the layer.
     let cache = PostgresCache::connect(base.clone()).await?;
     let bare = serve(Router::new().route("/item", static_route())).await?;
-    let layered = serve(Router::new().route("/item", static_route()).layer(PgCacheLayer::new(cache.clone()).namespace("hb:"))).await?;
+    let layered =
+        serve(Router::new().route("/item", static_route()).layer(PgCacheLayer::new(cache.clone()).namespace("hb:")))
+            .await?;
     let (bare_url, layered_url) = (format!("http://{bare}/item"), format!("http://{layered}/item"));
     fetch(&client, &layered_url).await?;
     let (mut ours, mut theirs) = (0.0, 0.0);

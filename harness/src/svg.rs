@@ -76,7 +76,8 @@ pub(crate) fn percentile_chart(title: &str, series: &[(String, Latency)]) -> Str
     for (i, ((name, h), pts)) in series.iter().zip(&points).enumerate() {
         let color = COLORS[i % COLORS.len()];
         let path: Vec<String> = pts.iter().map(|(n, us)| format!("{:.1},{:.1}", x(*n), y(*us))).collect();
-        let _ = writeln!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
+        let _ =
+            writeln!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
         let ly = TOP + 10.0 + 20.0 * i as f64;
         let _ = writeln!(
             svg,

@@ -319,7 +319,12 @@ fn timeline(log: &KeyLog, from: u64, to: u64, p: &Params, read: Option<&Observat
                 .find(|m| m.start == start && what.contains(&format!("{:?}", m.id)))
                 .map_or(read.map_or(start, |r| r.end), |m| m.end);
             let mut line = String::new();
-            let _ = write!(line, "{:>12} .. {:>12}  {what}", ms(start.saturating_sub(p.origin)), ms(end.saturating_sub(p.origin)));
+            let _ = write!(
+                line,
+                "{:>12} .. {:>12}  {what}",
+                ms(start.saturating_sub(p.origin)),
+                ms(end.saturating_sub(p.origin))
+            );
             line
         })
         .collect()

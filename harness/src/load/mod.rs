@@ -152,9 +152,8 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         stdin.flush().await?;
     }
     let bar = progress_bar(args, duration);
-    let progress = std::sync::Arc::new(
-        (0..args.processes).map(|_| std::sync::atomic::AtomicU64::new(0)).collect::<Vec<_>>(),
-    );
+    let progress =
+        std::sync::Arc::new((0..args.processes).map(|_| std::sync::atomic::AtomicU64::new(0)).collect::<Vec<_>>());
     let mut readers = Vec::new();
     for (index, mut reader) in lines.into_iter().enumerate() {
         let progress = std::sync::Arc::clone(&progress);
@@ -236,8 +235,11 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
     }
     let json = serde_json::to_string_pretty(&report)?;
     tokio::fs::write(args.out.join("results.json"), json).await?;
-    tokio::fs::write(args.out.join("latency.svg"), crate::svg::percentile_chart("pgcache load: latency by path", &histograms))
-        .await?;
+    tokio::fs::write(
+        args.out.join("latency.svg"),
+        crate::svg::percentile_chart("pgcache load: latency by path", &histograms),
+    )
+    .await?;
     Ok(Outcome { violations: report.check.violations_total, report })
 }
 
@@ -355,7 +357,10 @@ fn print_report(r: &LoadReport, out: &Path) {
         r.l1_hit_ratio * 100.0,
         r.get_hit_ratio * 100.0
     );
-    println!("{:<22} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}", "op / path", "count", "mean", "p50", "p95", "p99", "max");
+    println!(
+        "{:<22} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "op / path", "count", "mean", "p50", "p95", "p99", "max"
+    );
     let row = |name: &str, s: &Summary| {
         println!(
             "{:<22} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -380,7 +385,13 @@ fn print_report(r: &LoadReport, out: &Path) {
     }
     println!(
         "probe writes: {}, sightings: {}, unseen: {}   loader runs: {} on {} keys, duplicate loads: {}   errors: {:?}",
-        inv.probe_writes, inv.samples, inv.unseen, r.check.loader_runs, r.check.keys_loaded, r.check.duplicate_loads, r.errors
+        inv.probe_writes,
+        inv.samples,
+        inv.unseen,
+        r.check.loader_runs,
+        r.check.keys_loaded,
+        r.check.duplicate_loads,
+        r.errors
     );
     println!("reads checked: {}, violations: {}", r.check.reads_checked, r.check.violations_total);
     for v in &r.check.violations {

@@ -154,9 +154,8 @@ async fn client_task(
                 seq += 1;
                 let id = (writer, seq);
                 let value = Bytes::from(encode_value(key, id, start, config.value_size));
-                let loader: Loader = Box::new(move || {
-                    Box::pin(async move { Ok(Fill { value, options: SetOptions::ttl(ttl) }) })
-                });
+                let loader: Loader =
+                    Box::new(move || Box::pin(async move { Ok(Fill { value, options: SetOptions::ttl(ttl) }) }));
                 match cache.get_or_load(&name, loader).await {
                     Ok(loaded) => {
                         let via = match loaded.source {
