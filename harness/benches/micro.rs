@@ -5,6 +5,9 @@
 //! `scripts/with-postgres cargo bench -p pgcache-harness --bench micro`. Without `PGCACHE_DSN` it prints a
 //! notice and measures only the moka baseline.
 
+// criterion_group!/criterion_main! generate undocumented functions.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
