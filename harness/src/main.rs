@@ -19,7 +19,6 @@ mod http_bench;
 mod load;
 mod netem;
 mod redis_server;
-mod report;
 mod stats;
 mod svg;
 
