@@ -1,0 +1,487 @@
+//! `bench`: each pgcache figure next to its baseline, measured in the same run, as a ratio.
+//!
+//! | row | pgcache | baseline |
+//! | --- | --- | --- |
+//! | L1 hit latency | `get_bytes` served from L1 | raw moka `get` (same `Arc<str>` key, `Arc` of `Bytes` + version value) |
+//! | L2 hit latency | `get_bytes`, local cache off | raw tokio-postgres prepared `SELECT` of the same row (the core's statement) |
+//! | L2 hit throughput | 16 tasks, local cache off, pool 16 | 16 tasks on a deadpool pool of 16, prepared `SELECT` |
+//! | set latency | `set_bytes` | the core's upsert statement on the same table (same triggers); and on a copy without triggers |
+//! | get_many(16) | one `get_many_bytes` of 16 keys | 16 sequential `get_bytes` |
+//! | Redis | L2 hit and L1 hit | redis-rs `GET` over loopback |
+//! | invalidation | probe write on one process, change seen on another (idle database) | target p99 ≤ 10 ms |
+//! | HTTP from L1 | axum route behind `PgCacheLayer`, served from L1 | the same route without the layer |
+//! | HTTP miss | 100 concurrent requests for one URL over 2 layer instances, 50 ms handler | handler runs once |
+//!
+//! Latency rows interleave pgcache and baseline in rounds so drift (other work on the machine) hits both.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use pgcache_core::{CacheSettings, CacheStore, PostgresCache, Ttl};
+use rand::{Rng, SeedableRng};
+
+use crate::cli::DbArgs;
+use crate::redis_server::RedisServer;
+use crate::stats::{fmt_us, Latency};
+
+/// Options of `bench`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    pub(crate) db: DbArgs,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) value_size: usize,
+    /// Scale of the iteration counts (1 = the default run of about a minute).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) scale: f64,
+    /// Skip the Redis rows.
+    #[arg(long)]
+    pub(crate) no_redis: bool,
+    /// Run only these sections (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Vec<Section>,
+    /// Where to write bench.json.
+    #[arg(long, default_value = "harness-out")]
+    pub(crate) out: PathBuf,
+}
+
+/// A section of the table (for `--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Section {
+    /// L1 hit vs raw moka.
+    L1,
+    /// L2 hit latency vs raw prepared SELECT.
+    L2,
+    /// L2 throughput with 16 tasks.
+    Throughput,
+    /// set vs raw upsert, and the trigger's cost.
+    Set,
+    /// get_many(16) vs sequential gets.
+    GetMany,
+    /// Redis GET.
+    Redis,
+    /// Invalidation propagation across processes.
+    Invalidation,
+    /// The PgCacheLayer rows.
+    Http,
+}
+
+/// One row of the table.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct BenchRow {
+    pub(crate) what: String,
+    pub(crate) pgcache: String,
+    pub(crate) baseline: String,
+    /// pgcache / baseline, in the direction of the target (latency: lower is better; throughput: higher).
+    pub(crate) ratio: Option<f64>,
+    pub(crate) target: String,
+    pub(crate) met: Option<bool>,
+}
+
+const KEYS: usize = 1000;
+
+fn key(i: usize) -> String {
+    format!("bench:{i}")
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Runs every row and prints the table.
+pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let n = |base: f64| ((base * args.scale).round() as usize).max(10);
+    let id = format!("{:x}", crate::load::events::now_ns() % 0xff_ffff);
+    let base = CacheSettings::new(&args.db.dsn)
+        .schema_prefix(format!("bench_{id}_"))
+        .notify_channel(format!("bench_{id}"))
+        .unlogged(args.db.unlogged)
+        .max_pool_size(16);
+    PostgresCache::init_db(&base).await.context("init_db (is PostgreSQL running? see --dsn)")?;
+    let result = rows(args, &base, n).await;
+    let _ = crate::load::drop_table(&base).await;
+    let rows = result?;
+    let table = table(&rows);
+    println!("{table}");
+    tokio::fs::create_dir_all(&args.out).await?;
+    tokio::fs::write(args.out.join("bench.json"), serde_json::to_string_pretty(&rows)?).await?;
+    tokio::fs::write(args.out.join("bench.md"), table).await?;
+    Ok(())
+}
+
+async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) -> anyhow::Result<Vec<BenchRow>> {
+    let full = PostgresCache::connect(base.clone()).await?;
+    let remote = PostgresCache::connect(base.clone().local_max_entries(0)).await?;
+    let value = Bytes::from(vec![b'v'; args.value_size]);
+    let items: Vec<(String, Bytes)> = (0..KEYS).map(|i| (key(i), value.clone())).collect();
+    let refs: Vec<(&str, Bytes)> = items.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    full.set_many_bytes(&refs, Ttl::Never).await?;
+    let table = format!("\"{}cache_entries\"", base.schema_prefix);
+    let raw = crate::load::connect_raw(&base.dsn).await?;
+    let mut out = Vec::new();
+    let want = |section: Section| args.only.is_empty() || args.only.contains(&section);
+    let (mut l1, mut l2_p50): (Option<f64>, Option<f64>) = (None, None);
+    let window = Duration::from_secs_f64((3.0 * args.scale).clamp(0.5, 30.0));
+    let hot = key(7);
+    let mut rng = rand::rngs::StdRng::from_entropy();
+
+    if want(Section::L1) {
+        // L1 hit vs raw moka get.
+        eprintln!("bench: L1 hit");
+        full.get_bytes(&hot).await?;
+        let moka: moka::future::Cache<Arc<str>, Arc<(Bytes, i64)>> =
+            moka::future::Cache::builder().max_capacity(10_000).build();
+        moka.insert(Arc::from(hot.as_str()), Arc::new((value.clone(), 1))).await;
+        let (mut l1_total, mut moka_total, mut l1_ops) = (Duration::ZERO, Duration::ZERO, 0u64);
+        for _ in 0..10 {
+            let rounds = n(50_000.0);
+            let t = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(full.get_bytes(std::hint::black_box(&hot)).await?);
+            }
+            l1_total += t.elapsed();
+            let t = Instant::now();
+            for _ in 0..rounds {
+                std::hint::black_box(moka.get(std::hint::black_box(hot.as_str())).await);
+            }
+            moka_total += t.elapsed();
+            l1_ops += rounds as u64;
+        }
+        let l1_us = ns(l1_total) as f64 / l1_ops as f64 / 1000.0;
+        l1 = Some(l1_us);
+        let moka_us = ns(moka_total) as f64 / l1_ops as f64 / 1000.0;
+        out.push(latency_row("L1 hit latency (mean)", l1_us, moka_us, "raw moka get", 1.5));
+    }
+    if want(Section::L2) {
+        // L2 hit latency: local cache off vs raw prepared SELECT (the core's statement) of the same row.
+        eprintln!("bench: L2 hit");
+        let select = raw
+            .prepare(&format!(
+                "SELECT value, version, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint FROM {table} \
+             WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())"
+            ))
+            .await?;
+        let (mut l2, mut pg) = (Latency::new(), Latency::new());
+        for _ in 0..5 {
+            for _ in 0..n(1000.0) {
+                let t = Instant::now();
+                remote.get_bytes(&hot).await?.context("L2 row missing")?;
+                l2.record(ns(t.elapsed()));
+            }
+            for _ in 0..n(1000.0) {
+                let t = Instant::now();
+                raw.query_one(&select, &[&hot]).await?;
+                pg.record(ns(t.elapsed()));
+            }
+        }
+        let (l2s, pgs) = (l2.summary(), pg.summary());
+        l2_p50 = Some(l2s.p50_us);
+        out.push(latency_row("L2 hit latency (p50, L1 off)", l2s.p50_us, pgs.p50_us, "raw prepared SELECT", 1.2));
+        out.push(latency_row("L2 hit latency (mean, L1 off)", l2s.mean_us, pgs.mean_us, "raw prepared SELECT", 1.2));
+    }
+    if want(Section::Throughput) {
+        // L2 throughput, 16 tasks: pool of 16 on both sides.
+        eprintln!("bench: L2 throughput");
+        let pool = raw_pool(&base.dsn)?;
+        let sql = Arc::new(select_sql(&table));
+        let mut ours = 0.0;
+        let mut theirs = 0.0;
+        for _ in 0..2 {
+            ours += throughput(16, window, {
+                let remote = remote.clone();
+                move |k| {
+                    let remote = remote.clone();
+                    async move { remote.get_bytes(&k).await.map(drop).map_err(anyhow::Error::from) }
+                }
+            })
+            .await?;
+            theirs += throughput(16, window, {
+                let (pool, sql) = (pool.clone(), Arc::clone(&sql));
+                move |k| {
+                    let (pool, sql) = (pool.clone(), Arc::clone(&sql));
+                    async move {
+                        let client = pool.get().await?;
+                        let stmt = client.prepare_cached(&sql).await?;
+                        client.query_opt(&stmt, &[&k]).await?;
+                        anyhow::Ok(())
+                    }
+                }
+            })
+            .await?;
+        }
+        out.push(throughput_row(
+            "L2 hit throughput, 16 tasks (ops/s)",
+            ours / 2.0,
+            theirs / 2.0,
+            "raw deadpool, 16 tasks",
+            0.85,
+        ));
+        pool.close();
+    }
+    if want(Section::Set) {
+        // set vs raw upsert with the same trigger, and the trigger's own cost.
+        eprintln!("bench: set");
+        let bare = format!("\"{}bench_bare\"", base.schema_prefix);
+        raw.batch_execute(&format!("CREATE TABLE {bare} (LIKE {table} INCLUDING ALL)")).await?;
+        let upsert = |t: &str| {
+            format!(
+            "INSERT INTO {t} (key, value, expires_at, tags) VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond', $4) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
+             tags = EXCLUDED.tags RETURNING version"
+        )
+        };
+        let with_trigger = raw.prepare(&upsert(&table)).await?;
+        let without_trigger = raw.prepare(&upsert(&bare)).await?;
+        let (mut set, mut raw_set, mut bare_set) = (Latency::new(), Latency::new(), Latency::new());
+        let ttl_ms: Option<i64> = Some(300_000);
+        let tags: Vec<String> = Vec::new();
+        for _ in 0..5 {
+            for _ in 0..n(500.0) {
+                let k = key(rng.gen_range(0..KEYS));
+                let t = Instant::now();
+                full.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
+                set.record(ns(t.elapsed()));
+            }
+            for _ in 0..n(500.0) {
+                let k = key(rng.gen_range(0..KEYS));
+                let t = Instant::now();
+                raw.query_one(&with_trigger, &[&k, &&value[..], &ttl_ms, &tags]).await?;
+                raw_set.record(ns(t.elapsed()));
+            }
+            for _ in 0..n(500.0) {
+                let k = key(rng.gen_range(0..KEYS));
+                let t = Instant::now();
+                raw.query_one(&without_trigger, &[&k, &&value[..], &ttl_ms, &tags]).await?;
+                bare_set.record(ns(t.elapsed()));
+            }
+        }
+        let (s, r, b) = (set.summary(), raw_set.summary(), bare_set.summary());
+        out.push(latency_row("set latency (p50)", s.p50_us, r.p50_us, "raw upsert, same triggers", 1.2));
+        out.push(BenchRow {
+            what: "cost of the notify trigger (p50)".into(),
+            pgcache: format!("{} with trigger", fmt_us(r.p50_us)),
+            baseline: format!("{} without", fmt_us(b.p50_us)),
+            ratio: Some(r.p50_us / b.p50_us),
+            target: "report".into(),
+            met: None,
+        });
+    }
+    if want(Section::GetMany) {
+        // get_many(16) vs 16 sequential gets, L1 off.
+        eprintln!("bench: get_many");
+        let (mut many, mut seq) = (Duration::ZERO, Duration::ZERO);
+        let mut batches = 0u64;
+        for _ in 0..5 {
+            for _ in 0..n(200.0) {
+                let start = rng.gen_range(0..KEYS - 16);
+                let keys: Vec<String> = (start..start + 16).map(key).collect();
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let t = Instant::now();
+                remote.get_many_bytes(&refs).await?;
+                many += t.elapsed();
+                let t = Instant::now();
+                for k in &refs {
+                    remote.get_bytes(k).await?;
+                }
+                seq += t.elapsed();
+                batches += 1;
+            }
+        }
+        let keys_per_s = |d: Duration| (batches * 16) as f64 / d.as_secs_f64();
+        out.push(throughput_row("get_many(16) (keys/s)", keys_per_s(many), keys_per_s(seq), "16 sequential gets", 5.0));
+    }
+    if want(Section::Redis) {
+        // Redis GET.
+        if args.no_redis {
+            eprintln!("notice: --no-redis: skipping the Redis rows");
+        } else {
+            eprintln!("bench: redis");
+            match RedisServer::start().await {
+                Ok(server) => {
+                    let mut conn = redis::Client::open(server.url.as_str())?.get_multiplexed_async_connection().await?;
+                    let _: () = redis::cmd("SET").arg(&hot).arg(&value[..]).query_async(&mut conn).await?;
+                    let mut redis_get = Latency::new();
+                    for _ in 0..n(5000.0) {
+                        let t = Instant::now();
+                        let _: Option<Vec<u8>> = redis::cmd("GET").arg(&hot).query_async(&mut conn).await?;
+                        redis_get.record(ns(t.elapsed()));
+                    }
+                    let rs = redis_get.summary();
+                    out.push(BenchRow {
+                        what: "Redis GET over loopback (p50 / mean)".into(),
+                        pgcache: "-".into(),
+                        baseline: format!("{} / {}", fmt_us(rs.p50_us), fmt_us(rs.mean_us)),
+                        ratio: None,
+                        target: "report".into(),
+                        met: None,
+                    });
+                    if let Some(l2) = l2_p50 {
+                        out.push(BenchRow {
+                            what: "L2 hit vs Redis GET (p50)".into(),
+                            pgcache: fmt_us(l2),
+                            baseline: format!("{} redis GET", fmt_us(rs.p50_us)),
+                            ratio: Some(l2 / rs.p50_us),
+                            target: "report".into(),
+                            met: None,
+                        });
+                    }
+                    if let Some(l1) = l1 {
+                        out.push(BenchRow {
+                            what: "L1 hit vs Redis GET (mean)".into(),
+                            pgcache: fmt_us(l1),
+                            baseline: format!("{} redis GET", fmt_us(rs.mean_us)),
+                            ratio: Some(l1 / rs.mean_us),
+                            target: "report".into(),
+                            met: None,
+                        });
+                    }
+                }
+                Err(e) => eprintln!("notice: skipping the Redis rows: {e:#}"),
+            }
+        }
+    }
+    full.close().await;
+    remote.close().await;
+
+    if want(Section::Invalidation) {
+        // Invalidation propagation across processes on an idle database.
+        eprintln!("bench: invalidation propagation (2 processes, idle)");
+        let secs = format!("{}s", (5.0 * args.scale).clamp(2.0, 60.0));
+        let out_dir = args.out.join("bench-invalidation");
+        let load = crate::cli::load_args(&[
+            "--dsn",
+            &base.dsn,
+            "--processes",
+            "2",
+            "--tasks",
+            "0",
+            "--probe-interval",
+            "10ms",
+            "--duration",
+            &secs,
+            "--quiet",
+            "--out",
+            &out_dir.to_string_lossy(),
+        ])?;
+        let report = crate::load::run_quiet(&load).await?;
+        let p99 = report.invalidation.delay.p99_us;
+        out.push(BenchRow {
+            what: format!("invalidation propagation p99 (idle, {} samples)", report.invalidation.samples),
+            pgcache: format!("{} (p50 {})", fmt_us(p99), fmt_us(report.invalidation.delay.p50_us)),
+            baseline: "-".into(),
+            ratio: None,
+            target: "p99 ≤ 10ms".into(),
+            met: Some(p99 <= 10_000.0),
+        });
+    }
+    if want(Section::Http) {
+        eprintln!("bench: HTTP (PgCacheLayer)");
+        out.extend(crate::http_bench::rows(base, window).await?);
+    }
+    Ok(out)
+}
+
+fn select_sql(table: &str) -> String {
+    format!(
+        "SELECT value, version, (EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint FROM {table} \
+         WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())"
+    )
+}
+
+fn raw_pool(dsn: &str) -> anyhow::Result<deadpool_postgres::Pool> {
+    let config: tokio_postgres::Config = dsn.parse()?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    Ok(deadpool_postgres::Pool::builder(manager).max_size(16).build()?)
+}
+
+/// Runs `op` on random keys from `tasks` tasks for `window`; returns operations per second.
+async fn throughput<F, Fut>(tasks: usize, window: Duration, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let deadline = Instant::now() + window;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let op = op.clone();
+        handles.push(tokio::spawn(async move {
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                let k = key(rand::thread_rng().gen_range(0..KEYS));
+                op(k).await?;
+                count += 1;
+            }
+            anyhow::Ok(count)
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn latency_row(what: &str, ours_us: f64, base_us: f64, baseline: &str, max_ratio: f64) -> BenchRow {
+    let ratio = ours_us / base_us;
+    BenchRow {
+        what: what.into(),
+        pgcache: fmt_us(ours_us),
+        baseline: format!("{} {baseline}", fmt_us(base_us)),
+        ratio: Some(ratio),
+        target: format!("≤ {max_ratio}x"),
+        met: Some(ratio <= max_ratio),
+    }
+}
+
+fn throughput_row(what: &str, ours: f64, base: f64, baseline: &str, min_ratio: f64) -> BenchRow {
+    let ratio = ours / base;
+    BenchRow {
+        what: what.into(),
+        pgcache: format!("{ours:.0}"),
+        baseline: format!("{base:.0} {baseline}"),
+        ratio: Some(ratio),
+        target: format!("≥ {min_ratio}x"),
+        met: Some(ratio >= min_ratio),
+    }
+}
+
+fn format_ratio(x: f64) -> String {
+    if x < 0.01 {
+        format!("{x:.4}x (1/{:.0})", 1.0 / x)
+    } else {
+        format!("{x:.2}x")
+    }
+}
+
+/// The markdown table.
+pub(crate) fn table(rows: &[BenchRow]) -> String {
+    let mut out = String::from(
+        "| what | pgcache | baseline | ratio | target | met |\n| --- | ---: | ---: | ---: | --- | --- |\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.what,
+            r.pgcache,
+            r.baseline,
+            r.ratio.map_or_else(|| "-".to_owned(), format_ratio),
+            r.target,
+            match r.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "-",
+            }
+        ));
+    }
+    out
+}

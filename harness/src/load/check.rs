@@ -1,0 +1,429 @@
+//! The consistency check, run by the coordinator over every process's events after the run.
+//!
+//! Rules (all times from the one machine clock; an operation's effect lies somewhere within its
+//! `start..end` window, so only orders that are certain count):
+//! - **stale read**: a read starting at `t` returned write `w`, yet some write or delete `x` of that key
+//!   ended before `t - bound` and certainly came after `w` (`x.start > w.end`).
+//! - **missing value**: a read returned nothing although a write `x` ended before `t - bound`, no delete
+//!   could have come after it, and its TTL cannot have run out (`x.start + ttl > read end`).
+//! - **expired value**: a read returned a write whose TTL had certainly run out (`w.end + ttl + slack < t`).
+//! - **unknown / future value**: a read returned a value nobody wrote, or one written after the read ended.
+//! - **duplicate load**: two stored `get_or_set` loader runs for one key with no delete or expiry that
+//!   could have emptied it between them (expected: exactly one loader run per fill).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use super::events::{Event, Via, WriteId};
+
+/// What the check needs besides the events.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Params {
+    /// The staleness bound, in nanoseconds.
+    pub(crate) bound: u64,
+    /// TTL of every write and fill, in nanoseconds (`None`: never expires).
+    pub(crate) ttl: Option<u64>,
+    /// Keys `0..prefill` were written before the run, as write `(0, 0)` without TTL.
+    pub(crate) prefill: u64,
+    /// Allowance for timer and clock granularity, in nanoseconds.
+    pub(crate) slack: u64,
+    /// Run start, to print times relative to it.
+    pub(crate) origin: u64,
+}
+
+/// One consistency violation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct Violation {
+    pub(crate) key: u64,
+    pub(crate) kind: &'static str,
+    pub(crate) detail: String,
+    pub(crate) timeline: Vec<String>,
+}
+
+/// The result of the check.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct Outcome {
+    pub(crate) reads_checked: u64,
+    pub(crate) loader_runs: u64,
+    pub(crate) keys_loaded: u64,
+    pub(crate) duplicate_loads: u64,
+    pub(crate) violations_total: u64,
+    /// The first violations, with timelines (all are counted in `violations_total`).
+    pub(crate) violations: Vec<Violation>,
+}
+
+const KEEP: usize = 20;
+
+#[derive(Clone, Copy, Debug)]
+struct Mutation {
+    id: WriteId,
+    start: u64,
+    end: u64,
+    delete: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Observation {
+    start: u64,
+    end: u64,
+    seen: Option<WriteId>,
+    what: &'static str,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LoadRun {
+    id: WriteId,
+    start: u64,
+    end: u64,
+    stored: bool,
+}
+
+#[derive(Default)]
+struct KeyLog {
+    mutations: Vec<Mutation>,
+    observations: Vec<Observation>,
+    loads: Vec<LoadRun>,
+}
+
+/// Checks every read and loader run; see the module docs for the rules.
+pub(crate) fn check<'a>(events: impl IntoIterator<Item = &'a Event>, params: Params) -> Outcome {
+    let mut keys: HashMap<u64, KeyLog> = HashMap::new();
+    for event in events {
+        match *event {
+            Event::Write { key, id, start, end } => {
+                keys.entry(key).or_default().mutations.push(Mutation { id, start, end, delete: false });
+            }
+            Event::Delete { key, id, start, end } => {
+                keys.entry(key).or_default().mutations.push(Mutation { id, start, end, delete: true });
+            }
+            Event::Read { key, start, end, seen } => {
+                keys.entry(key).or_default().observations.push(Observation { start, end, seen, what: "get" });
+            }
+            Event::GetOrSet { key, start, end, seen, via, stored } => {
+                let log = keys.entry(key).or_default();
+                if via == Via::Loaded {
+                    // The lookup found nothing: that is an observation of absence.
+                    log.observations.push(Observation { start, end, seen: None, what: "get_or_set (loaded)" });
+                    log.loads.push(LoadRun { id: seen, start, end, stored });
+                    if stored {
+                        log.mutations.push(Mutation { id: seen, start, end, delete: false });
+                    }
+                } else {
+                    let what = match via {
+                        Via::Local => "get_or_set (L1)",
+                        Via::Shared => "get_or_set (L2)",
+                        _ => "get_or_set (collapsed)",
+                    };
+                    log.observations.push(Observation { start, end, seen: Some(seen), what });
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut outcome = Outcome::default();
+    let mut sorted: Vec<_> = keys.into_iter().collect();
+    sorted.sort_unstable_by_key(|(k, _)| *k);
+    for (key, mut log) in sorted {
+        if key < params.prefill {
+            log.mutations.push(Mutation { id: (0, 0), start: 0, end: 0, delete: false });
+        }
+        check_key(key, &mut log, &params, &mut outcome);
+    }
+    outcome
+}
+
+/// Per key: mutations sorted by end with the running "latest start", for "what must a read see" queries.
+struct Index {
+    by_end: Vec<Mutation>,
+    /// `best_any[i]`: index in `by_end` of the mutation with the greatest start among `0..=i`.
+    best_any: Vec<usize>,
+    /// Same, writes only (`None` while no write yet).
+    best_write: Vec<Option<usize>>,
+    /// Deletes sorted by start, and the running maximum of their ends.
+    delete_starts: Vec<u64>,
+    delete_max_end: Vec<u64>,
+    by_id: HashMap<WriteId, Mutation>,
+}
+
+impl Index {
+    fn new(mutations: &[Mutation]) -> Self {
+        let mut by_end = mutations.to_vec();
+        by_end.sort_unstable_by_key(|m| (m.end, m.start));
+        let mut best_any = Vec::with_capacity(by_end.len());
+        let mut best_write = Vec::with_capacity(by_end.len());
+        let (mut any, mut write): (Option<usize>, Option<usize>) = (None, None);
+        for (i, m) in by_end.iter().enumerate() {
+            if any.is_none_or(|j| by_end[j].start < m.start) {
+                any = Some(i);
+            }
+            if !m.delete && write.is_none_or(|j| by_end[j].start < m.start) {
+                write = Some(i);
+            }
+            best_any.push(any.unwrap_or(i));
+            best_write.push(write);
+        }
+        let mut deletes: Vec<Mutation> = mutations.iter().copied().filter(|m| m.delete).collect();
+        deletes.sort_unstable_by_key(|m| m.start);
+        let delete_starts = deletes.iter().map(|m| m.start).collect();
+        let mut max_end = 0;
+        let delete_max_end = deletes
+            .iter()
+            .map(|m| {
+                max_end = max_end.max(m.end);
+                max_end
+            })
+            .collect();
+        let by_id = mutations.iter().filter(|m| !m.delete).map(|m| (m.id, *m)).collect();
+        Self { by_end, best_any, best_write, delete_starts, delete_max_end, by_id }
+    }
+
+    /// How many mutations ended before `cutoff`.
+    fn ended_before(&self, cutoff: u64) -> usize {
+        self.by_end.partition_point(|m| m.end < cutoff)
+    }
+
+    /// The latest end of a delete that started no later than `t`.
+    fn delete_end_started_by(&self, t: u64) -> Option<u64> {
+        let n = self.delete_starts.partition_point(|&s| s <= t);
+        n.checked_sub(1).map(|i| self.delete_max_end[i])
+    }
+}
+
+fn check_key(key: u64, log: &mut KeyLog, p: &Params, outcome: &mut Outcome) {
+    let index = Index::new(&log.mutations);
+    for obs in &log.observations {
+        outcome.reads_checked += 1;
+        let cutoff = obs.start.saturating_sub(p.bound);
+        let n = index.ended_before(cutoff);
+        let problem = match obs.seen {
+            Some(id) => match index.by_id.get(&id) {
+                None => Some(("unknown value", format!("{} returned write {id:?}, which nobody made", obs.what))),
+                Some(w) if w.start > obs.end => {
+                    Some(("future value", format!("{} returned write {id:?}, started after the read ended", obs.what)))
+                }
+                Some(w) => {
+                    let newer = n.checked_sub(1).map(|i| index.by_end[index.best_any[i]]).filter(|x| x.start > w.end);
+                    let expired = p.ttl.filter(|_| w.id != (0, 0)).is_some_and(|ttl| obs.start > w.end + ttl + p.slack);
+                    if let Some(x) = newer {
+                        Some((
+                            "stale read",
+                            format!(
+                                "{} returned write {id:?}, but {} {:?} had committed {} before the read began (bound {})",
+                                obs.what,
+                                if x.delete { "delete" } else { "write" },
+                                x.id,
+                                ms(obs.start.saturating_sub(x.end)),
+                                ms(p.bound),
+                            ),
+                        ))
+                    } else if expired {
+                        let deadline = w.end + p.ttl.unwrap_or(0);
+                        Some((
+                            "expired value",
+                            format!(
+                                "{} returned write {id:?} (written {}..{}) {} after its TTL had certainly run out",
+                                obs.what,
+                                ms(w.start.saturating_sub(p.origin)),
+                                ms(w.end.saturating_sub(p.origin)),
+                                ms(obs.start.saturating_sub(deadline)),
+                            ),
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            },
+            None => n.checked_sub(1).and_then(|i| index.best_write[i]).map(|j| index.by_end[j]).and_then(|x| {
+                let expired = x.id != (0, 0) && p.ttl.is_some_and(|ttl| x.start + ttl <= obs.end + p.slack);
+                let deleted = index.delete_end_started_by(obs.end).is_some_and(|end| end >= x.start);
+                (!expired && !deleted).then(|| {
+                    (
+                        "missing value",
+                        format!(
+                            "{} found nothing, but write {:?} had committed {} before the read began and nothing deleted it",
+                            obs.what,
+                            x.id,
+                            ms(obs.start.saturating_sub(x.end))
+                        ),
+                    )
+                })
+            }),
+        };
+        if let Some((kind, detail)) = problem {
+            report(outcome, key, kind, detail, timeline(log, obs.start, obs.end, p, Some(obs)));
+        }
+    }
+
+    log.loads.sort_unstable_by_key(|l| l.start);
+    outcome.loader_runs += log.loads.len() as u64;
+    outcome.keys_loaded += u64::from(!log.loads.is_empty());
+    for pair in log.loads.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if !(a.stored && b.stored) {
+            continue;
+        }
+        // Either store may have come first (a long wait for the lock reorders them), so any delete that
+        // overlaps the span of both calls may have emptied the key between the two fills.
+        let (from, to) = (a.start.min(b.start), a.end.max(b.end));
+        let deleted = index.delete_end_started_by(to).is_some_and(|end| end >= from);
+        let expired = p.ttl.is_some_and(|ttl| from + ttl <= to + p.slack);
+        if !deleted && !expired {
+            outcome.duplicate_loads += 1;
+            let detail = format!(
+                "loader ran again (write {:?}, {}..{}, stored: {}) although the fill {:?} ({}..{}) was stored and not deleted or expired",
+                b.id,
+                ms(b.start.saturating_sub(p.origin)),
+                ms(b.end.saturating_sub(p.origin)),
+                b.stored,
+                a.id,
+                ms(a.start.saturating_sub(p.origin)),
+                ms(a.end.saturating_sub(p.origin)),
+            );
+            report(outcome, key, "duplicate load", detail, timeline(log, a.start, b.end, p, None));
+        }
+    }
+}
+
+fn report(outcome: &mut Outcome, key: u64, kind: &'static str, detail: String, timeline: Vec<String>) {
+    outcome.violations_total += 1;
+    if outcome.violations.len() < KEEP {
+        outcome.violations.push(Violation { key, kind, detail, timeline });
+    }
+}
+
+/// The key's mutations around `from..to` (plus the read itself), times in ms since the run start.
+fn timeline(log: &KeyLog, from: u64, to: u64, p: &Params, read: Option<&Observation>) -> Vec<String> {
+    let lo = from.saturating_sub(p.bound + 2_000_000_000);
+    let hi = to + 100_000_000;
+    let mut rows: Vec<(u64, String)> = log
+        .mutations
+        .iter()
+        .filter(|m| m.end >= lo && m.start <= hi)
+        .map(|m| {
+            let what = if m.delete { "delete" } else { "write " };
+            (m.start, format!("{what} {:?}", m.id))
+        })
+        .collect();
+    if let Some(r) = read {
+        rows.push((r.start, format!("READ   {} -> {:?}", r.what, r.seen)));
+    }
+    rows.sort_by_key(|(start, _)| *start);
+    // Keep the rows around the read (or the end of the window): 30 before, 10 after.
+    let at = rows.iter().position(|(_, what)| what.starts_with("READ")).unwrap_or(rows.len());
+    let rows: Vec<(u64, String)> = rows.into_iter().skip(at.saturating_sub(30)).take(40).collect();
+    rows.into_iter()
+        .map(|(start, what)| {
+            let end = log
+                .mutations
+                .iter()
+                .find(|m| m.start == start && what.contains(&format!("{:?}", m.id)))
+                .map_or(read.map_or(start, |r| r.end), |m| m.end);
+            let mut line = String::new();
+            let _ = write!(
+                line,
+                "{:>12} .. {:>12}  {what}",
+                ms(start.saturating_sub(p.origin)),
+                ms(end.saturating_sub(p.origin))
+            );
+            line
+        })
+        .collect()
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.3}ms", ns as f64 / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn params() -> Params {
+        Params { bound: 100 * MS, ttl: Some(5_000 * MS), prefill: 0, slack: 5 * MS, origin: 0 }
+    }
+
+    fn w(key: u64, seq: u64, start: u64, end: u64) -> Event {
+        Event::Write { key, id: (1, seq), start: start * MS, end: end * MS }
+    }
+
+    fn d(key: u64, seq: u64, start: u64, end: u64) -> Event {
+        Event::Delete { key, id: (1, seq), start: start * MS, end: end * MS }
+    }
+
+    fn r(key: u64, start: u64, seen: Option<u64>) -> Event {
+        Event::Read { key, start: start * MS, end: (start + 1) * MS, seen: seen.map(|s| (1, s)) }
+    }
+
+    fn kinds(events: &[Event]) -> Vec<&'static str> {
+        check(events, params()).violations.iter().map(|v| v.kind).collect()
+    }
+
+    #[test]
+    fn fresh_reads_pass() {
+        assert!(kinds(&[w(1, 1, 0, 1), r(1, 2, Some(1)), w(1, 2, 10, 11), r(1, 500, Some(2))]).is_empty());
+    }
+
+    #[test]
+    fn stale_within_bound_passes_beyond_bound_fails() {
+        assert!(kinds(&[w(1, 1, 0, 1), w(1, 2, 10, 11), r(1, 50, Some(1))]).is_empty());
+        assert_eq!(kinds(&[w(1, 1, 0, 1), w(1, 2, 10, 11), r(1, 500, Some(1))]), ["stale read"]);
+    }
+
+    #[test]
+    fn concurrent_writes_allow_either_value() {
+        // Write 2 overlaps write 1: either may have committed last.
+        assert!(kinds(&[w(1, 1, 0, 10), w(1, 2, 5, 8), r(1, 500, Some(1)), r(1, 501, Some(2))]).is_empty());
+    }
+
+    #[test]
+    fn reading_a_deleted_key_fails_after_the_bound() {
+        assert_eq!(kinds(&[w(1, 1, 0, 1), d(1, 2, 10, 11), r(1, 500, Some(1))]), ["stale read"]);
+        assert!(kinds(&[w(1, 1, 0, 1), d(1, 2, 10, 11), r(1, 500, None)]).is_empty());
+    }
+
+    #[test]
+    fn missing_value_fails_unless_deleted_or_expired() {
+        assert_eq!(kinds(&[w(1, 1, 0, 1), r(1, 500, None)]), ["missing value"]);
+        assert!(kinds(&[w(1, 1, 0, 1), r(1, 6_000, None)]).is_empty());
+        assert_eq!(kinds(&[d(1, 2, 0, 1), w(1, 1, 5, 6), r(1, 500, None)]), ["missing value"]);
+    }
+
+    #[test]
+    fn expired_and_unknown_values_fail() {
+        assert_eq!(kinds(&[w(1, 1, 0, 1), r(1, 6_000, Some(1))]), ["expired value"]);
+        assert_eq!(kinds(&[r(1, 10, Some(9))]), ["unknown value"]);
+        assert_eq!(kinds(&[w(1, 1, 100, 101), r(1, 10, Some(1))]), ["future value"]);
+    }
+
+    #[test]
+    fn duplicate_loads_are_caught() {
+        let load = |seq, start: u64, end: u64| Event::GetOrSet {
+            key: 1,
+            start: start * MS,
+            end: end * MS,
+            seen: (2, seq),
+            via: Via::Loaded,
+            stored: true,
+        };
+        let outcome = check(&[load(1, 0, 5), load(2, 20, 25)], params());
+        assert_eq!(outcome.duplicate_loads, 1);
+        let outcome = check(&[load(1, 0, 5), d(1, 9, 10, 11), load(2, 20, 25)], params());
+        assert_eq!(outcome.duplicate_loads, 0);
+        // The first caller waited long and stored last, after a delete that followed the second's store.
+        let outcome = check(&[load(1, 0, 500), load(2, 10, 200), d(1, 9, 300, 400)], params());
+        assert_eq!(outcome.duplicate_loads, 0);
+        assert_eq!(outcome.loader_runs, 2);
+        assert_eq!(outcome.violations_total, 0);
+    }
+
+    #[test]
+    fn prefill_counts_as_a_write() {
+        let p = Params { prefill: 10, ..params() };
+        let read = Event::Read { key: 3, start: 5 * MS, end: 6 * MS, seen: Some((0, 0)) };
+        assert_eq!(check(&[read], p).violations_total, 0);
+        let miss = Event::Read { key: 3, start: 500 * MS, end: 501 * MS, seen: None };
+        assert_eq!(check(&[miss], p).violations_total, 1);
+    }
+}

@@ -1,0 +1,240 @@
+//! One worker process of `load`: connects, waits for the coordinator's `go`, runs its tasks, writes its
+//! events to a file, and reports progress on stdout (`ready`, `progress N`, `done N`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use pgcache_core::{CacheSettings, CacheStore, Fill, Loader, PostgresCache, SetOptions, Source, Ttl};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::events::{decode_value, encode_value, key_name, now_ns, Event, Op, Via, WriteId};
+
+/// Everything a worker needs, passed by the coordinator as JSON.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct WorkerConfig {
+    pub(crate) index: u32,
+    pub(crate) processes: u32,
+    pub(crate) tasks: u32,
+    pub(crate) settings: CacheSettings,
+    pub(crate) keys: u64,
+    pub(crate) zipf: f64,
+    pub(crate) value_size: usize,
+    /// Weights of get, get_or_set, set, delete.
+    pub(crate) mix: [u32; 4],
+    pub(crate) ttl: Option<Duration>,
+    /// Operations per task (`None`: run until the coordinator's end time).
+    pub(crate) ops_per_task: Option<u64>,
+    pub(crate) probe_interval: Duration,
+    pub(crate) events: PathBuf,
+    pub(crate) seed: u64,
+}
+
+const PROBE_KEY: &str = "probe";
+const PROBE_POLL: Duration = Duration::from_millis(1);
+
+/// Runs the worker to completion.
+pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
+    let cache = PostgresCache::connect(config.settings.clone())
+        .await
+        .with_context(|| format!("worker {}: cannot connect", config.index))?;
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(b"ready\n").await?;
+    stdout.flush().await?;
+    // The coordinator answers `go START END` (ns since the epoch) once every process is connected.
+    let mut line = String::new();
+    BufReader::new(tokio::io::stdin()).read_line(&mut line).await?;
+    let mut words = line.split_whitespace();
+    anyhow::ensure!(words.next() == Some("go"), "worker {}: expected `go`, got {line:?}", config.index);
+    let start: u64 = words.next().context("go without start")?.parse()?;
+    let end: u64 = words.next().context("go without end")?.parse()?;
+    tokio::time::sleep(Duration::from_nanos(start.saturating_sub(now_ns()))).await;
+
+    let config = Arc::new(config);
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..config.tasks {
+        tasks.push(tokio::spawn(client_task(cache.clone(), Arc::clone(&config), task, end, Arc::clone(&done))));
+    }
+    let mut probe = None;
+    if !config.probe_interval.is_zero() && config.processes > 1 {
+        probe = Some(if config.index == 0 {
+            tokio::spawn(probe_writer(cache.clone(), config.probe_interval, end))
+        } else {
+            tokio::spawn(probe_reader(cache.clone(), config.index, end))
+        });
+    }
+    let reporter = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut out = tokio::io::stdout();
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let line = format!("progress {}\n", done.load(Ordering::Relaxed));
+                if out.write_all(line.as_bytes()).await.is_err() || out.flush().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut text = String::new();
+    for task in tasks {
+        for event in task.await? {
+            event.write_line(&mut text);
+        }
+    }
+    if let Some(probe) = probe {
+        for event in probe.await? {
+            event.write_line(&mut text);
+        }
+    }
+    reporter.abort();
+    tokio::fs::write(&config.events, text).await.with_context(|| format!("writing {}", config.events.display()))?;
+    cache.close().await;
+    stdout.write_all(format!("done {}\n", done.load(Ordering::Relaxed)).as_bytes()).await?;
+    stdout.flush().await?;
+    Ok(())
+}
+
+/// Picks operations from the mix until the op quota or the end time, recording one event each.
+async fn client_task(
+    cache: PostgresCache,
+    config: Arc<WorkerConfig>,
+    task: u32,
+    end: u64,
+    done: Arc<AtomicU64>,
+) -> Vec<Event> {
+    let writer = config.index * 65_536 + task + 1;
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ (u64::from(writer) << 20));
+    // Zipf ranks start at 1; an exponent of 0 is uniform.
+    let zipf = Zipf::new(config.keys, config.zipf.max(1e-9)).ok();
+    let total: u32 = config.mix.iter().sum();
+    let ttl = Ttl::from(config.ttl);
+    let mut seq = 0u64;
+    let mut events = Vec::new();
+    let mut ops = 0u64;
+    loop {
+        match config.ops_per_task {
+            Some(quota) if ops >= quota => break,
+            None if now_ns() >= end => break,
+            _ => {}
+        }
+        ops += 1;
+        let key = match &zipf {
+            Some(z) => (z.sample(&mut rng) as u64).clamp(1, config.keys) - 1,
+            None => rng.gen_range(0..config.keys),
+        };
+        let name = key_name(key);
+        let mut pick = rng.gen_range(0..total.max(1));
+        let op = [Op::Get, Op::GetOrSet, Op::Set, Op::Delete]
+            .into_iter()
+            .zip(config.mix)
+            .find(|(_, weight)| {
+                let hit = pick < *weight;
+                pick = pick.saturating_sub(*weight);
+                hit
+            })
+            .map_or(Op::Get, |(op, _)| op);
+        let start = now_ns();
+        let event = match op {
+            Op::Get => match cache.get_entry(&name).await {
+                Ok(entry) => {
+                    let seen = entry.map(|e| seen_id(key, &e.value));
+                    Event::Read { key, start, end: now_ns(), seen }
+                }
+                Err(_) => Event::Error { op, start, end: now_ns() },
+            },
+            Op::GetOrSet => {
+                seq += 1;
+                let id = (writer, seq);
+                let value = Bytes::from(encode_value(key, id, start, config.value_size));
+                let loader: Loader =
+                    Box::new(move || Box::pin(async move { Ok(Fill { value, options: SetOptions::ttl(ttl) }) }));
+                match cache.get_or_load(&name, loader).await {
+                    Ok(loaded) => {
+                        let via = match loaded.source {
+                            Source::Local => Via::Local,
+                            Source::Shared => Via::Shared,
+                            Source::Loaded => Via::Loaded,
+                            _ => Via::Collapsed,
+                        };
+                        let seen = seen_id(key, &loaded.value);
+                        Event::GetOrSet { key, start, end: now_ns(), seen, via, stored: loaded.stored }
+                    }
+                    Err(_) => Event::Error { op, start, end: now_ns() },
+                }
+            }
+            Op::Set => {
+                seq += 1;
+                let id = (writer, seq);
+                let value = Bytes::from(encode_value(key, id, start, config.value_size));
+                match cache.set_entry(&name, value, &SetOptions::ttl(ttl)).await {
+                    Ok(_) => Event::Write { key, id, start, end: now_ns() },
+                    Err(_) => Event::Error { op, start, end: now_ns() },
+                }
+            }
+            Op::Delete => {
+                seq += 1;
+                match cache.delete(&name).await {
+                    Ok(_) => Event::Delete { key, id: (writer, seq), start, end: now_ns() },
+                    Err(_) => Event::Error { op, start, end: now_ns() },
+                }
+            }
+        };
+        if let Event::Error { op, .. } = &event {
+            if events.iter().filter(|e| matches!(e, Event::Error { .. })).count() < 3 {
+                eprintln!("worker {} task {task}: {} failed", config.index, op.name());
+            }
+        }
+        events.push(event);
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    events
+}
+
+/// The write a value came from; an undecodable value or one of another key maps to an id nobody wrote.
+fn seen_id(key: u64, value: &[u8]) -> WriteId {
+    match decode_value(value) {
+        Some((k, id)) if k == key => id,
+        _ => (u32::MAX, u64::MAX),
+    }
+}
+
+/// Process 0 writes the probe key every `interval`.
+async fn probe_writer(cache: PostgresCache, interval: Duration, end: u64) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut seq = 0;
+    while now_ns() < end {
+        seq += 1;
+        let start = now_ns();
+        let value = Bytes::from(format!("{seq}"));
+        if cache.set_entry(PROBE_KEY, value, &SetOptions::ttl(Ttl::Never)).await.is_ok() {
+            events.push(Event::ProbeWrite { seq, start, end: now_ns() });
+        }
+        tokio::time::sleep(interval).await;
+    }
+    events
+}
+
+/// The other processes poll the probe key (an L1 hit until the invalidation evicts it).
+async fn probe_reader(cache: PostgresCache, process: u32, end: u64) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut last = 0u64;
+    while now_ns() < end {
+        if let Ok(Some(entry)) = cache.get_entry(PROBE_KEY).await {
+            let seq = std::str::from_utf8(&entry.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            if seq > last {
+                last = seq;
+                events.push(Event::ProbeSeen { process, seq, at: now_ns() });
+            }
+        }
+        tokio::time::sleep(PROBE_POLL).await;
+    }
+    events
+}

@@ -1,0 +1,41 @@
+//! Smoke test: `load` runs for ~3 s with 2 processes x 4 tasks against the test database, exits 0, and
+//! writes a results.json that parses and counts work (checked reads, operations, probe sightings).
+
+use std::process::Command;
+
+#[test]
+fn load_runs_clean_and_writes_parsable_json() {
+    let dsn = pgcache_tests::test_dsn();
+    let out = std::env::temp_dir().join(format!("pgcache-harness-smoke-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_pgcache-harness"))
+        .args(["load", "--processes", "2", "--tasks", "4", "--duration", "3s", "--keys", "200", "--quiet"])
+        .args(["--probe-interval", "50ms", "--out"])
+        .arg(&out)
+        .env("PGCACHE_DSN", &dsn)
+        .status()
+        .expect("run pgcache-harness");
+    assert!(status.success(), "load exited with {status}");
+
+    let json = std::fs::read_to_string(out.join("results.json")).expect("results.json written");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
+    assert_eq!(report["check"]["violations_total"], 0, "{json}");
+    assert!(report["check"]["reads_checked"].as_u64().unwrap_or(0) > 0, "{json}");
+    assert!(report["ops_total"].as_u64().unwrap_or(0) > 0, "{json}");
+    assert!(report["invalidation"]["samples"].as_u64().unwrap_or(0) > 0, "no invalidation was seen: {json}");
+    assert!(report["paths"]["set"]["p99_us"].as_f64().is_some(), "{json}");
+    let svg = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg written");
+    assert!(svg.starts_with("<svg"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bad_options_get_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pgcache-harness"))
+        .args(["load", "--dsn", "postgresql://nobody@127.0.0.1:1/x", "--reads", "0", "--get-or-set", "0"])
+        .args(["--writes", "0", "--deletes", "0"])
+        .output()
+        .expect("run pgcache-harness");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("operation mix is empty"), "{stderr}");
+}
