@@ -60,12 +60,14 @@ impl MokaExpiry<Arc<str>, Arc<LocalEntry>> for EntryLifetime {
     }
 }
 
-/// Epoch values taken before a fill.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Epoch values taken before a fill, and when: remaining TTLs reported by the database are counted from
+/// this instant, since the statement was sent after it.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Snapshot {
     global: u64,
     hard: u64,
     soft: u64,
+    taken: Instant,
 }
 
 /// Invalidation epochs, shared by the local cache, the listener and the single-flight table.
@@ -103,6 +105,7 @@ impl Epochs {
             global: self.global.load(Ordering::SeqCst),
             hard: self.hard[i].load(Ordering::SeqCst),
             soft: self.soft[i].load(Ordering::SeqCst),
+            taken: Instant::now(),
         }
     }
 
@@ -136,6 +139,8 @@ impl Epochs {
 pub(crate) struct Trust {
     /// False when a listener is expected (notifications on) but is not confirmed listening.
     listening: AtomicBool,
+    /// Listening and proven alive within `lease`: what `trusted()` reads.
+    leased: AtomicBool,
     /// Milliseconds since `origin` of the last proof of life, sent before the proof came back.
     last_proof_ms: AtomicU64,
     origin: Instant,
@@ -147,6 +152,7 @@ impl Trust {
     pub(crate) fn new(needs_listener: bool, lease: Duration) -> Self {
         Self {
             listening: AtomicBool::new(false),
+            leased: AtomicBool::new(false),
             last_proof_ms: AtomicU64::new(0),
             origin: Instant::now(),
             lease,
@@ -154,30 +160,50 @@ impl Trust {
         }
     }
 
-    /// True when local entries may be served now.
+    /// True when local entries may be served now: one atomic load, so a local hit reads no clock.
+    /// [`watch_lease`] withdraws the lease when no proof of life came within `lease`.
     pub(crate) fn trusted(&self) -> bool {
-        if !self.needs_listener {
-            return true;
-        }
-        if !self.listening.load(Ordering::SeqCst) {
-            return false;
-        }
-        let last = Duration::from_millis(self.last_proof_ms.load(Ordering::SeqCst));
-        self.origin.elapsed().saturating_sub(last) <= self.lease
+        !self.needs_listener || self.leased.load(Ordering::SeqCst)
     }
 
     /// Records a proof of life whose request was sent at `sent`.
     pub(crate) fn renew(&self, sent: Instant) {
         let ms = sent.saturating_duration_since(self.origin).as_millis();
         self.last_proof_ms.fetch_max(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.leased.store(self.listening.load(Ordering::SeqCst) && !self.lease_expired(), Ordering::SeqCst);
     }
 
     pub(crate) fn set_listening(&self, listening: bool) {
         self.listening.store(listening, Ordering::SeqCst);
+        self.leased.store(listening && !self.lease_expired(), Ordering::SeqCst);
     }
 
     pub(crate) fn listening(&self) -> bool {
         self.listening.load(Ordering::SeqCst)
+    }
+
+    /// When the current lease runs out.
+    fn lease_end(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_proof_ms.load(Ordering::SeqCst)) + self.lease
+    }
+
+    fn lease_expired(&self) -> bool {
+        Instant::now() >= self.lease_end()
+    }
+}
+
+/// Withdraws the lease the moment it runs out without a newer proof of life, until `shutdown` flips.
+/// This keeps the clock off the hit path: `trusted()` is a single load.
+pub(crate) async fn watch_lease(trust: Arc<Trust>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let wake = trust.lease_end().max(Instant::now() + Duration::from_millis(5));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = shutdown.changed() => return,
+        }
+        if trust.lease_expired() {
+            trust.leased.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -224,9 +250,15 @@ impl LocalCache {
         if !self.trust.trusted() || !self.epochs.admits(key, snapshot, version) {
             return;
         }
+        // Count the remaining TTL from before the statement was sent, so a local copy never outlives the row.
+        let elapsed = snapshot.taken.elapsed();
+        let expiry = match expiry {
+            Expiry::Never => Expiry::Never,
+            Expiry::In(left) => Expiry::In(left.saturating_sub(elapsed)),
+        };
         let lifetime = match expiry {
-            Expiry::Never => self.local_ttl,
-            Expiry::In(left) => left.min(self.local_ttl),
+            Expiry::Never => self.local_ttl.saturating_sub(elapsed),
+            Expiry::In(left) => left.min(self.local_ttl.saturating_sub(elapsed)),
         };
         if lifetime.is_zero() {
             return;

@@ -202,6 +202,7 @@ impl PostgresCache<JsonCodec> {
                 tx,
             )));
             first_listen = Some(rx);
+            tasks.push(tokio::spawn(crate::local::watch_lease(Arc::clone(&trust), shutdown.subscribe())));
         }
         if let Some(interval) = settings.sweeper_interval {
             tasks.push(tokio::spawn(sweeper::run(
@@ -400,6 +401,14 @@ impl<C> PostgresCache<C> {
         Ok(row)
     }
 
+    /// A read of the shared table that fails open.
+    async fn get_shared(&self, key: &str) -> Result<Option<Entry>> {
+        match self.read_shared(key).await {
+            Ok(row) => Ok(row),
+            Err(e) => self.read_failed(e, None),
+        }
+    }
+
     /// Turns a read error into a miss when failing open.
     fn read_failed<T>(&self, err: Error, fallback: T) -> Result<T> {
         if self.inner.settings.fail_open && err.is_unavailable() {
@@ -539,10 +548,18 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         if let Some(hit) = self.local_hit(key).await {
             return Ok(Some(hit));
         }
-        match self.read_shared(key).await {
-            Ok(row) => Ok(row.map(|r| Entry { value: r.value, version: r.version, expiry: r.expiry })),
-            Err(e) => self.read_failed(e, None),
+        // Boxed so that the (small) hit path does not carry the miss path's state.
+        Box::pin(self.get_shared(key)).await
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        self.check_key(key)?;
+        if let Some(local) = &self.inner.local {
+            if let Some(hit) = local.get(key).await {
+                return Ok(Some(hit.value.clone()));
+            }
         }
+        Ok(Box::pin(self.get_shared(key)).await?.map(|entry| entry.value))
     }
 
     async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
