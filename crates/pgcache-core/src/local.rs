@@ -207,12 +207,54 @@ pub(crate) async fn watch_lease(trust: Arc<Trust>, mut shutdown: tokio::sync::wa
     }
 }
 
+/// Wakes a process's `get_or_set` waiter when the key it waits for is written by another process (the
+/// listener hears the insert), so waiters do not sleep out their polling back-off.
+#[derive(Default)]
+pub(crate) struct FillSignals {
+    waiting: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<tokio::sync::Notify>>>,
+}
+
+impl FillSignals {
+    /// Starts waiting for `key`; the registration ends when the returned guard drops (cancellation too).
+    pub(crate) fn subscribe<'a>(&'a self, key: &'a str) -> FillWait<'a> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let signal = Arc::clone(waiting.entry(Arc::from(key)).or_default());
+        FillWait { signals: self, key, signal }
+    }
+
+    fn written(&self, key: &str) {
+        let waiting = self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(signal) = waiting.get(key) {
+            // `notify_one` keeps a permit if the waiter is between two polls.
+            signal.notify_one();
+        }
+    }
+}
+
+/// A registered waiter of [`FillSignals`].
+pub(crate) struct FillWait<'a> {
+    signals: &'a FillSignals,
+    key: &'a str,
+    pub(crate) signal: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for FillWait<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.signals.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Ours plus the table's: nobody else waits, so the entry goes.
+        if waiting.get(self.key).is_some_and(|s| Arc::strong_count(s) <= 2) {
+            waiting.remove(self.key);
+        }
+    }
+}
+
 /// The bounded local cache.
 pub(crate) struct LocalCache {
     cache: Cache<Arc<str>, Arc<LocalEntry>>,
     local_ttl: Duration,
     pub(crate) epochs: Arc<Epochs>,
     pub(crate) trust: Arc<Trust>,
+    pub(crate) fills: FillSignals,
 }
 
 impl LocalCache {
@@ -234,7 +276,7 @@ impl LocalCache {
             })
             .expire_after(EntryLifetime)
             .build();
-        Self { cache, local_ttl, epochs, trust }
+        Self { cache, local_ttl, epochs, trust, fills: FillSignals::default() }
     }
 
     /// A local hit, if local entries may be served.
@@ -281,6 +323,9 @@ impl LocalCache {
     /// `version`). A local copy at least that new survives a write notification (typically this node's own).
     pub(crate) async fn evict_notified(&self, key: &str, version: i64, deleted: bool) {
         self.epochs.bump_key_to(key, if deleted { version.saturating_add(1) } else { version });
+        if !deleted {
+            self.fills.written(key);
+        }
         if !deleted && self.cache.get(key).await.is_some_and(|entry| entry.version >= version) {
             return;
         }

@@ -455,6 +455,18 @@ impl<C> PostgresCache<C> {
     /// The cross-process part of `get_or_load`: take the key's advisory lock (re-check, load, write,
     /// unlock) or wait for the holder's fill, polling with back-off up to `lock_wait_timeout`.
     async fn fill_across_processes(&self, key: &str, loader: Loader, snapshot: Snapshot) -> Result<Loaded> {
+        let local = self.inner.local.as_ref().filter(|_| self.inner.settings.listener_enabled());
+        let wait = local.map(|local| local.fills.subscribe(key));
+        self.wait_or_fill(key, loader, snapshot, wait.as_ref().map(|w| &*w.signal)).await
+    }
+
+    async fn wait_or_fill(
+        &self,
+        key: &str,
+        loader: Loader,
+        snapshot: Snapshot,
+        signal: Option<&tokio::sync::Notify>,
+    ) -> Result<Loaded> {
         let lock = self.lock_key(key);
         let deadline = Instant::now() + self.inner.settings.lock_wait_timeout;
         let mut backoff = Duration::from_millis(2);
@@ -469,7 +481,13 @@ impl<C> PostgresCache<C> {
                     break;
                 }
             }
-            tokio::time::sleep(backoff).await;
+            match &signal {
+                // Woken by the listener as soon as another process writes the key; the poll is the fallback.
+                Some(signal) => {
+                    let _ = tokio::time::timeout(backoff, signal.notified()).await;
+                }
+                None => tokio::time::sleep(backoff).await,
+            }
             backoff = (backoff * 2).min(Duration::from_millis(50));
             match self.read_shared(key).await {
                 Ok(Some(row)) => return Ok(Loaded::found(row, Source::Collapsed)),
