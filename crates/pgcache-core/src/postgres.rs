@@ -401,6 +401,22 @@ impl<C> PostgresCache<C> {
         Ok(row)
     }
 
+    /// Reads a value; the same as [`CacheStore::get_bytes`], without the trait's boxed future, so a
+    /// local hit on a concrete `PostgresCache` allocates nothing.
+    ///
+    /// # Errors
+    /// Bad key; database errors only when the cache is configured to fail closed.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        self.check_key(key)?;
+        if let Some(local) = &self.inner.local {
+            if let Some(hit) = local.get(key).await {
+                return Ok(Some(hit.value.clone()));
+            }
+        }
+        // Boxed so that the (small) hit path does not carry the miss path's state.
+        Ok(Box::pin(self.get_shared(key)).await?.map(|entry| entry.value))
+    }
+
     /// A read of the shared table that fails open.
     async fn get_shared(&self, key: &str) -> Result<Option<Entry>> {
         match self.read_shared(key).await {
@@ -571,13 +587,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
-        self.check_key(key)?;
-        if let Some(local) = &self.inner.local {
-            if let Some(hit) = local.get(key).await {
-                return Ok(Some(hit.value.clone()));
-            }
-        }
-        Ok(Box::pin(self.get_shared(key)).await?.map(|entry| entry.value))
+        PostgresCache::get_bytes(self, key).await
     }
 
     async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
