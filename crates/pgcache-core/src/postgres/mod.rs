@@ -5,24 +5,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cache_store::{CacheStatus, CacheStore, Entry, Fill, ListenerState, Loaded, Loader, SetOptions, Source};
+use crate::cache_store::{Entry, Fill, SetOptions};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::{Error, Result};
 use crate::flight::Flights;
 use crate::listener::{self, ListenerConfig};
 use crate::local::{Epochs, LocalCache, Snapshot, Trust};
-use crate::lock::{lock_key, AdvisoryLock};
+use crate::lock::lock_key;
 use crate::settings::CacheSettings;
 use crate::store::{self, Statements, SCHEMA_VERSION};
 use crate::sweeper;
 use crate::ttl::{Expiry, Ttl};
-use crate::typed::TypedCache;
 use crate::validate;
 
 /// Runs `$op`, an expression using `$conn: &Client`, on a pooled connection within the client-side bound
@@ -39,6 +37,9 @@ macro_rules! with_conn {
         cache.settle(owned, outcome)
     }};
 }
+
+mod cache_store_impl;
+mod fill;
 
 /// A PostgreSQL-backed cache: cheap to clone (an `Arc` inside), `Send + Sync`.
 ///
@@ -401,7 +402,7 @@ impl<C> PostgresCache<C> {
         Ok(row)
     }
 
-    /// Reads a value; the same as [`CacheStore::get_bytes`], without the trait's boxed future, so a
+    /// Reads a value; the same as [`CacheStore::get_bytes`](crate::CacheStore::get_bytes), without the trait's boxed future, so a
     /// local hit on a concrete `PostgresCache` allocates nothing.
     ///
     /// # Errors
@@ -466,318 +467,5 @@ impl<C> PostgresCache<C> {
             local.install(key, value.clone(), version, self.expiry_of(options.ttl), snapshot).await;
         }
         Ok(version)
-    }
-
-    /// The cross-process part of `get_or_load`: take the key's advisory lock (re-check, load, write,
-    /// unlock) or wait for the holder's fill, polling with back-off up to `lock_wait_timeout`.
-    async fn fill_across_processes(&self, key: &str, loader: Loader, snapshot: Snapshot) -> Result<Loaded> {
-        let local = self.inner.local.as_ref().filter(|_| self.inner.settings.listener_enabled());
-        let wait = local.map(|local| local.fills.subscribe(key));
-        self.wait_or_fill(key, loader, snapshot, wait.as_ref().map(|w| &*w.signal)).await
-    }
-
-    async fn wait_or_fill(
-        &self,
-        key: &str,
-        loader: Loader,
-        snapshot: Snapshot,
-        signal: Option<&tokio::sync::Notify>,
-    ) -> Result<Loaded> {
-        let lock = self.lock_key(key);
-        let deadline = Instant::now() + self.inner.settings.lock_wait_timeout;
-        let mut backoff = Duration::from_millis(2);
-        loop {
-            match AdvisoryLock::try_acquire(&self.inner.lock_pool, lock, self.op_timeout()).await {
-                Ok(Some(guard)) => return self.fill_under_lock(key, loader, snapshot, guard).await,
-                Ok(None) => {}
-                // Every pooled connection is busy (e.g. other fills holding locks): keep waiting.
-                Err(e) if e.is_pool_busy() => {}
-                Err(e) => {
-                    self.read_failed(e, ())?;
-                    break;
-                }
-            }
-            match &signal {
-                // Woken by the listener as soon as another process writes the key; the poll is the fallback.
-                Some(signal) => {
-                    let _ = tokio::time::timeout(backoff, signal.notified()).await;
-                }
-                None => tokio::time::sleep(backoff).await,
-            }
-            backoff = (backoff * 2).min(Duration::from_millis(50));
-            match self.read_shared(key).await {
-                Ok(Some(row)) => return Ok(Loaded::found(row, Source::Collapsed)),
-                Ok(None) => {}
-                Err(e) => {
-                    self.read_failed(e, ())?;
-                    break;
-                }
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(target: "pgcache::cache", key, waited = ?self.inner.settings.lock_wait_timeout, "lock wait timed out; loading without the lock");
-                break;
-            }
-        }
-        // No lock (timeout or database unavailable): load anyway, try to store.
-        let fill = run_loader(loader).await?;
-        self.check_fill(key, &fill)?;
-        let version =
-            async { with_conn!(self, |c| self.write(c, key, &fill.value, &fill.options, snapshot)) }.await.ok();
-        let unavailable = version.is_none();
-        Ok(Loaded::by_loader(fill.value, version, self.expiry_of(fill.options.ttl), unavailable))
-    }
-
-    async fn fill_under_lock(
-        &self,
-        key: &str,
-        loader: Loader,
-        snapshot: Snapshot,
-        guard: AdvisoryLock,
-    ) -> Result<Loaded> {
-        let bound = self.op_timeout();
-        // Another process may have filled the key between our read and our lock.
-        if let Some(client) = guard.client() {
-            if let Ok(Ok(Some(row))) = tokio::time::timeout(bound, store::get(client, &self.inner.sql, key)).await {
-                guard.release().await;
-                self.install(key, &row, snapshot).await;
-                return Ok(Loaded::found(row, Source::Collapsed));
-            }
-        }
-        let fill = match run_loader(loader).await.and_then(|fill| self.check_fill(key, &fill).map(|()| fill)) {
-            Ok(fill) => fill,
-            Err(e) => {
-                guard.release().await;
-                return Err(e);
-            }
-        };
-        let mut version = None;
-        if let Some(client) = guard.client() {
-            match tokio::time::timeout(bound, self.write(client, key, &fill.value, &fill.options, snapshot)).await {
-                Ok(Ok(v)) => version = Some(v),
-                Ok(Err(e)) => tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value"),
-                Err(_) => {
-                    tracing::warn!(target: "pgcache::cache", after = ?bound, "storing the loaded value timed out")
-                }
-            }
-        }
-        guard.release().await;
-        if version.is_none() {
-            // The lock connection broke (e.g. terminated): try once through the pool.
-            version =
-                async { with_conn!(self, |c| self.write(c, key, &fill.value, &fill.options, snapshot)) }.await.ok();
-        }
-        let unavailable = version.is_none();
-        Ok(Loaded::by_loader(fill.value, version, self.expiry_of(fill.options.ttl), unavailable))
-    }
-}
-
-async fn run_loader(loader: Loader) -> Result<Fill> {
-    loader().await.map_err(Error::Loader)
-}
-
-#[async_trait]
-impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
-    async fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
-        self.check_key(key)?;
-        if let Some(hit) = self.local_hit(key).await {
-            return Ok(Some(hit));
-        }
-        // Boxed so that the (small) hit path does not carry the miss path's state.
-        Box::pin(self.get_shared(key)).await
-    }
-
-    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
-        PostgresCache::get_bytes(self, key).await
-    }
-
-    async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        for key in keys {
-            self.check_key(key)?;
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        let mut missing = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            let hit = self.local_hit(key).await.map(|e| e.value);
-            if hit.is_none() {
-                missing.push(i);
-            }
-            out.push(hit);
-        }
-        if missing.is_empty() {
-            return Ok(out);
-        }
-        let wanted: Vec<&str> = missing.iter().filter_map(|&i| keys.get(i).copied()).collect();
-        let snapshots: Vec<Snapshot> = wanted.iter().map(|k| self.snapshot(k)).collect();
-        let rows = match async { with_conn!(self, |c| store::get_many(c, &self.inner.sql, &wanted)) }.await {
-            Ok(rows) => rows,
-            Err(e) => return self.read_failed(e, out),
-        };
-        let found: std::collections::HashMap<String, Entry> = rows.into_iter().collect();
-        for (slot, (key, snapshot)) in missing.iter().zip(wanted.iter().zip(snapshots)) {
-            if let (Some(row), Some(out)) = (found.get(*key), out.get_mut(*slot)) {
-                self.install(key, row, snapshot).await;
-                *out = Some(row.value.clone());
-            }
-        }
-        Ok(out)
-    }
-
-    async fn set_entry(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
-        self.check_key(key)?;
-        validate::value(key, value.len(), self.inner.settings.max_value_bytes)?;
-        validate::tags(&options.tags)?;
-        let snapshot = self.snapshot(key);
-        with_conn!(self, |c| self.write(c, key, &value, options, snapshot))
-    }
-
-    async fn set_many_bytes(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
-        let mut latest: Vec<(&str, &[u8])> = Vec::with_capacity(items.len());
-        let mut seen = std::collections::HashMap::with_capacity(items.len());
-        for (key, value) in items {
-            self.check_key(key)?;
-            validate::value(key, value.len(), self.inner.settings.max_value_bytes)?;
-            // The last write of a key in the batch wins (one statement cannot update a row twice).
-            match seen.get(key) {
-                Some(&i) => latest[i] = (*key, &value[..]),
-                None => {
-                    seen.insert(*key, latest.len());
-                    latest.push((*key, &value[..]));
-                }
-            }
-        }
-        if latest.is_empty() {
-            return Ok(());
-        }
-        let (keys, values): (Vec<&str>, Vec<&[u8]>) = latest.into_iter().unzip();
-        let result =
-            async { with_conn!(self, |c| store::upsert_many(c, &self.inner.sql, &keys, &values, self.ttl_ms(ttl))) }
-                .await;
-        for key in &keys {
-            self.evict_local(key).await;
-        }
-        result.map(drop)
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.check_key(key)?;
-        let result = async { with_conn!(self, |c| store::delete(c, &self.inner.sql, key)) }.await;
-        self.evict_local(key).await;
-        result
-    }
-
-    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        for key in keys {
-            self.check_key(key)?;
-        }
-        let result = async { with_conn!(self, |c| store::delete_many(c, &self.inner.sql, keys)) }.await;
-        for key in keys {
-            self.evict_local(key).await;
-        }
-        result
-    }
-
-    async fn delete_tags(&self, tags: &[&str]) -> Result<u64> {
-        self.check_open()?;
-        validate::tags(tags)?;
-        let result = async { with_conn!(self, |c| store::delete_tags(c, &self.inner.sql, tags)) }.await;
-        // Which keys carried the tags is only known to the database; the trigger tells the other nodes.
-        if result.as_ref().is_ok_and(|n| *n > 0) {
-            self.evict_local_all();
-        }
-        result
-    }
-
-    async fn clear(&self) -> Result<u64> {
-        self.check_open()?;
-        let result = async { with_conn!(self, |c| store::clear(c, &self.inner.sql)) }.await;
-        self.evict_local_all();
-        result
-    }
-
-    async fn ttl(&self, key: &str) -> Result<Option<Expiry>> {
-        self.check_key(key)?;
-        with_conn!(self, |c| store::ttl(c, &self.inner.sql, key))
-    }
-
-    async fn touch(&self, key: &str, ttl: Ttl) -> Result<bool> {
-        self.check_key(key)?;
-        let result = async { with_conn!(self, |c| store::touch(c, &self.inner.sql, key, self.ttl_ms(ttl))) }.await;
-        self.evict_local(key).await;
-        result
-    }
-
-    async fn cleanup_expired(&self) -> Result<u64> {
-        self.check_open()?;
-        sweeper::sweep(
-            &self.inner.pool,
-            &self.inner.sql,
-            &self.inner.settings.schema_prefix,
-            self.inner.settings.cleanup_batch_size,
-            self.op_timeout(),
-        )
-        .await
-    }
-
-    async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Loaded> {
-        self.check_key(key)?;
-        if let Some(hit) = self.local_hit(key).await {
-            return Ok(Loaded::found(hit, Source::Local));
-        }
-        let mut flight = self.inner.flights.join(key).await;
-        if flight.waited {
-            if let Some(entry) = flight.landed() {
-                return Ok(Loaded::found(entry, Source::Collapsed));
-            }
-            if let Some(hit) = self.local_hit(key).await {
-                return Ok(Loaded::found(hit, Source::Collapsed));
-            }
-        }
-        let snapshot = self.snapshot(key);
-        let shared_source = if flight.waited { Source::Collapsed } else { Source::Shared };
-        let loaded = match self.read_shared(key).await {
-            Ok(Some(row)) => Loaded::found(row, shared_source),
-            Ok(None) => self.fill_across_processes(key, loader, snapshot).await?,
-            Err(e) => {
-                self.read_failed(e, ())?;
-                let fill = run_loader(loader).await?;
-                self.check_fill(key, &fill)?;
-                Loaded::by_loader(fill.value, None, self.expiry_of(fill.options.ttl), true)
-            }
-        };
-        flight.land(loaded.entry(), snapshot);
-        Ok(loaded)
-    }
-
-    fn status(&self) -> CacheStatus {
-        let pool = self.inner.pool.status();
-        let (local_entries, local_bytes) = self.inner.local.as_ref().map_or((0, 0), |l| l.usage_now());
-        let listener = if !self.inner.settings.listener_enabled() {
-            ListenerState::Disabled
-        } else if self.inner.trust.trusted() {
-            ListenerState::Listening
-        } else {
-            ListenerState::Reconnecting
-        };
-        CacheStatus {
-            listener,
-            pool_size: pool.size,
-            pool_available: pool.available,
-            pool_max_size: pool.max_size,
-            local_entries,
-            local_bytes,
-            closed: self.inner.closed.load(Ordering::SeqCst),
-        }
-    }
-
-    fn default_ttl(&self) -> Duration {
-        self.inner.settings.default_ttl
-    }
-}
-
-impl<C: Codec + Clone> TypedCache for PostgresCache<C> {
-    type Codec = C;
-
-    fn codec(&self) -> &C {
-        &self.codec
     }
 }
