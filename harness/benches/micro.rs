@@ -52,7 +52,7 @@ fn l1_hit(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let v = value.clone();
             let loaded = cache
-                .get_or_load(key, Box::new(move || Box::pin(async move { Ok(Fill::new(v, Ttl::Never)) })))
+                .get_or_load(key, move || async move { Ok::<_, std::convert::Infallible>(Fill::new(v, Ttl::Never)) })
                 .await
                 .expect("get_or_load");
             black_box(loaded)

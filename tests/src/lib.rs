@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pgcache_core::{BoxError, CacheSettings, CacheStore, Fill, Loader, PostgresCache, Source};
+use pgcache_core::{CacheSettings, CacheStore, Fill, PostgresCache, Source};
 
 /// The DSN of the shared test server (starting a private cluster for this process if needed).
 pub fn test_dsn() -> String {
@@ -226,9 +226,9 @@ impl NotifyTap {
 
 /// Where `cache` serves `key` from right now ([`Source::Local`] proves a local copy is in use), without
 /// changing anything: a missing key is an error, never a load.
-pub async fn source_of<S: CacheStore + ?Sized>(cache: &S, key: &str) -> Result<Source> {
-    let loader: Loader = Box::new(|| Box::pin(async { Err::<Fill, BoxError>("source_of: the key is missing".into()) }));
-    Ok(cache.get_or_load(key, loader).await?.source)
+pub async fn source_of<S: CacheStore>(cache: &S, key: &str) -> Result<Source> {
+    let loaded = cache.get_or_load(key, || async { Err::<Fill, _>(anyhow::anyhow!("source_of: the key is missing")) });
+    Ok(loaded.await.map_err(|e| anyhow::anyhow!("{e}"))?.source)
 }
 
 /// Reads `key` on `cache` until it is served from the local cache (a fill that races with an
@@ -237,7 +237,7 @@ pub async fn source_of<S: CacheStore + ?Sized>(cache: &S, key: &str) -> Result<S
 ///
 /// # Errors
 /// The key is missing, or never became local within 5 s.
-pub async fn make_local<S: CacheStore + ?Sized>(cache: &S, key: &str) -> Result<()> {
+pub async fn make_local<S: CacheStore>(cache: &S, key: &str) -> Result<()> {
     let start = Instant::now();
     loop {
         if source_of(cache, key).await? == Source::Local {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgcache_core::prelude::*;
-use pgcache_core::{Error, Fill, ListenerState, Loader, Source};
+use pgcache_core::{Error, Fill, ListenerState, LoadError, Source};
 use pgcache_tests::{
     advisory_lock_holder, blocking, connect, eventually, listener_pid, login_role, make_local, node, row_count,
     settings_for, settings_on, sql_client, terminate, TestCluster,
@@ -215,8 +215,8 @@ async fn loader_errors_reach_their_caller_only_and_are_not_cached() -> anyhow::R
     assert_eq!(advisory_lock_holder(&admin, a.lock_key("k")).await?, None, "lock released after the error");
 
     // The byte-level API too: an error, nothing stored.
-    let failing: Loader = Box::new(|| Box::pin(async { Err::<Fill, pgcache_core::BoxError>("nope".into()) }));
-    assert!(matches!(b.get_or_load("k", failing).await, Err(Error::Loader(_))));
+    let failing = b.get_or_load("k", || async { Err::<Fill, _>("nope") }).await;
+    assert!(matches!(failing, Err(LoadError::Loader("nope"))), "{failing:?}");
 
     // The next call retries and stores.
     let v: String = a.get_or_set("k", || async { Ok::<_, std::io::Error>("recovered".to_owned()) }, None).await?;
@@ -565,8 +565,8 @@ async fn database_down_fails_open_for_reads_and_loudly_for_writes_then_recovers(
     .await??;
     assert_eq!(v, "from loader");
     eprintln!("server stopped: get_or_set answered from the loader in {:?}", start.elapsed());
-    let loader: Loader = Box::new(|| Box::pin(async { Ok(Fill::new("raw", Ttl::Default)) }));
-    let loaded = tokio::time::timeout(Duration::from_secs(10), other.get_or_load("fresh", loader)).await??;
+    let load = other.get_or_load("fresh", || async { Ok::<_, Error>(Fill::new("raw", Ttl::Default)) });
+    let loaded = tokio::time::timeout(Duration::from_secs(10), load).await??;
     assert_eq!((loaded.source, loaded.stored), (Source::Loaded, false));
 
     // Writes and deletes report a typed error.
@@ -591,8 +591,7 @@ async fn database_down_fails_open_for_reads_and_loudly_for_writes_then_recovers(
         cache.status().listener == ListenerState::Listening && other.status().listener == ListenerState::Listening
     })
     .await?;
-    let loader: Loader = Box::new(|| Box::pin(async { Ok(Fill::new("stored now", Ttl::Default)) }));
-    let loaded = other.get_or_load("fresh", loader).await?;
+    let loaded = other.get_or_load("fresh", || async { Ok::<_, Error>(Fill::new("stored now", Ttl::Default)) }).await?;
     assert_eq!((loaded.source, loaded.stored), (Source::Loaded, true));
     assert_eq!(cache.get_bytes("fresh").await?.as_deref(), Some(&b"stored now"[..]));
     assert_eq!(strict.get::<String>("k").await?.as_deref(), Some("after restart"));

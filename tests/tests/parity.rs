@@ -85,8 +85,8 @@ async fn forced_invalidation() -> anyhow::Result<()> {
     let b = connect(&node(&settings, "b")).await?;
     a.set("k", &"v", Ttl::Never).await?;
     make_local(&b, "k").await?;
-    assert!(a.invalidate("k").await?);
-    assert!(!a.invalidate("k").await?);
+    assert!(a.delete("k").await?);
+    assert!(!a.delete("k").await?);
     assert_eq!(a.get::<String>("k").await?, None);
     eventually(Duration::from_secs(5), || async { matches!(b.get::<String>("k").await, Ok(None)) }).await?;
     a.close().await;
@@ -264,7 +264,8 @@ async fn migrations_create_prefixed_objects() -> anyhow::Result<()> {
     for init in inits {
         init.await??;
     }
-    assert_eq!(PostgresCache::apply_migrations(&settings).await?, PostgresCache::SCHEMA_VERSION);
+    PostgresCache::init_db(&settings).await?;
+    assert_eq!(PostgresCache::schema_version(&settings).await?, PostgresCache::SCHEMA_VERSION);
     assert!(PostgresCache::schema_is_current(&settings).await?);
     let sql = sql_client(&settings.dsn).await?;
     let recorded: i64 = sql.query_one(&format!("SELECT count(*) FROM \"{p}cache_schema\""), &[]).await?.try_get(0)?;
@@ -341,7 +342,8 @@ async fn outdated_schema_version_is_detected() -> anyhow::Result<()> {
     );
     assert!(err.to_string().contains("init_db"), "{err}");
     // Upgrading fixes it.
-    assert_eq!(PostgresCache::apply_migrations(&settings).await?, expected);
+    PostgresCache::init_db(&settings).await?;
+    assert_eq!(PostgresCache::schema_version(&settings).await?, expected);
     assert!(PostgresCache::schema_is_current(&settings).await?);
     let cache = PostgresCache::connect(settings.clone()).await?;
     cache.close().await;
@@ -365,7 +367,6 @@ async fn null_cache_never_stores() -> anyhow::Result<()> {
     assert_eq!(cache.ttl("k").await?, None);
     assert!(!cache.touch("k", Ttl::Never).await?);
     assert!(!cache.delete("k").await?);
-    assert!(!cache.invalidate("k").await?);
     assert_eq!(cache.clear().await?, 0);
     assert_eq!(cache.cleanup_expired().await?, 0);
 
@@ -387,7 +388,7 @@ async fn null_cache_never_stores() -> anyhow::Result<()> {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 3);
     let loaded =
-        cache.get_or_load("k", Box::new(|| Box::pin(async { Ok(pgcache_core::Fill::new("x", Ttl::Default)) }))).await?;
+        cache.get_or_load("k", || async { Ok::<_, Error>(pgcache_core::Fill::new("x", Ttl::Default)) }).await?;
     assert_eq!((loaded.source, loaded.stored), (Source::Loaded, false));
     // Same errors as the real cache.
     assert!(matches!(cache.get::<String>("").await, Err(Error::EmptyKey)));

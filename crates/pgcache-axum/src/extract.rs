@@ -2,12 +2,11 @@
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
-use pgcache_core::{BoxError, CacheStore, Codec, Error, Expiry, Fill, JsonCodec, Loader, SetOptions, Source, Ttl};
+use pgcache_core::{CacheStore, Codec, Error, Expiry, Fill, LoadError, SetOptions, Source, Ttl, TypedCache};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::Cache;
@@ -21,14 +20,17 @@ use crate::rejection::{CacheMisconfigured, CachedRejection};
 /// everything the value depends on must be in the key (include the principal for per-user data), and
 /// the key should name the resource (`profile:{id}`) so two resources never share one.
 ///
-/// Values are stored as JSON. Loader errors are never cached: the next request loads again. To cache
-/// "not found" too, make the resource an `Option` and load `None`.
+/// Values are stored with the [`Codec`](Self::Codec) of the resource, which must be the codec of the
+/// app's [`Cache<C>`](crate::Cache) (JSON by default). Loader errors are never cached: the next request
+/// loads again. To cache "not found" too, make the resource an `Option` and load `None`.
+///
+/// `#[derive(FromRef)]` needs axum's `macros` feature.
 ///
 /// ```
 /// use axum::extract::{FromRef, Path};
 /// use axum::http::StatusCode;
 /// use pgcache_axum::{Cache, CacheResource};
-/// use pgcache_core::Ttl;
+/// use pgcache_core::{JsonCodec, Ttl};
 /// use serde::{Deserialize, Serialize};
 /// use std::time::Duration;
 ///
@@ -47,6 +49,7 @@ use crate::rejection::{CacheMisconfigured, CachedRejection};
 /// impl CacheResource<AppState> for Profile {
 ///     type Input = Path<u64>;
 ///     type Rejection = StatusCode;
+///     type Codec = JsonCodec;
 ///
 ///     fn key(Path(id): &Path<u64>, _state: &AppState) -> String {
 ///         format!("profile:{id}")
@@ -81,6 +84,10 @@ where
     /// implementing `IntoResponse` (a 404 for a missing row, a 500 for a database error).
     type Rejection: axum::response::IntoResponse + Send + 'static;
 
+    /// How the value is stored: the codec of the app's [`Cache<C>`](crate::Cache), found in the state
+    /// through `Cache<Self::Codec>: FromRef<S>` (`JsonCodec` for a plain `Cache`).
+    type Codec: Codec + Clone;
+
     /// The cache key for this input: name the resource and include every input the value depends on.
     /// A key that is empty, contains NUL or is longer than `max_key_bytes` rejects the request with 400.
     fn key(input: &Self::Input, state: &S) -> String;
@@ -110,7 +117,7 @@ pub type RejectionFor<T, S> = CachedRejection<
 /// Extractor for a [`CacheResource`]: the value from the cache, or loaded by `T::load` on a miss, at most
 /// once across every process (the others wait for it), then cached for everyone.
 ///
-/// The cache comes from the state (`Cache: FromRef<S>`). When PostgreSQL is unreachable the cache fails
+/// The cache comes from the state (`Cache<T::Codec>: FromRef<S>`). When PostgreSQL is unreachable the cache fails
 /// open (the default): the loader runs and the request succeeds uncached. Rejections are typed
 /// ([`CachedRejection`]): the input's and the loader's own responses, 400 for a key that cannot be
 /// cached, 503 when failing closed, 500 for a misconfigured cache.
@@ -124,6 +131,7 @@ pub type RejectionFor<T, S> = CachedRejection<
 /// # impl CacheResource<AppState> for Profile {
 /// #     type Input = Path<u64>;
 /// #     type Rejection = StatusCode;
+/// #     type Codec = pgcache_core::JsonCodec;
 /// #     fn key(Path(id): &Path<u64>, _: &AppState) -> String { format!("profile:{id}") }
 /// #     async fn load(Path(id): Path<u64>, _: AppState) -> Result<Self, StatusCode> { Ok(Profile { id }) }
 /// # }
@@ -164,7 +172,7 @@ impl<T> DerefMut for Cached<T> {
 impl<S, T> FromRequestParts<S> for Cached<T>
 where
     T: CacheResource<S>,
-    Cache: FromRef<S>,
+    Cache<T::Codec>: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     type Rejection = RejectionFor<T, S>;
@@ -185,6 +193,7 @@ where
 /// # impl CacheResource<AppState> for Profile {
 /// #     type Input = Path<u64>;
 /// #     type Rejection = StatusCode;
+/// #     type Codec = pgcache_core::JsonCodec;
 /// #     fn key(Path(id): &Path<u64>, _: &AppState) -> String { format!("profile:{id}") }
 /// #     async fn load(Path(id): Path<u64>, _: AppState) -> Result<Self, StatusCode> { Ok(Profile { id }) }
 /// # }
@@ -265,22 +274,28 @@ impl<T> Lookup<T> {
     pub async fn from_parts<S>(parts: &mut Parts, state: &S) -> Result<Self, RejectionFor<T, S>>
     where
         T: CacheResource<S>,
-        Cache: FromRef<S>,
+        Cache<T::Codec>: FromRef<S>,
         S: Clone + Send + Sync + 'static,
     {
         let input = T::Input::from_request_parts(parts, state).await.map_err(CachedRejection::Input)?;
         let key = T::key(&input, state);
-        let cache = Cache::from_ref(state);
-        // The loader hands its typed outcome back through these slots: the value (so it is not decoded
-        // again) or the rejection (which the cache only sees as an opaque error).
-        let loaded: Slot<T> = Arc::new(Mutex::new(None));
-        let rejected: Slot<T::Rejection> = Arc::new(Mutex::new(None));
-        let loader = loader::<S, T>(input, state.clone(), key.clone(), Arc::clone(&loaded), Arc::clone(&rejected));
+        let cache = Cache::<T::Codec>::from_ref(state);
+        let codec = cache.codec().clone();
+        let loader = {
+            let (state, key) = (state.clone(), key.clone());
+            move || async move {
+                let value = T::load(input, state).await.map_err(LoadFailure::Rejected)?;
+                let bytes = codec.encode(&value).map_err(|source| LoadFailure::Codec(Error::Codec { key, source }))?;
+                let options = SetOptions::ttl(value.ttl()).tags(value.tags());
+                Ok(Fill { value: bytes, options, output: value })
+            }
+        };
         match cache.get_or_load(&key, loader).await {
             Ok(hit) => {
-                let value = match (hit.source, take(&loaded)) {
-                    (Source::Loaded, Some(value)) => value,
-                    _ => JsonCodec
+                let value = match hit.output {
+                    Some(value) => value,
+                    None => cache
+                        .codec()
                         .decode(&hit.value)
                         .map_err(|source| misconfigured(Error::Codec { key: key.clone(), source }))?,
                 };
@@ -292,36 +307,27 @@ impl<T> Lookup<T> {
                     expiry: hit.expiry,
                 })
             }
-            Err(Error::Loader(err)) => match take(&rejected) {
-                Some(rejection) => Err(CachedRejection::Load(rejection)),
-                // Not the resource's rejection: the value could not be encoded.
-                None => Err(match err.downcast::<Error>() {
-                    Ok(err) => CachedRejection::from_cache_error(*err),
-                    Err(err) => misconfigured(Error::Loader(err)),
-                }),
-            },
-            Err(err @ Error::ValueTooLarge { .. }) => match take(&loaded) {
-                Some(value) => {
-                    tracing::warn!(target: "pgcache::axum", error = %err, "serving the loaded value uncached");
-                    Ok(Lookup {
-                        value,
-                        source: Source::Loaded,
-                        stored: false,
-                        unavailable: false,
-                        expiry: Expiry::Never,
-                    })
-                }
-                None => Err(CachedRejection::from_cache_error(err)),
-            },
-            Err(err) => Err(CachedRejection::from_cache_error(err)),
+            Err(LoadError::Loader(LoadFailure::Rejected(rejection))) => Err(CachedRejection::Load(rejection)),
+            Err(LoadError::Loader(LoadFailure::Codec(err))) => Err(misconfigured(err)),
+            Err(LoadError::Cache(err)) => Err(CachedRejection::from_cache_error(err)),
         }
     }
+}
+
+/// Why a resource's load failed: its own rejection, or its value could not be encoded.
+enum LoadFailure<R> {
+    Rejected(R),
+    Codec(Error),
+}
+
+fn misconfigured<I, L>(err: Error) -> CachedRejection<I, L> {
+    CachedRejection::Misconfigured(CacheMisconfigured(err))
 }
 
 impl<S, T> FromRequestParts<S> for Lookup<T>
 where
     T: CacheResource<S>,
-    Cache: FromRef<S>,
+    Cache<T::Codec>: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     type Rejection = RejectionFor<T, S>;
@@ -330,61 +336,6 @@ where
         Self::from_parts(parts, state).await
     }
 }
-
-type Slot<T> = Arc<Mutex<Option<T>>>;
-
-fn put<T>(slot: &Slot<T>, value: T) {
-    if let Ok(mut guard) = slot.lock() {
-        *guard = Some(value);
-    }
-}
-
-fn take<T>(slot: &Slot<T>) -> Option<T> {
-    slot.lock().ok().and_then(|mut guard| guard.take())
-}
-
-fn misconfigured<I, L>(err: Error) -> CachedRejection<I, L> {
-    CachedRejection::Misconfigured(CacheMisconfigured(err))
-}
-
-/// The loader the cache runs on a miss (at most once, maybe never).
-fn loader<S, T>(input: T::Input, state: S, key: String, loaded: Slot<T>, rejected: Slot<T::Rejection>) -> Loader
-where
-    T: CacheResource<S>,
-    S: Clone + Send + Sync + 'static,
-{
-    Box::new(move || {
-        Box::pin(async move {
-            match T::load(input, state).await {
-                Ok(value) => {
-                    let bytes = JsonCodec
-                        .encode(&value)
-                        .map_err(|source| -> BoxError { Box::new(Error::Codec { key, source }) })?;
-                    let options = SetOptions::ttl(value.ttl()).tags(value.tags());
-                    put(&loaded, value);
-                    Ok(Fill { value: bytes, options })
-                }
-                Err(rejection) => {
-                    put(&rejected, rejection);
-                    Err(Box::new(Rejected) as BoxError)
-                }
-            }
-        })
-    })
-}
-
-/// What the cache sees when the resource's loader rejects (the typed rejection goes back to the
-/// extractor through a slot).
-#[derive(Debug)]
-struct Rejected;
-
-impl std::fmt::Display for Rejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the resource's loader rejected the request")
-    }
-}
-
-impl std::error::Error for Rejected {}
 
 #[cfg(test)]
 mod tests {
@@ -423,6 +374,7 @@ mod tests {
     impl CacheResource<AppState> for Item {
         type Input = Query<Params>;
         type Rejection = (StatusCode, &'static str);
+        type Codec = pgcache_core::JsonCodec;
 
         fn key(Query(p): &Query<Params>, _state: &AppState) -> String {
             if p.id == "empty-key" {

@@ -1,12 +1,14 @@
 //! [`CacheStore`]: the byte-level, object-safe interface every cache implements and every front end uses.
 
+use std::any::Any;
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::error::{BoxError, Result};
+use crate::error::{Error, Result};
 use crate::ttl::{Expiry, Ttl};
 
 /// A stored value with its metadata.
@@ -47,27 +49,41 @@ impl SetOptions {
     }
 }
 
-/// What a loader produced for [`CacheStore::get_or_load`]: the value and how to store it.
+/// What a loader of [`CacheStore::get_or_load`] produced: the bytes to store, how to store them, and an
+/// `output` of any type that goes back to the caller that ran the loader (and only to it).
+///
+/// ```
+/// use std::time::Duration;
+/// use pgcache_core::Fill;
+///
+/// // Store the JSON, and hand the typed value back to this caller so it need not decode it again.
+/// let user = ("Ava", 36);
+/// let fill = Fill::new(r#"{"name":"Ava","age":36}"#, Duration::from_secs(60)).with_output(user);
+/// assert_eq!(fill.output, ("Ava", 36));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fill {
+pub struct Fill<T = ()> {
     /// The value to store and return.
     pub value: Bytes,
-    /// Write options (TTL, tags); decided by the loader, so it can depend on the value.
+    /// Write options (TTL, tags); decided by the loader, so they can depend on the value.
     pub options: SetOptions,
+    /// What the loader hands back to its own caller beside the stored bytes.
+    pub output: T,
 }
 
 impl Fill {
-    /// A fill with this value and TTL, no tags.
+    /// A fill with this value and TTL, no tags, no output.
     pub fn new(value: impl Into<Bytes>, ttl: impl Into<Ttl>) -> Self {
-        Self { value: value.into(), options: SetOptions::ttl(ttl) }
+        Self { value: value.into(), options: SetOptions::ttl(ttl), output: () }
     }
 }
 
-/// The future a [`Loader`] returns.
-pub type LoadFuture = BoxFuture<'static, std::result::Result<Fill, BoxError>>;
-
-/// A type-erased loader for [`CacheStore::get_or_load`]; run at most once.
-pub type Loader = Box<dyn FnOnce() -> LoadFuture + Send>;
+impl<T> Fill<T> {
+    /// The same fill with another output for the caller.
+    pub fn with_output<U>(self, output: U) -> Fill<U> {
+        Fill { value: self.value, options: self.options, output }
+    }
+}
 
 /// Where a [`get_or_load`](CacheStore::get_or_load) answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -86,7 +102,7 @@ pub enum Source {
 /// The answer of [`CacheStore::get_or_load`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Loaded {
+pub struct Loaded<T = ()> {
     /// The value.
     pub value: Bytes,
     /// Where it came from.
@@ -101,9 +117,11 @@ pub struct Loaded {
     pub version: i64,
     /// Time left before the entry expires, by the database clock when it was read or written.
     pub expiry: Expiry,
+    /// The loader's [`Fill::output`]: `Some` exactly when this caller ran the loader.
+    pub output: Option<T>,
 }
 
-impl Loaded {
+impl<T> Loaded<T> {
     /// An answer found in a cache (local, shared, or filled by another caller).
     pub(crate) fn found(entry: Entry, source: Source) -> Self {
         Self {
@@ -113,18 +131,20 @@ impl Loaded {
             unavailable: false,
             version: entry.version,
             expiry: entry.expiry,
+            output: None,
         }
     }
 
     /// An answer this caller loaded; `version` is `Some` when it was stored.
-    pub(crate) fn by_loader(value: Bytes, version: Option<i64>, expiry: Expiry, unavailable: bool) -> Self {
+    pub(crate) fn by_loader(fill: Fill<T>, version: Option<i64>, expiry: Expiry, unavailable: bool) -> Self {
         Self {
-            value,
+            value: fill.value,
             source: Source::Loaded,
             stored: version.is_some(),
             unavailable,
             version: version.unwrap_or(0),
             expiry,
+            output: Some(fill.output),
         }
     }
 
@@ -132,8 +152,105 @@ impl Loaded {
     pub fn entry(&self) -> Entry {
         Entry { value: self.value.clone(), version: self.version, expiry: self.expiry }
     }
+
+    fn map_output<U>(self, f: impl FnOnce(T) -> Option<U>) -> Loaded<U> {
+        Loaded {
+            value: self.value,
+            source: self.source,
+            stored: self.stored,
+            unavailable: self.unavailable,
+            version: self.version,
+            expiry: self.expiry,
+            output: self.output.and_then(f),
+        }
+    }
 }
 
+/// The error of [`CacheStore::get_or_load`]: the loader's own error, typed, or the cache's.
+///
+/// Loader errors are never cached: the next call loads again.
+#[derive(Debug)]
+pub enum LoadError<E> {
+    /// The loader failed with this error; nothing was stored.
+    Loader(E),
+    /// The cache failed (bad key, value too large, database errors when failing closed).
+    Cache(Error),
+}
+
+impl<E> From<Error> for LoadError<E> {
+    fn from(err: Error) -> Self {
+        LoadError::Cache(err)
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for LoadError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Loader(e) => write!(f, "loader failed: {e}"),
+            LoadError::Cache(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoadError::Loader(e) => Some(e),
+            LoadError::Cache(e) => Some(e),
+        }
+    }
+}
+
+/// A loader's output or error with its type erased, as [`CacheStore::get_or_load_dyn`] carries it.
+/// Only a [`DynLoader`] makes one; [`CacheStore::get_or_load`] turns it back into the loader's type.
+pub struct DynOutput(Box<dyn Any + Send>);
+
+impl std::fmt::Debug for DynOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DynOutput(..)")
+    }
+}
+
+type DynLoadFuture = BoxFuture<'static, std::result::Result<Fill<DynOutput>, DynOutput>>;
+
+/// A loader with its output and error types erased, for the object-safe [`CacheStore::get_or_load_dyn`].
+/// Made by [`CacheStore::get_or_load`]; a [`CacheStore`] implementation runs it at most once.
+pub struct DynLoader(Box<dyn FnOnce() -> DynLoadFuture + Send>);
+
+impl std::fmt::Debug for DynLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DynLoader(..)")
+    }
+}
+
+impl DynLoader {
+    fn new<T, E, F, Fut>(loader: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Fill<T>, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        Self(Box::new(move || {
+            Box::pin(async move {
+                match loader().await {
+                    Ok(fill) => {
+                        Ok(Fill { value: fill.value, options: fill.options, output: DynOutput(Box::new(fill.output)) })
+                    }
+                    Err(e) => Err(DynOutput(Box::new(e))),
+                }
+            })
+        }))
+    }
+
+    /// Runs the loader.
+    ///
+    /// # Errors
+    /// The loader's own error, erased.
+    pub async fn run(self) -> std::result::Result<Fill<DynOutput>, DynOutput> {
+        (self.0)().await
+    }
+}
 /// State of the invalidation listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -258,19 +375,76 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Any database error.
     async fn cleanup_expired(&self) -> Result<u64>;
 
-    /// Returns the value for `key`, running `loader` on a miss, at most once across every caller of every
-    /// process sharing the database (advisory lock), and storing its [`Fill`].
-    ///
-    /// Loader errors reach this caller as [`Error::Loader`](crate::Error::Loader) and are never cached;
-    /// the next call retries. If the database is unreachable the loader runs anyway (fail open).
+    /// The object-safe form of [`get_or_load`](Self::get_or_load), which is what callers use: the loader's
+    /// output and error types are erased. Implementations run `loader` at most once.
     ///
     /// # Errors
-    /// Bad key; the loader's error; database errors only when configured to fail closed.
+    /// As [`get_or_load`](Self::get_or_load), with the loader's error erased.
+    async fn get_or_load_dyn(
+        &self,
+        key: &str,
+        loader: DynLoader,
+    ) -> std::result::Result<Loaded<DynOutput>, LoadError<DynOutput>>;
+
+    /// Returns the value for `key`, running `loader` on a miss, at most once across every caller of every
+    /// process sharing the database (advisory lock), and storing the [`Fill`] it returns. The caller that
+    /// ran the loader also gets the fill's typed [`output`](Fill::output) in [`Loaded::output`].
+    ///
+    /// Loader errors come back typed as [`LoadError::Loader`] and are never cached; the next call retries.
+    /// If the database is unreachable the loader runs anyway (fail open).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: pgcache_core::PostgresCache) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use pgcache_core::{CacheStore, Fill, LoadError};
+    ///
+    /// let loaded = cache
+    ///     .get_or_load("report:7", || async {
+    ///         let rows: Vec<u32> = vec![1, 2, 3]; // the expensive query
+    ///         let bytes = serde_json::to_vec(&rows)?;
+    ///         Ok::<_, serde_json::Error>(Fill::new(bytes, Duration::from_secs(60)).with_output(rows))
+    ///     })
+    ///     .await;
+    /// match loaded {
+    ///     Ok(loaded) => println!("{:?} from {:?}", loaded.output, loaded.source),
+    ///     Err(LoadError::Loader(e)) => eprintln!("query failed: {e}"),
+    ///     Err(LoadError::Cache(e)) => eprintln!("cache failed: {e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`LoadError::Loader`] with the loader's error; [`LoadError::Cache`] for a bad key, a value over
+    /// `max_value_bytes`, or database errors when configured to fail closed.
     ///
     /// # Cancel safety
     /// Dropping the future releases the advisory lock (by closing its connection if need be); other
     /// waiters then load or read the value.
-    async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Loaded>;
+    fn get_or_load<T, E, F, Fut>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> impl Future<Output = std::result::Result<Loaded<T>, LoadError<E>>> + Send
+    where
+        Self: Sized,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Fill<T>, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let loader = DynLoader::new(loader);
+        async move {
+            match self.get_or_load_dyn(key, loader).await {
+                Ok(loaded) => Ok(loaded.map_output(|out| out.0.downcast::<T>().ok().map(|t| *t))),
+                Err(LoadError::Loader(err)) => match err.0.downcast::<E>() {
+                    Ok(err) => Err(LoadError::Loader(*err)),
+                    // Only a store answering with another call's loader error gets here.
+                    Err(_) => Err(LoadError::Cache(Error::Loader("a loader error of another type".into()))),
+                },
+                Err(LoadError::Cache(err)) => Err(LoadError::Cache(err)),
+            }
+        }
+    }
 
     /// A snapshot of the cache's health.
     fn status(&self) -> CacheStatus;

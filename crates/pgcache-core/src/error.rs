@@ -11,7 +11,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in `pgcache-core`.
 ///
 /// Messages name the culprit and, where there is one, the fix.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same message as `Display` (then the chain of causes), so a
+/// `main() -> Result<(), Box<dyn std::error::Error>>` that fails shows the advice, not a struct dump.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A key was empty.
@@ -74,12 +77,24 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// A statement failed or the connection broke.
-    #[error("PostgreSQL error: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    /// A statement failed or the connection broke. The message is the server's own (with its SQLSTATE,
+    /// detail and hint) when the server answered.
+    #[error("PostgreSQL error: {}", pg_message(.0))]
+    Postgres(#[source] tokio_postgres::Error),
     /// No pooled connection could be had in time (server down, pool exhausted).
     #[error("could not get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// A lazily connected cache ([`PostgresCache::connect_lazy`](crate::PostgresCache::connect_lazy))
+    /// failed to connect recently and waits before trying again.
+    #[error(
+        "not connected to PostgreSQL (the last attempt failed: {last_error}); the next attempt is in {retry_in:?}"
+    )]
+    ConnectBackoff {
+        /// Time until the next connection attempt.
+        retry_in: Duration,
+        /// Why the last attempt failed.
+        last_error: String,
+    },
     /// An operation took longer than its configured timeout.
     #[error("{what} timed out after {after:?}")]
     Timeout {
@@ -100,7 +115,7 @@ pub enum Error {
     /// The database has no pgcache schema for this prefix, or an older one.
     #[error(
         "pgcache schema for prefix {prefix:?} is at version {found}, this library needs {expected}: \
-         run `PostgresCache::init_db(&settings)` (or `apply_migrations`)"
+         run `PostgresCache::init_db(&settings)` once (at deploy or start-up) before connecting"
     )]
     SchemaOutdated {
         /// The configured `schema_prefix`.
@@ -119,6 +134,17 @@ pub enum Error {
         found: i32,
         /// The newest version this library knows.
         expected: i32,
+    },
+    /// The pgcache schema of this prefix is installed but damaged (a table, trigger or function was
+    /// dropped or changed by hand).
+    #[error(
+        "pgcache schema for prefix {prefix:?} is damaged: {what}; run `PostgresCache::init_db(&settings)` to repair it"
+    )]
+    SchemaDamaged {
+        /// The configured `schema_prefix`.
+        prefix: String,
+        /// What is missing or different.
+        what: String,
     },
     /// The loader passed to `get_or_set` failed; nothing was cached.
     #[error("loader failed: {0}")]
@@ -151,11 +177,61 @@ impl Error {
         matches!(self, Error::Pool(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)))
     }
 
-    /// True when the error means the database could not be reached or answered in time
-    /// (as opposed to bad input), the case where reads fail open.
+    /// True when the error means the database could not be reached or answer in time: an outage, the
+    /// case where reads fail open. A server that answers with an error about the request or the schema
+    /// (a missing table, a wrong password, a value it refuses) is not an outage: that error surfaces.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Postgres(_) | Error::Pool(_) | Error::Timeout { .. } | Error::TooManyConnections { .. })
+        match self {
+            Error::Postgres(e) => is_outage(e),
+            Error::Pool(deadpool_postgres::PoolError::Backend(e)) => is_outage(e),
+            Error::Pool(_)
+            | Error::Timeout { .. }
+            | Error::TooManyConnections { .. }
+            | Error::ConnectBackoff { .. } => true,
+            _ => false,
+        }
     }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            write!(f, "\n  caused by: {err}")?;
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// True for a driver error that means the server could not be reached or stopped answering: no
+/// server-side SQLSTATE at all (I/O, closed connection), or a class-08 (connection), class-53
+/// (insufficient resources), class-57 (operator intervention: shutdown, statement timeout) or class-58
+/// (system) error.
+fn is_outage(err: &tokio_postgres::Error) -> bool {
+    match err.code() {
+        None => err.as_db_error().is_none(),
+        Some(code) => matches!(code.code().get(..2), Some("08" | "53" | "57" | "58")),
+    }
+}
+
+/// The server's message for a driver error ("db error" alone says nothing), else the driver's.
+fn pg_message(err: &tokio_postgres::Error) -> String {
+    let Some(db) = err.as_db_error() else {
+        return match std::error::Error::source(err) {
+            Some(cause) => format!("{err}: {cause}"),
+            None => err.to_string(),
+        };
+    };
+    let mut out = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    if let Some(detail) = db.detail() {
+        out.push_str(&format!("; detail: {detail}"));
+    }
+    if let Some(hint) = db.hint() {
+        out.push_str(&format!("; hint: {hint}"));
+    }
+    out
 }
 
 /// Shortens user text for error messages so an error never carries a megabyte key.

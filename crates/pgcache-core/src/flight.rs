@@ -1,4 +1,4 @@
-//! Local single flight: one `get_or_set` per key per process runs at a time; the others wait for it.
+//! Local single flight: one `get_or_load` per key per process runs at a time; the others wait for it.
 //!
 //! moka's `try_get_with` merges concurrent loads too, but it installs the result in the local cache
 //! itself, which must not happen here (installs are epoch-checked, the local cache may be disabled, and
@@ -10,14 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
 use std::time::Instant;
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::cache_store::Entry;
-use crate::local::{Epochs, Snapshot};
-use crate::ttl::Expiry;
+use crate::coherence::{Epochs, Snapshot};
 
 /// What a finished leader leaves for its followers.
 pub(crate) struct Landed {
@@ -29,9 +27,9 @@ pub(crate) struct Landed {
 type Slot = Arc<AsyncMutex<Option<Landed>>>;
 
 /// The keyed mutex table.
+#[derive(Default)]
 pub(crate) struct Flights {
     table: Mutex<HashMap<Arc<str>, Slot>>,
-    epochs: Arc<Epochs>,
 }
 
 /// Participation in a key's flight; holds the key's mutex.
@@ -44,10 +42,6 @@ pub(crate) struct Flight<'a> {
 }
 
 impl Flights {
-    pub(crate) fn new(epochs: Arc<Epochs>) -> Self {
-        Self { table: Mutex::new(HashMap::new()), epochs }
-    }
-
     /// Joins the flight for `key`, waiting until this caller's turn.
     pub(crate) async fn join(&self, key: &str) -> Flight<'_> {
         let key: Arc<str> = Arc::from(key);
@@ -65,16 +59,12 @@ impl Flights {
 
 impl Flight<'_> {
     /// The value a previous leader landed, if no invalidation of the key came in since it read it.
-    pub(crate) fn landed(&self) -> Option<Entry> {
+    pub(crate) fn landed(&self, epochs: &Epochs) -> Option<Entry> {
         let landed = self.guard.as_ref()?.as_ref()?;
-        if !self.flights.epochs.admits(&self.key, landed.snapshot, landed.entry.version) {
+        if !epochs.admits(&self.key, landed.snapshot, landed.entry.version) {
             return None;
         }
-        let expiry = match landed.entry.expiry {
-            Expiry::Never => Expiry::Never,
-            Expiry::In(left) => Expiry::In(left.saturating_sub(landed.at.elapsed())),
-        };
-        Some(Entry { expiry, ..landed.entry.clone() })
+        Some(Entry { expiry: landed.entry.expiry.less(landed.at.elapsed()), ..landed.entry.clone() })
     }
 
     /// Leaves an entry for the followers; `snapshot` was taken before it was read or loaded.
@@ -100,42 +90,61 @@ impl Drop for Flight<'_> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::ttl::Expiry;
+
+    fn entry(value: &'static [u8]) -> Entry {
+        Entry { value: Bytes::from_static(value), version: 1, expiry: Expiry::Never }
+    }
+
+    fn table_len(flights: &Flights) -> usize {
+        flights.table.lock().map(|t| t.len()).unwrap_or(usize::MAX)
+    }
 
     #[tokio::test]
-    async fn followers_see_the_landed_value_and_table_empties() {
+    async fn a_follower_sees_the_landed_value_and_the_table_empties() {
         let epochs = Arc::new(Epochs::new());
-        let flights = Flights::new(Arc::clone(&epochs));
-        {
-            let mut leader = flights.join("k").await;
-            assert!(!leader.waited);
-            assert!(leader.landed().is_none());
-            leader.land(
-                Entry { value: bytes::Bytes::from_static(b"v"), version: 1, expiry: Expiry::Never },
-                epochs.snapshot("k"),
-            );
-            // A follower in the same flight (joined before the leader left) sees it.
-            let slot = flights.table.lock().map(|t| t.len()).unwrap_or(0);
-            assert_eq!(slot, 1);
+        let flights = Arc::new(Flights::default());
+        let mut leader = flights.join("k").await;
+        assert!(!leader.waited);
+        assert!(leader.landed(&epochs).is_none());
+        let follower = tokio::spawn({
+            let (flights, epochs) = (Arc::clone(&flights), Arc::clone(&epochs));
+            async move {
+                let f = flights.join("k").await;
+                (f.waited, f.landed(&epochs))
+            }
+        });
+        // Wait until the follower is queued on the key's mutex: the table, the leader and the follower
+        // hold the slot.
+        let holders = || flights.table.lock().ok().and_then(|t| t.get("k").map(Arc::strong_count));
+        while holders() != Some(3) {
+            tokio::task::yield_now().await;
         }
-        assert_eq!(flights.table.lock().map(|t| t.len()).unwrap_or(99), 0);
+        leader.land(entry(b"v"), epochs.snapshot("k"));
+        drop(leader);
+        let (waited, landed) = follower.await.unwrap_or((false, None));
+        assert!(waited, "the follower waited for the leader");
+        assert_eq!(landed, Some(entry(b"v")));
+        assert_eq!(table_len(&flights), 0);
     }
 
     #[tokio::test]
     async fn invalidation_hides_the_landed_value() {
         let epochs = Arc::new(Epochs::new());
-        let flights = Arc::new(Flights::new(Arc::clone(&epochs)));
+        let flights = Arc::new(Flights::default());
         let mut leader = flights.join("k").await;
-        let f2 = Arc::clone(&flights);
-        let follower = tokio::spawn(async move {
-            let f = f2.join("k").await;
-            (f.waited, f.landed())
+        let follower = tokio::spawn({
+            let (flights, epochs) = (Arc::clone(&flights), Arc::clone(&epochs));
+            async move {
+                let f = flights.join("k").await;
+                (f.waited, f.landed(&epochs))
+            }
         });
         tokio::task::yield_now().await;
-        leader.land(
-            Entry { value: bytes::Bytes::from_static(b"v"), version: 1, expiry: Expiry::Never },
-            epochs.snapshot("k"),
-        );
+        leader.land(entry(b"v"), epochs.snapshot("k"));
         epochs.bump_key("k");
         drop(leader);
         let (waited, landed) = follower.await.unwrap_or((false, None));

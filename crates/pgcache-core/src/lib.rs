@@ -3,38 +3,43 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod cache;
 mod cache_store;
 mod codec;
+mod coherence;
+mod conn;
 mod error;
 mod flight;
 mod listener;
 mod local;
 mod lock;
+mod lock_key;
 mod null;
-mod postgres;
+mod schema;
 mod settings;
+mod shared;
 mod store;
 mod sweeper;
-mod tls;
 mod ttl;
 mod typed;
 mod validate;
 
+pub use cache::PostgresCache;
 pub use cache_store::{
-    CacheStatus, CacheStore, Entry, Fill, ListenerState, LoadFuture, Loaded, Loader, SetOptions, Source,
+    CacheStatus, CacheStore, DynLoader, DynOutput, Entry, Fill, ListenerState, LoadError, Loaded, SetOptions, Source,
 };
 pub use codec::{Codec, JsonCodec};
 pub use error::{BoxError, Error, Result};
-pub use lock::lock_key;
+pub use lock_key::lock_key;
 pub use null::NullCache;
-pub use postgres::PostgresCache;
 pub use settings::CacheSettings;
+pub use shared::SharedCache;
 pub use ttl::{Expiry, Ttl};
 pub use typed::TypedCache;
 
 /// Everything a typical user imports: `use pgcache_core::prelude::*;`.
 pub mod prelude {
-    pub use crate::{CacheSettings, CacheStore, NullCache, PostgresCache, Ttl, TypedCache};
+    pub use crate::{CacheSettings, CacheStore, NullCache, PostgresCache, SharedCache, Ttl, TypedCache};
 }
 
 /// The workspace README's examples, compiled as doctests.

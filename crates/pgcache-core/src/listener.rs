@@ -4,19 +4,19 @@
 //! tokio-postgres delivers notifications only through `Connection::poll_message`, so this module drives
 //! the connection itself instead of spawning it as a plain future. The connection never opens a
 //! transaction (that would pin the server's notification queue). While the listener is not confirmed
-//! alive the local cache is not trusted (see [`Trust`]), and after every (re)connect the local cache is
+//! alive the local cache is not trusted (see [`Lease`]), and after every (re)connect the local cache is
 //! emptied before it is trusted again, since notifications sent while it was away are lost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::poll_fn;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{AsyncMessage, NoTls, Socket};
+use tokio_postgres::AsyncMessage;
 
-use crate::local::{LocalCache, Trust};
+use crate::coherence::{Coherence, Lease};
+use crate::settings::CacheSettings;
 
 /// A notification payload, as built by `sql/notify_function.sql`.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub(crate) struct Event {
 }
 
 /// Applies one notification to the local cache. Unknown payloads flush, to stay on the safe side.
-pub(crate) async fn apply(local: &LocalCache, prefix: &str, payload: &str) {
+pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str) {
     match serde_json::from_str::<Event>(payload) {
         Ok(event) if event.p != prefix => {}
         Ok(event) if event.op == "flush" => local.evict_all(),
@@ -48,35 +48,26 @@ pub(crate) async fn apply(local: &LocalCache, prefix: &str, payload: &str) {
     }
 }
 
-/// Configuration of the listener task.
-pub(crate) struct ListenerConfig {
-    pub(crate) pg: tokio_postgres::Config,
-    pub(crate) tls: crate::tls::Tls,
-    pub(crate) channel: String,
-    pub(crate) prefix: String,
-    pub(crate) heartbeat: Duration,
-}
-
 /// Runs until `shutdown` flips: connect, LISTEN, flush, serve notifications and heartbeats; on any
-/// failure mark the local cache untrusted and reconnect with back-off.
+/// failure withdraw the lease and reconnect with back-off.
 ///
 /// `first` hears how the first connection attempt went (listening, or the error), so `connect` can
 /// report e.g. "too many connections" instead of starting with a listener that never comes up.
 pub(crate) async fn run(
-    config: ListenerConfig,
-    local: Arc<LocalCache>,
-    trust: Arc<Trust>,
+    settings: CacheSettings,
+    coherence: Arc<Coherence>,
     mut shutdown: watch::Receiver<bool>,
     first: oneshot::Sender<crate::Result<()>>,
 ) {
+    let lease = &coherence.lease;
     let mut backoff = Duration::from_millis(50);
     let mut first = Some(first);
     loop {
         let outcome = tokio::select! {
-            outcome = connect_and_serve(&config, &local, &trust, &mut first) => outcome,
-            _ = shutdown.changed() => { trust.set_listening(false); return; }
+            outcome = session(&settings, &coherence, &mut first) => outcome,
+            _ = shutdown.changed() => { lease.set_listening(false); return; }
         };
-        trust.set_listening(false);
+        lease.set_listening(false);
         match outcome {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(reason) => tracing::warn!(target: "pgcache::listener", %reason, retry_in = ?backoff, "listener down"),
@@ -92,18 +83,6 @@ pub(crate) async fn run(
 /// Reports the first attempt's outcome, once.
 type FirstReport = Option<oneshot::Sender<crate::Result<()>>>;
 
-async fn connect_and_serve(
-    config: &ListenerConfig,
-    local: &LocalCache,
-    trust: &Trust,
-    first: &mut FirstReport,
-) -> Result<(), String> {
-    match &config.tls {
-        crate::tls::Tls::Off => session(config, local, trust, NoTls, first).await,
-        crate::tls::Tls::Rustls(tls) => session(config, local, trust, tls.clone(), first).await,
-    }
-}
-
 fn report(first: &mut FirstReport, outcome: crate::Result<()>) {
     if let Some(tx) = first.take() {
         let _ = tx.send(outcome);
@@ -111,24 +90,14 @@ fn report(first: &mut FirstReport, outcome: crate::Result<()>) {
 }
 
 /// One connection's life. Returns `Err` with the reason it ended.
-async fn session<T>(
-    config: &ListenerConfig,
-    local: &LocalCache,
-    trust: &Trust,
-    tls: T,
-    first: &mut FirstReport,
-) -> Result<(), String>
-where
-    T: MakeTlsConnect<Socket>,
-    T::Stream: Send + 'static,
-    T::TlsConnect: Send,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
-{
-    let (client, mut connection) = match config.pg.connect(tls).await {
+async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut FirstReport) -> Result<(), String> {
+    let lease: &Lease = &coherence.lease;
+    let dsn = settings.listen_dsn.as_deref().unwrap_or(&settings.dsn);
+    let (client, mut messages) = match crate::conn::open(settings, "listen_dsn", dsn).await {
         Ok(pair) => pair,
         Err(e) => {
             let reason = format!("connect: {e}");
-            report(first, Err(crate::Error::from_pg(e)));
+            report(first, Err(e));
             return Err(reason);
         }
     };
@@ -136,7 +105,7 @@ where
     // Drive the connection, forwarding notifications; ends when the connection does.
     let mut driver = tokio::spawn(async move {
         loop {
-            match poll_fn(|cx| connection.poll_message(cx)).await {
+            match messages.next().await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
                     if tx.send(n.payload().to_owned()).is_err() {
                         return "listener stopped".to_owned();
@@ -148,35 +117,38 @@ where
             }
         }
     });
+    let prefix = &settings.schema_prefix;
+    let heartbeat_every = settings.heartbeat_interval;
     let result = async {
-        client.batch_execute(&format!("LISTEN \"{}\"", config.channel)).await.map_err(|e| format!("LISTEN: {e}"))?;
+        let listen = format!("LISTEN \"{}\"", settings.notify_channel);
+        client.batch_execute(&listen).await.map_err(|e| format!("LISTEN: {e}"))?;
         // Anything cached before this point may have missed notifications.
-        local.evict_all();
-        trust.renew(Instant::now());
-        trust.set_listening(true);
+        coherence.evict_all();
+        lease.renew(Instant::now());
+        lease.set_listening(true);
         report(first, Ok(()));
-        tracing::info!(target: "pgcache::listener", channel = %config.channel, "listening");
-        let mut heartbeat = tokio::time::interval(config.heartbeat);
+        tracing::info!(target: "pgcache::listener", channel = %settings.notify_channel, "listening");
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Not `biased`: a steady stream of notifications must not starve the heartbeat.
             tokio::select! {
                 payload = notifications.recv() => match payload {
-                    Some(payload) => apply(local, &config.prefix, &payload).await,
+                    Some(payload) => apply(coherence, prefix, &payload).await,
                     None => return Err("notification stream ended".to_owned()),
                 },
                 _ = heartbeat.tick() => {
                     let sent = Instant::now();
-                    match tokio::time::timeout(config.heartbeat, client.simple_query("SELECT 1")).await {
+                    match tokio::time::timeout(heartbeat_every, client.simple_query("SELECT 1")).await {
                         Ok(Ok(_)) => {
                             // Notifications sent before the reply are already queued: apply them first.
                             while let Ok(payload) = notifications.try_recv() {
-                                apply(local, &config.prefix, &payload).await;
+                                apply(coherence, prefix, &payload).await;
                             }
-                            trust.renew(sent);
+                            lease.renew(sent);
                         }
                         Ok(Err(e)) => return Err(format!("heartbeat: {e}")),
-                        Err(_) => return Err(format!("heartbeat: no answer within {:?}", config.heartbeat)),
+                        Err(_) => return Err(format!("heartbeat: no answer within {heartbeat_every:?}")),
                     }
                 }
                 reason = &mut driver => return Err(reason.unwrap_or_else(|e| format!("driver: {e}"))),
@@ -184,7 +156,7 @@ where
         }
     }
     .await;
-    trust.set_listening(false);
+    lease.set_listening(false);
     driver.abort();
     result
 }

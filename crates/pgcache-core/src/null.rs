@@ -1,14 +1,15 @@
 //! [`NullCache`]: the same surface, stores nothing. For tests and local development.
 
-use std::marker::PhantomData;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::cache_store::{CacheStatus, CacheStore, Entry, ListenerState, Loaded, Loader, SetOptions};
+use crate::cache_store::{
+    CacheStatus, CacheStore, DynLoader, DynOutput, Entry, ListenerState, LoadError, Loaded, SetOptions,
+};
 use crate::codec::{Codec, JsonCodec};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ttl::{Expiry, Ttl};
 use crate::typed::TypedCache;
 use crate::validate;
@@ -36,7 +37,6 @@ pub struct NullCache<C = JsonCodec> {
     codec: C,
     max_key_bytes: usize,
     default_ttl: Duration,
-    _codec: PhantomData<C>,
 }
 
 impl Default for NullCache<JsonCodec> {
@@ -48,14 +48,14 @@ impl Default for NullCache<JsonCodec> {
 impl NullCache<JsonCodec> {
     /// A null cache with the default key limit (1024 bytes) and JSON codec.
     pub fn new() -> Self {
-        Self { codec: JsonCodec, max_key_bytes: 1024, default_ttl: Duration::from_secs(300), _codec: PhantomData }
+        Self { codec: JsonCodec, max_key_bytes: 1024, default_ttl: Duration::from_secs(300) }
     }
 }
 
 impl<C> NullCache<C> {
     /// The same cache with another codec.
     pub fn with_codec<D: Codec + Clone>(self, codec: D) -> NullCache<D> {
-        NullCache { codec, max_key_bytes: self.max_key_bytes, default_ttl: self.default_ttl, _codec: PhantomData }
+        NullCache { codec, max_key_bytes: self.max_key_bytes, default_ttl: self.default_ttl }
     }
 
     /// Does nothing; mirrors [`PostgresCache::close`](crate::PostgresCache::close).
@@ -115,14 +115,15 @@ impl<C: Send + Sync + 'static> CacheStore for NullCache<C> {
         Ok(0)
     }
 
-    async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Loaded> {
+    async fn get_or_load_dyn(
+        &self,
+        key: &str,
+        loader: DynLoader,
+    ) -> std::result::Result<Loaded<DynOutput>, LoadError<DynOutput>> {
         self.check(key)?;
-        let fill = loader().await.map_err(Error::Loader)?;
-        let expiry = match fill.options.ttl.resolve(self.default_ttl) {
-            Some(d) => Expiry::In(d),
-            None => Expiry::Never,
-        };
-        Ok(Loaded::by_loader(fill.value, None, expiry, false))
+        let fill = loader.run().await.map_err(LoadError::Loader)?;
+        let expiry = fill.options.ttl.expiry(self.default_ttl);
+        Ok(Loaded::by_loader(fill, None, expiry, false))
     }
 
     fn status(&self) -> CacheStatus {

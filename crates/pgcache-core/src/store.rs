@@ -1,30 +1,16 @@
-//! All SQL of the shared table (L2): statements, pool, schema migrations, and one function per operation.
+//! All SQL of the shared table (L2): the statements, formatted once per prefix, and one function per
+//! operation. Schema objects are created by `schema.rs` from the files in `sql/`.
 //!
 //! Identifiers (`schema_prefix`) are validated by [`CacheSettings::validate`] before they are formatted
 //! into SQL here; keys, values, TTLs and tags are always bind parameters. Every hot statement goes through
 //! `prepare_cached`.
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use deadpool_postgres::{Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::GenericClient;
-use tokio_postgres::NoTls;
+use deadpool_postgres::Client;
 
 use crate::cache_store::Entry;
 use crate::error::{Error, Result};
-use crate::settings::{parse_dsn, CacheSettings};
-use crate::tls::Tls;
 use crate::ttl::Expiry;
-
-/// The schema version this library writes and expects.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
-
-/// Versioned migrations, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../sql/001_init.sql"))];
-
-/// The notification function and triggers, re-applied when the channel changes.
-const NOTIFY_FUNCTION: &str = include_str!("../../../sql/notify_function.sql");
 
 /// A live row: not expired by the database clock.
 const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
@@ -81,167 +67,6 @@ impl Statements {
             ),
         }
     }
-}
-
-/// Builds a driver config for `dsn` with this library's session settings.
-pub(crate) fn pg_config(settings: &CacheSettings, name: &'static str, dsn: &str) -> Result<tokio_postgres::Config> {
-    let mut config = parse_dsn(name, dsn)?;
-    let mut options = config.get_options().unwrap_or_default().to_owned();
-    options.push_str(&format!(" -c statement_timeout={}", settings.statement_timeout.as_millis()));
-    if settings.disable_notify {
-        options.push_str(" -c pgcache.skip_notify=on");
-    }
-    config.options(options.trim());
-    if config.get_application_name().is_none() {
-        config.application_name(&settings.application_name);
-    }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(settings.pool_timeout);
-    }
-    // Notice a dead peer within seconds, not the kernel's two hours.
-    config.keepalives(true);
-    config.keepalives_idle(Duration::from_secs(5));
-    config.keepalives_interval(Duration::from_secs(2));
-    config.keepalives_retries(3);
-    config.tcp_user_timeout(Duration::from_secs(10));
-    Ok(config)
-}
-
-/// A deadpool pool with every timeout set (deadpool's default is to wait forever).
-pub(crate) fn build_pool(settings: &CacheSettings, name: &'static str, dsn: &str, max_size: usize) -> Result<Pool> {
-    let mut config = pg_config(settings, name, dsn)?;
-    let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-    let manager = match Tls::for_config(settings, &mut config)? {
-        Tls::Off => Manager::from_config(config, NoTls, manager_config),
-        Tls::Rustls(tls) => Manager::from_config(config, tls, manager_config),
-    };
-    Pool::builder(manager)
-        .max_size(max_size)
-        .wait_timeout(Some(settings.pool_timeout))
-        .create_timeout(Some(settings.pool_timeout))
-        .recycle_timeout(Some(settings.pool_timeout))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::InvalidSetting { name: "max_pool_size", reason: e.to_string() })
-}
-
-/// Opens one unpooled connection for schema work.
-async fn connect_once(settings: &CacheSettings) -> Result<tokio_postgres::Client> {
-    let mut config = pg_config(settings, "dsn", &settings.dsn)?;
-    let closed =
-        |e: tokio_postgres::Error| tracing::debug!(target: "pgcache::store", error = %e, "schema connection closed");
-    let client = match Tls::for_config(settings, &mut config)? {
-        Tls::Off => {
-            let (client, connection) = config.connect(NoTls).await.map_err(Error::from_pg)?;
-            tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
-            client
-        }
-        Tls::Rustls(tls) => {
-            let (client, connection) = config.connect(tls).await.map_err(Error::from_pg)?;
-            tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
-            client
-        }
-    };
-    Ok(client)
-}
-
-/// Replaces the placeholders of a SQL file with validated identifiers.
-fn render(sql: &str, settings: &CacheSettings) -> String {
-    sql.replace("__UNLOGGED__", if settings.unlogged { "UNLOGGED" } else { "" })
-        .replace("__PREFIX__", &settings.schema_prefix)
-        .replace("__CHANNEL__", &settings.notify_channel)
-}
-
-fn schema_table(settings: &CacheSettings) -> String {
-    format!("\"{}cache_schema\"", settings.schema_prefix)
-}
-
-/// The advisory lock key that serialises migrations of one prefix across processes.
-fn migration_lock_key(settings: &CacheSettings) -> i64 {
-    crate::lock::lock_key(&settings.schema_prefix, "\u{0}pgcache:migrate")
-}
-
-/// Current schema version (0 when not installed).
-pub(crate) async fn schema_version(settings: &CacheSettings) -> Result<i32> {
-    settings.validate()?;
-    let client = connect_once(settings).await?;
-    read_version(&client, settings).await
-}
-
-/// Reads the schema version through any client (0 when not installed).
-pub(crate) async fn read_version<C: GenericClient>(client: &C, settings: &CacheSettings) -> Result<i32> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&schema_table(settings)])
-        .await
-        .map_err(Error::from_pg)?
-        .try_get(0)
-        .map_err(Error::from_pg)?;
-    if !exists {
-        return Ok(0);
-    }
-    let sql = format!("SELECT coalesce(max(version), 0) FROM {}", schema_table(settings));
-    client.query_one(&sql, &[]).await.map_err(Error::from_pg)?.try_get(0).map_err(Error::from_pg)
-}
-
-/// Applies every pending migration, each in its own transaction under a per-prefix advisory lock, then
-/// makes sure the notification function uses the configured channel. Safe when many processes run it at
-/// once. Returns the version reached.
-pub(crate) async fn apply_migrations(settings: &CacheSettings) -> Result<i32> {
-    settings.validate()?;
-    let mut client = connect_once(settings).await?;
-    let lock = migration_lock_key(settings);
-    let mut version = 0;
-    for (step, sql) in MIGRATIONS {
-        let tx = client.transaction().await.map_err(Error::from_pg)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await.map_err(Error::from_pg)?;
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-            schema_table(settings)
-        ))
-        .await
-        .map_err(Error::from_pg)?;
-        version = read_version(&tx, settings).await?;
-        if version > SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                prefix: settings.schema_prefix.clone(),
-                found: version,
-                expected: SCHEMA_VERSION,
-            });
-        }
-        if version < *step {
-            tx.batch_execute(&render(sql, settings)).await.map_err(Error::from_pg)?;
-            tx.batch_execute(&render(NOTIFY_FUNCTION, settings)).await.map_err(Error::from_pg)?;
-            tx.execute(&format!("INSERT INTO {} (version) VALUES ($1)", schema_table(settings)), &[step])
-                .await
-                .map_err(Error::from_pg)?;
-            version = *step;
-            tracing::info!(target: "pgcache::store", prefix = %settings.schema_prefix, version, "applied migration");
-        }
-        tx.commit().await.map_err(Error::from_pg)?;
-    }
-    ensure_notify_channel(&mut client, settings, lock).await?;
-    Ok(version)
-}
-
-/// Re-creates the notification function when it names another channel than the configured one.
-async fn ensure_notify_channel(client: &mut tokio_postgres::Client, settings: &CacheSettings, lock: i64) -> Result<()> {
-    let expected = format!("pg_notify('{}'", settings.notify_channel);
-    let function = format!("{}cache_notify", settings.schema_prefix);
-    let tx = client.transaction().await.map_err(Error::from_pg)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await.map_err(Error::from_pg)?;
-    let current: Option<String> = tx
-        .query_opt(
-            "SELECT prosrc FROM pg_proc WHERE proname = $1 AND pronamespace = current_schema()::regnamespace",
-            &[&function],
-        )
-        .await
-        .map_err(Error::from_pg)?
-        .and_then(|row| row.try_get(0).ok());
-    if !current.is_some_and(|src| src.contains(&expected)) {
-        tx.batch_execute(&render(NOTIFY_FUNCTION, settings)).await.map_err(Error::from_pg)?;
-        tracing::info!(target: "pgcache::store", channel = %settings.notify_channel, "installed notify function");
-    }
-    tx.commit().await.map_err(Error::from_pg)
 }
 
 fn pg<T>(r: std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
@@ -366,19 +191,6 @@ pub(crate) async fn advisory_unlock(client: &Client, key: i64) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn render_replaces_every_placeholder() {
-        let s = CacheSettings::new("postgresql://x@y/z").schema_prefix("mk_").notify_channel("ev").unlogged(true);
-        for (_, sql) in MIGRATIONS {
-            let out = render(sql, &s);
-            assert!(!out.contains("__"), "placeholder left in migration");
-            assert!(out.contains("CREATE UNLOGGED TABLE IF NOT EXISTS \"mk_cache_entries\""));
-        }
-        let notify = render(NOTIFY_FUNCTION, &s);
-        assert!(notify.contains("pg_notify('ev'"));
-        assert!(!notify.contains("__CHANNEL__") && !notify.contains("__PREFIX__"));
-    }
 
     #[test]
     fn statements_quote_the_table() {

@@ -52,6 +52,11 @@ impl Ttl {
         Some(millis(d).unwrap_or(i64::MAX / 1000).max(1))
     }
 
+    /// The expiry of an entry written now with this TTL.
+    pub(crate) fn expiry(self, default: Duration) -> Expiry {
+        self.resolve(default).map_or(Expiry::Never, Expiry::In)
+    }
+
     /// The duration this TTL stands for, `None` for never.
     pub(crate) fn resolve(self, default: Duration) -> Option<Duration> {
         match self {
@@ -77,6 +82,14 @@ impl Expiry {
         match ms {
             None => Expiry::Never,
             Some(ms) => Expiry::In(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        }
+    }
+
+    /// The expiry `elapsed` later.
+    pub(crate) fn less(self, elapsed: Duration) -> Self {
+        match self {
+            Expiry::Never => Expiry::Never,
+            Expiry::In(left) => Expiry::In(left.saturating_sub(elapsed)),
         }
     }
 

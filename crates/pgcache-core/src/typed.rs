@@ -1,12 +1,11 @@
 //! [`TypedCache`]: serde-typed access on top of [`CacheStore`], written once for every cache.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::cache_store::{CacheStore, Fill, Loader, SetOptions, Source};
+use crate::cache_store::{CacheStore, Fill, LoadError};
 use crate::codec::Codec;
 use crate::error::{excerpt, BoxError, Error, Result};
 use crate::ttl::Ttl;
@@ -28,7 +27,7 @@ use crate::ttl::Ttl;
 /// assert_eq!(user["name"], "Nova");
 /// # Ok(()) }
 /// ```
-pub trait TypedCache: CacheStore {
+pub trait TypedCache: CacheStore + Sized {
     /// The codec used for typed values.
     type Codec: Codec + Clone;
 
@@ -62,14 +61,6 @@ pub trait TypedCache: CacheStore {
             let bytes = encode(self.codec(), key, value)?;
             self.set_bytes(key, bytes, ttl.into()).await
         }
-    }
-
-    /// Same as [`delete`](CacheStore::delete): removes the key on every node (the original library's name).
-    ///
-    /// # Errors
-    /// Bad key; any database error.
-    fn invalidate(&self, key: &str) -> impl Future<Output = Result<bool>> + Send {
-        async move { self.delete(key).await }
     }
 
     /// Reads many keys in one round trip, in order.
@@ -126,31 +117,24 @@ pub trait TypedCache: CacheStore {
         E: Into<BoxError>,
     {
         let ttl = ttl.into();
+        let codec = self.codec().clone();
+        let owned_key = key.to_owned();
         async move {
-            // The loaded value is handed back through this slot so it is not decoded again.
-            let slot: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
-            let codec = self.codec().clone();
-            let owned_key = key.to_owned();
-            let loader_slot = Arc::clone(&slot);
-            let erased: Loader = Box::new(move || {
-                Box::pin(async move {
-                    let value = loader().await.map_err(Into::into)?;
-                    let bytes = codec.encode(&value).map_err(|source| -> BoxError {
-                        Box::new(Error::Codec { key: excerpt(&owned_key), source })
-                    })?;
-                    if let Ok(mut guard) = loader_slot.lock() {
-                        *guard = Some(value);
-                    }
-                    Ok(Fill { value: bytes, options: SetOptions::ttl(ttl) })
+            let loaded = self
+                .get_or_load(key, move || async move {
+                    let value = loader().await.map_err(|e| Error::Loader(e.into()))?;
+                    let bytes = encode(&codec, &owned_key, &value)?;
+                    // The value goes back to this caller as it is, so it is not decoded again.
+                    Ok::<_, Error>(Fill::new(bytes, ttl).with_output(value))
                 })
-            });
-            let loaded = self.get_or_load(key, erased).await?;
-            if loaded.source == Source::Loaded {
-                if let Some(value) = slot.lock().ok().and_then(|mut g| g.take()) {
-                    return Ok(value);
-                }
+                .await
+                .map_err(|e| match e {
+                    LoadError::Loader(e) | LoadError::Cache(e) => e,
+                })?;
+            match loaded.output {
+                Some(value) => Ok(value),
+                None => decode(self.codec(), key, &loaded.value),
             }
-            decode(self.codec(), key, &loaded.value)
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Parser;
-use pgcache_core::{BoxError, CacheStore, Error, Fill, Loader, PostgresCache, Ttl};
+use pgcache_core::{CacheStore, Fill, LoadError, PostgresCache, Ttl};
 use pgcache_examples::db::ProfileDb;
 use pgcache_tower::PgCacheLayer;
 use prost::Message;
@@ -71,21 +71,16 @@ impl Profiles for ProfileService {
         let id = request.into_inner().id;
         let db = self.db.clone();
         // Runs on a miss only, once per key across every server instance; errors are never cached.
-        let loader: Loader = Box::new(move || {
-            Box::pin(async move {
-                let row = db.get(id).await.map_err(|e| Box::new(Status::internal(format!("{e:#}"))) as BoxError)?;
-                let row = row.ok_or_else(|| Box::new(Status::not_found(format!("no profile {id}"))) as BoxError)?;
-                let message = Profile { id: row.id, name: row.name, bio: row.bio };
-                Ok(Fill::new(message.encode_to_vec(), Ttl::After(TTL)))
-            })
-        });
+        let loader = move || async move {
+            let row = db.get(id).await.map_err(|e| Status::internal(format!("{e:#}")))?;
+            let row = row.ok_or_else(|| Status::not_found(format!("no profile {id}")))?;
+            let message = Profile { id: row.id, name: row.name, bio: row.bio };
+            Ok(Fill::new(message.encode_to_vec(), Ttl::After(TTL)))
+        };
         let loaded = self.cache.get_or_load(&format!("grpc:profile:{id}"), loader).await.map_err(|err| match err {
-            Error::Loader(err) => match err.downcast::<Status>() {
-                Ok(status) => *status,
-                Err(err) => Status::internal(err.to_string()),
-            },
-            err if err.is_unavailable() => Status::unavailable(err.to_string()),
-            err => Status::internal(err.to_string()),
+            LoadError::Loader(status) => status,
+            LoadError::Cache(err) if err.is_unavailable() => Status::unavailable(err.to_string()),
+            LoadError::Cache(err) => Status::internal(err.to_string()),
         })?;
         let profile = Profile::decode(loaded.value).map_err(|e| Status::internal(format!("cached value: {e}")))?;
         Ok(Response::new(profile))

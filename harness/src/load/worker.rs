@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use pgcache_core::{CacheSettings, CacheStore, Fill, Loader, PostgresCache, SetOptions, Source, Ttl};
+use pgcache_core::{CacheSettings, CacheStore, Fill, PostgresCache, SetOptions, Source, Ttl};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -154,8 +154,9 @@ async fn client_task(
                 seq += 1;
                 let id = (writer, seq);
                 let value = Bytes::from(encode_value(key, id, start, config.value_size));
-                let loader: Loader =
-                    Box::new(move || Box::pin(async move { Ok(Fill { value, options: SetOptions::ttl(ttl) }) }));
+                let loader = move || async move {
+                    Ok::<_, std::convert::Infallible>(Fill { value, options: SetOptions::ttl(ttl), output: () })
+                };
                 match cache.get_or_load(&name, loader).await {
                     Ok(loaded) => {
                         let via = match loaded.source {

@@ -1,0 +1,802 @@
+//! [`PostgresCache`]: the local cache (L1) in front of the shared table (L2), kept coherent by the
+//! listener, dogpile-safe through advisory locks. Every operation is orchestrated here, `get_or_load`
+//! included (its in-process and cross-process halves); SQL is in `store.rs`, connections in `conn.rs`,
+//! what keeps local copies honest in `coherence.rs`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch, OnceCell};
+use tokio::task::JoinHandle;
+
+use crate::cache_store::{
+    CacheStatus, CacheStore, DynLoader, DynOutput, Entry, Fill, ListenerState, LoadError, Loaded, SetOptions, Source,
+};
+use crate::codec::{Codec, JsonCodec};
+use crate::coherence::{Coherence, Lease, Snapshot};
+use crate::conn::{Conn, Db};
+use crate::error::{Error, Result};
+use crate::flight::Flights;
+use crate::local::LocalCache;
+use crate::lock::AdvisoryLock;
+use crate::lock_key::lock_key;
+use crate::settings::CacheSettings;
+use crate::store::{self, Statements};
+use crate::ttl::{Expiry, Ttl};
+use crate::typed::TypedCache;
+use crate::{listener, schema, sweeper, validate};
+
+/// How long a lazily connected cache waits after a failed connection attempt before the next one.
+const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// A PostgreSQL-backed cache: cheap to clone (an `Arc` inside), `Send + Sync`.
+///
+/// Each instance owns a connection pool, a bounded local cache, a listener connection that evicts local
+/// entries when any process (or any SQL) changes the table, and a sweeper for expired rows.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use pgcache_core::prelude::*;
+/// use serde_json::json;
+///
+/// let settings = CacheSettings::new("postgresql://cache_user:cache_pass@localhost:5432/cache_proto")
+///     .notify_channel("cache_events_marketing")
+///     .schema_prefix("marketing_");
+/// PostgresCache::init_db(&settings).await?;
+/// let cache = PostgresCache::connect(settings).await?;
+/// cache.set("profile:123", &json!({"name": "Ava"}), Some(Duration::from_secs(300))).await?;
+/// let v: Option<serde_json::Value> = cache.get("profile:123").await?;
+/// assert_eq!(v, Some(json!({"name": "Ava"})));
+/// cache.close().await;
+/// # Ok(()) }
+/// ```
+pub struct PostgresCache<C = JsonCodec> {
+    shared: Arc<Shared>,
+    codec: C,
+}
+
+impl<C: Clone> Clone for PostgresCache<C> {
+    fn clone(&self) -> Self {
+        Self { shared: Arc::clone(&self.shared), codec: self.codec.clone() }
+    }
+}
+
+impl<C> std::fmt::Debug for PostgresCache<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresCache")
+            .field("schema_prefix", &self.shared.settings.schema_prefix)
+            .field("notify_channel", &self.shared.settings.notify_channel)
+            .field("connected", &self.shared.node.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every clone of one cache shares.
+struct Shared {
+    settings: CacheSettings,
+    /// The connected instance: set by `connect`, or on first use after `connect_lazy`.
+    node: OnceCell<Node>,
+    /// When the last lazy connection attempt failed, and why.
+    last_failure: Mutex<Option<(Instant, String)>>,
+    closed: AtomicBool,
+}
+
+/// A connected cache instance: pools, the coherent local cache, the background tasks.
+struct Node {
+    db: Arc<Db>,
+    sql: Arc<Statements>,
+    coherence: Arc<Coherence>,
+    flights: Flights,
+    default_ttl: Duration,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Ok(tasks) = self.tasks.get_mut() {
+            tasks.drain(..).for_each(|t| t.abort());
+        }
+    }
+}
+
+impl Node {
+    /// Connects: the pools, the schema check, the warm connections, then the background tasks.
+    async fn start(settings: &CacheSettings) -> Result<Self> {
+        let db = Arc::new(Db::new(settings)?);
+        check_schema(&db, settings).await?;
+        db.warm(settings.min_pool_size).await?;
+        let coherence = Arc::new(coherence_for(settings));
+        let (shutdown, _) = watch::channel(false);
+        let node = Self {
+            sql: Arc::new(Statements::new(&settings.schema_prefix)),
+            flights: Flights::default(),
+            default_ttl: settings.default_ttl,
+            tasks: Mutex::new(Vec::new()),
+            db,
+            coherence,
+            shutdown,
+        };
+        let first_listen = node.start_tasks(settings);
+        node.listener_ready(first_listen, settings.pool_timeout.saturating_mul(2)).await?;
+        Ok(node)
+    }
+
+    /// Starts the listener (and its lease watch) and the sweeper; returns how the listener's first
+    /// attempt went, when there is a listener.
+    fn start_tasks(&self, settings: &CacheSettings) -> Option<oneshot::Receiver<Result<()>>> {
+        let mut tasks = Vec::new();
+        let mut first_listen = None;
+        if settings.listener_enabled() {
+            let (tx, rx) = oneshot::channel();
+            let listen = listener::run(settings.clone(), Arc::clone(&self.coherence), self.shutdown.subscribe(), tx);
+            tasks.push(tokio::spawn(listen));
+            tasks.push(tokio::spawn(Arc::clone(&self.coherence.lease).watch(self.shutdown.subscribe())));
+            first_listen = Some(rx);
+        }
+        if let Some(interval) = settings.sweeper_interval {
+            tasks.push(tokio::spawn(sweeper::run(
+                Arc::clone(&self.db),
+                Arc::clone(&self.sql),
+                settings.schema_prefix.clone(),
+                settings.cleanup_batch_size,
+                interval,
+                self.shutdown.subscribe(),
+            )));
+        }
+        if let Ok(mut all) = self.tasks.lock() {
+            all.extend(tasks);
+        }
+        first_listen
+    }
+
+    /// A listener that cannot connect at all (no free slots, bad credentials) is a set-up error: report
+    /// it. One that is merely slow keeps retrying in the background while the local cache is bypassed.
+    async fn listener_ready(&self, first: Option<oneshot::Receiver<Result<()>>>, wait: Duration) -> Result<()> {
+        let Some(first) = first else { return Ok(()) };
+        match tokio::time::timeout(wait, first).await {
+            Ok(Ok(Err(e))) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    async fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        let tasks: Vec<_> = match self.tasks.lock() {
+            Ok(mut tasks) => tasks.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.coherence.evict_all();
+        self.db.close();
+    }
+
+    /// Reads the shared table, installing a hit locally.
+    async fn read_shared(&self, key: &str) -> Result<Option<Entry>> {
+        let snapshot = self.coherence.snapshot(key);
+        let conn = self.db.conn().await?;
+        let row = conn.bounded(store::get(conn.client()?, &self.sql, key)).await?;
+        if let Some(row) = &row {
+            self.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
+        }
+        Ok(row)
+    }
+
+    /// Writes through `conn` and installs the value locally at `snapshot`; returns the new version.
+    async fn write(
+        &self,
+        conn: &Conn,
+        key: &str,
+        value: &Bytes,
+        options: &SetOptions,
+        snapshot: Snapshot,
+    ) -> Result<i64> {
+        let ttl_ms = options.ttl.to_sql_millis(self.default_ttl);
+        let version = conn.bounded(store::upsert(conn.client()?, &self.sql, key, value, ttl_ms, &options.tags)).await?;
+        let expiry = options.ttl.expiry(self.default_ttl);
+        self.coherence.install(key, value.clone(), version, expiry, snapshot).await;
+        Ok(version)
+    }
+
+    /// [`write`](Self::write) on a pooled connection.
+    async fn write_pooled(&self, key: &str, value: &Bytes, options: &SetOptions, snapshot: Snapshot) -> Result<i64> {
+        let conn = self.db.conn().await?;
+        self.write(&conn, key, value, options, snapshot).await
+    }
+}
+
+/// The coherent local cache the settings ask for.
+fn coherence_for(settings: &CacheSettings) -> Coherence {
+    let local = settings.local_enabled().then(|| LocalCache::new(settings.local_max_entries, settings.local_max_bytes));
+    let lease = Lease::new(settings.listener_enabled(), settings.heartbeat_interval.saturating_mul(2));
+    Coherence::new(local, settings.local_ttl, lease)
+}
+
+/// Checks that the schema is installed, current and intact before anything relies on it.
+async fn check_schema(db: &Db, settings: &CacheSettings) -> Result<()> {
+    let conn = db.conn().await?;
+    conn.bounded(schema::verify(&***conn.client()?, settings)).await
+}
+
+impl PostgresCache<JsonCodec> {
+    /// Creates, upgrades or repairs the schema (table, sequence, functions, triggers) for the settings'
+    /// prefix and channel. Run it once at deploy or start-up, before [`connect`](Self::connect).
+    /// Idempotent and safe when several processes run it at once; when the schema is current and intact
+    /// it changes nothing. It does not trust the version row alone: a table, trigger or function dropped
+    /// or changed by hand is re-created.
+    ///
+    /// # Errors
+    /// Invalid settings; the database is unreachable or does not answer within the configured timeouts;
+    /// [`Error::SchemaTooNew`] when the schema is newer than this library.
+    pub async fn init_db(settings: &CacheSettings) -> Result<()> {
+        schema::init_db(settings).await
+    }
+
+    /// The installed schema version for the prefix (0 when not installed).
+    ///
+    /// # Errors
+    /// Invalid settings; the database is unreachable or does not answer within the configured timeouts.
+    pub async fn schema_version(settings: &CacheSettings) -> Result<i32> {
+        schema::schema_version(settings).await
+    }
+
+    /// Whether the installed schema is the one this library needs, and intact.
+    ///
+    /// # Errors
+    /// As [`schema_version`](Self::schema_version).
+    pub async fn schema_is_current(settings: &CacheSettings) -> Result<bool> {
+        schema::schema_is_current(settings).await
+    }
+
+    /// The schema version this library needs.
+    pub const SCHEMA_VERSION: i32 = schema::SCHEMA_VERSION;
+
+    /// Connects: validates the settings, opens the pool (and `min_pool_size` connections), checks the
+    /// schema (version, table, triggers, and the channel the notification function notifies), and starts
+    /// the listener and the sweeper. Waits up to `pool_timeout` for the listener to be listening, so a
+    /// write made right after `connect` returns is heard.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`]/[`Error::InvalidDsn`]; [`Error::SchemaOutdated`] when `init_db` was not
+    /// run; [`Error::SchemaDamaged`]; [`Error::TooManyConnections`] and other database errors.
+    pub async fn connect(settings: CacheSettings) -> Result<Self> {
+        settings.validate()?;
+        let node = Node::start(&settings).await?;
+        let cache = Self::unconnected(settings);
+        // A fresh cell: cannot be set already.
+        let _ = cache.shared.node.set(node);
+        Ok(cache)
+    }
+
+    /// A cache that connects on first use instead of now (no I/O here, no migrations ever). Until it is
+    /// connected, operations connect first; after a failed attempt they fail fast with
+    /// [`Error::ConnectBackoff`] for a second, then try again. Reads fail open meanwhile (when
+    /// `fail_open`), so an HTTP layer or an app can start before its database.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), pgcache_core::Error> {
+    /// use pgcache_core::prelude::*;
+    ///
+    /// let cache = PostgresCache::connect_lazy(CacheSettings::new("postgresql://localhost/app"))?;
+    /// let v: Option<String> = cache.get("greeting").await?; // connects here
+    /// # let _ = v; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`]/[`Error::InvalidDsn`].
+    pub fn connect_lazy(settings: CacheSettings) -> Result<Self> {
+        settings.validate()?;
+        Ok(Self::unconnected(settings))
+    }
+
+    /// Connects with settings from `PGCACHE_*` environment variables ([`CacheSettings::from_env`]).
+    ///
+    /// # Errors
+    /// As [`CacheSettings::from_env`] and [`connect`](Self::connect).
+    pub async fn from_env() -> Result<Self> {
+        Self::connect(CacheSettings::from_env()?).await
+    }
+
+    fn unconnected(settings: CacheSettings) -> Self {
+        let shared =
+            Shared { settings, node: OnceCell::new(), last_failure: Mutex::new(None), closed: AtomicBool::new(false) };
+        Self { shared: Arc::new(shared), codec: JsonCodec }
+    }
+}
+
+impl<C> PostgresCache<C> {
+    /// The same cache with another codec for typed values.
+    pub fn with_codec<D: Codec + Clone>(self, codec: D) -> PostgresCache<D> {
+        PostgresCache { shared: self.shared, codec }
+    }
+
+    /// The settings this cache runs with.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.shared.settings
+    }
+
+    /// The advisory lock key `get_or_load` uses for `key` (see [`lock_key`](crate::lock_key)).
+    pub fn lock_key(&self, key: &str) -> i64 {
+        lock_key(&self.shared.settings.schema_prefix, key)
+    }
+
+    /// Entries and weighted bytes in the local cache after pending maintenance (`(0, 0)` when disabled
+    /// or not connected).
+    pub async fn local_usage(&self) -> (u64, u64) {
+        match self.shared.node.get() {
+            Some(node) => node.coherence.usage().await,
+            None => (0, 0),
+        }
+    }
+
+    /// Stops the listener and sweeper and closes every connection. Later calls return [`Error::Closed`].
+    /// Other clones of this cache are closed too.
+    pub async fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(node) = self.shared.node.get() {
+            node.stop().await;
+        }
+    }
+
+    /// Reads a value; the same as [`CacheStore::get_bytes`], without the trait's boxed future, so a local
+    /// hit on a concrete `PostgresCache` allocates nothing.
+    ///
+    /// # Errors
+    /// Bad key; database errors only when the cache is configured to fail closed.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        self.check_key(key)?;
+        if let Some(node) = self.shared.node.get() {
+            if let Some(hit) = node.coherence.hit(key).await {
+                return Ok(Some(hit.value.clone()));
+            }
+        }
+        // Boxed so that the (small) hit path does not carry the miss path's state.
+        Ok(Box::pin(self.get_shared(key)).await?.map(|entry| entry.value))
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_key(&self, key: &str) -> Result<()> {
+        self.check_open()?;
+        validate::key(key, self.shared.settings.max_key_bytes)
+    }
+
+    fn check_fill<T>(&self, key: &str, fill: &Fill<T>) -> Result<()> {
+        validate::value(key, fill.value.len(), self.shared.settings.max_value_bytes)?;
+        validate::tags(&fill.options.tags)
+    }
+
+    /// The connected instance, connecting first after `connect_lazy`.
+    async fn node(&self) -> Result<&Node> {
+        self.check_open()?;
+        match self.shared.node.get() {
+            Some(node) => Ok(node),
+            None => Box::pin(self.connect_now()).await,
+        }
+    }
+
+    async fn connect_now(&self) -> Result<&Node> {
+        let recent = self.shared.last_failure.lock().ok().and_then(|failure| failure.clone());
+        if let Some((at, last_error)) = recent {
+            let since = at.elapsed();
+            if since < RETRY_CONNECT_AFTER {
+                return Err(Error::ConnectBackoff { retry_in: RETRY_CONNECT_AFTER - since, last_error });
+            }
+        }
+        let settings = &self.shared.settings;
+        match self.shared.node.get_or_try_init(|| Node::start(settings)).await {
+            Ok(node) => Ok(node),
+            Err(e) => {
+                tracing::warn!(target: "pgcache::cache", error = %e, "could not connect; retrying on a later call");
+                if let Ok(mut failure) = self.shared.last_failure.lock() {
+                    *failure = Some((Instant::now(), e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A read of the local then the shared cache that fails open.
+    async fn get_shared(&self, key: &str) -> Result<Option<Entry>> {
+        let node = match self.node().await {
+            Ok(node) => node,
+            Err(e) => return self.read_failed(e, None),
+        };
+        match node.read_shared(key).await {
+            Ok(row) => Ok(row),
+            Err(e) => self.read_failed(e, None),
+        }
+    }
+
+    /// Turns a read error into `fallback` when failing open and the database is out of reach.
+    fn read_failed<T>(&self, err: Error, fallback: T) -> Result<T> {
+        if self.shared.settings.fail_open && err.is_unavailable() {
+            tracing::warn!(target: "pgcache::cache", error = %err, "shared cache unavailable; treating as a miss");
+            Ok(fallback)
+        } else {
+            Err(err)
+        }
+    }
+
+    // ---- get_or_load: the in-process half, then the cross-process half ----
+
+    /// One caller per key per process runs the cross-process path; the others wait for its answer.
+    async fn load(&self, key: &str, loader: DynLoader) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
+        self.check_key(key)?;
+        let node = match self.node().await {
+            Ok(node) => node,
+            Err(e) => {
+                self.read_failed(e, ())?;
+                return self.load_uncached(key, loader).await;
+            }
+        };
+        if let Some(hit) = node.coherence.hit_entry(key).await {
+            return Ok(Loaded::found(hit, Source::Local));
+        }
+        let mut flight = node.flights.join(key).await;
+        if flight.waited {
+            if let Some(entry) = flight.landed(&node.coherence.epochs) {
+                return Ok(Loaded::found(entry, Source::Collapsed));
+            }
+            if let Some(hit) = node.coherence.hit_entry(key).await {
+                return Ok(Loaded::found(hit, Source::Collapsed));
+            }
+        }
+        let snapshot = node.coherence.snapshot(key);
+        let loaded = match node.read_shared(key).await {
+            Ok(Some(row)) => Loaded::found(row, if flight.waited { Source::Collapsed } else { Source::Shared }),
+            Ok(None) => self.fill_across_processes(node, key, loader, snapshot).await?,
+            Err(e) => {
+                self.read_failed(e, ())?;
+                self.load_uncached(key, loader).await?
+            }
+        };
+        flight.land(loaded.entry(), snapshot);
+        Ok(loaded)
+    }
+
+    /// Takes the key's advisory lock (re-check, load, write, unlock) or waits for the holder's fill: woken
+    /// by the listener when another process writes the key, polling with back-off as the fallback, up to
+    /// `lock_wait_timeout`, after which it loads without the lock rather than hang.
+    async fn fill_across_processes(
+        &self,
+        node: &Node,
+        key: &str,
+        loader: DynLoader,
+        snapshot: Snapshot,
+    ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
+        let settings = &self.shared.settings;
+        let lock = self.lock_key(key);
+        let written = settings.listener_enabled().then(|| node.coherence.fills.subscribe(key));
+        let deadline = Instant::now() + settings.lock_wait_timeout;
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            match AdvisoryLock::try_acquire(&node.db, lock).await {
+                Ok(Some(guard)) => return self.fill_under_lock(node, key, loader, snapshot, guard).await,
+                Ok(None) => {}
+                // Every pooled connection is busy (e.g. other fills holding locks): keep waiting.
+                Err(e) if e.is_pool_busy() => {}
+                Err(e) => {
+                    self.read_failed(e, ())?;
+                    break;
+                }
+            }
+            match &written {
+                Some(written) => written.written_or(backoff).await,
+                None => tokio::time::sleep(backoff).await,
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+            match node.read_shared(key).await {
+                Ok(Some(row)) => return Ok(Loaded::found(row, Source::Collapsed)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.read_failed(e, ())?;
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(target: "pgcache::cache", key, waited = ?settings.lock_wait_timeout, "lock wait timed out; loading without the lock");
+                break;
+            }
+        }
+        // No lock (timed out, or the database is out of reach): load anyway and try to store.
+        let fill = self.run_loader(key, loader).await?;
+        let version = node.write_pooled(key, &fill.value, &fill.options, snapshot).await.ok();
+        Ok(self.loaded_by_loader(fill, version))
+    }
+
+    /// Holding the lock: re-check the table, run the loader, write on the lock's connection, unlock.
+    async fn fill_under_lock(
+        &self,
+        node: &Node,
+        key: &str,
+        loader: DynLoader,
+        snapshot: Snapshot,
+        guard: AdvisoryLock,
+    ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
+        // Another process may have filled the key between our read and our lock.
+        if let Some(conn) = guard.conn() {
+            let recheck = async { conn.bounded(store::get(conn.client()?, &node.sql, key)).await }.await;
+            if let Ok(Some(row)) = recheck {
+                guard.release().await;
+                node.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
+                return Ok(Loaded::found(row, Source::Collapsed));
+            }
+        }
+        let fill = match self.run_loader(key, loader).await {
+            Ok(fill) => fill,
+            Err(e) => {
+                guard.release().await;
+                return Err(e);
+            }
+        };
+        let mut version = None;
+        if let Some(conn) = guard.conn() {
+            match node.write(conn, key, &fill.value, &fill.options, snapshot).await {
+                Ok(v) => version = Some(v),
+                Err(e) => tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value"),
+            }
+        }
+        guard.release().await;
+        if version.is_none() {
+            // The lock's connection broke (e.g. terminated): try once through the pool.
+            version = node.write_pooled(key, &fill.value, &fill.options, snapshot).await.ok();
+        }
+        Ok(self.loaded_by_loader(fill, version))
+    }
+
+    /// The database is out of reach (fail open): the loader runs, nothing is stored.
+    async fn load_uncached(&self, key: &str, loader: DynLoader) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
+        let fill = self.run_loader(key, loader).await?;
+        let expiry = fill.options.ttl.expiry(self.shared.settings.default_ttl);
+        Ok(Loaded::by_loader(fill, None, expiry, true))
+    }
+
+    async fn run_loader(&self, key: &str, loader: DynLoader) -> Result<Fill<DynOutput>, LoadError<DynOutput>> {
+        let fill = loader.run().await.map_err(LoadError::Loader)?;
+        self.check_fill(key, &fill)?;
+        Ok(fill)
+    }
+
+    /// The answer of a caller that ran the loader; `version` is `None` when storing failed.
+    fn loaded_by_loader(&self, fill: Fill<DynOutput>, version: Option<i64>) -> Loaded<DynOutput> {
+        let expiry = fill.options.ttl.expiry(self.shared.settings.default_ttl);
+        let unavailable = version.is_none();
+        Loaded::by_loader(fill, version, expiry, unavailable)
+    }
+}
+
+#[async_trait]
+impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
+    async fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
+        self.check_key(key)?;
+        if let Some(node) = self.shared.node.get() {
+            if let Some(hit) = node.coherence.hit_entry(key).await {
+                return Ok(Some(hit));
+            }
+        }
+        // Boxed so that the (small) hit path does not carry the miss path's state.
+        Box::pin(self.get_shared(key)).await
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        PostgresCache::get_bytes(self, key).await
+    }
+
+    async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        for key in keys {
+            self.check_key(key)?;
+        }
+        let node = match self.node().await {
+            Ok(node) => node,
+            Err(e) => return self.read_failed(e, vec![None; keys.len()]),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hit = node.coherence.hit(key).await.map(|e| e.value.clone());
+            if hit.is_none() {
+                missing.push(i);
+            }
+            out.push(hit);
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let wanted: Vec<&str> = missing.iter().filter_map(|&i| keys.get(i).copied()).collect();
+        let snapshots: Vec<Snapshot> = wanted.iter().map(|k| node.coherence.snapshot(k)).collect();
+        let read = async {
+            let conn = node.db.conn().await?;
+            conn.bounded(store::get_many(conn.client()?, &node.sql, &wanted)).await
+        };
+        let rows = match read.await {
+            Ok(rows) => rows,
+            Err(e) => return self.read_failed(e, out),
+        };
+        let found: HashMap<String, Entry> = rows.into_iter().collect();
+        for (slot, (key, snapshot)) in missing.iter().zip(wanted.iter().zip(snapshots)) {
+            if let (Some(row), Some(out)) = (found.get(*key), out.get_mut(*slot)) {
+                node.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
+                *out = Some(row.value.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_entry(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
+        self.check_key(key)?;
+        validate::value(key, value.len(), self.shared.settings.max_value_bytes)?;
+        validate::tags(&options.tags)?;
+        let node = self.node().await?;
+        let snapshot = node.coherence.snapshot(key);
+        node.write_pooled(key, &value, options, snapshot).await
+    }
+
+    async fn set_many_bytes(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
+        let mut latest: Vec<(&str, &[u8])> = Vec::with_capacity(items.len());
+        let mut seen = HashMap::with_capacity(items.len());
+        for (key, value) in items {
+            self.check_key(key)?;
+            validate::value(key, value.len(), self.shared.settings.max_value_bytes)?;
+            // The last write of a key in the batch wins (one statement cannot update a row twice).
+            match seen.get(key) {
+                Some(&i) => latest[i] = (*key, &value[..]),
+                None => {
+                    seen.insert(*key, latest.len());
+                    latest.push((*key, &value[..]));
+                }
+            }
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let node = self.node().await?;
+        let (keys, values): (Vec<&str>, Vec<&[u8]>) = latest.into_iter().unzip();
+        let ttl_ms = ttl.to_sql_millis(node.default_ttl);
+        let write = async {
+            let conn = node.db.conn().await?;
+            conn.bounded(store::upsert_many(conn.client()?, &node.sql, &keys, &values, ttl_ms)).await
+        };
+        let result = write.await;
+        for key in &keys {
+            node.coherence.evict(key).await;
+        }
+        result.map(drop)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.check_key(key)?;
+        let node = self.node().await?;
+        let conn = node.db.conn().await?;
+        let result = conn.bounded(store::delete(conn.client()?, &node.sql, key)).await;
+        node.coherence.evict(key).await;
+        result
+    }
+
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        for key in keys {
+            self.check_key(key)?;
+        }
+        let node = self.node().await?;
+        let conn = node.db.conn().await?;
+        let result = conn.bounded(store::delete_many(conn.client()?, &node.sql, keys)).await;
+        for key in keys {
+            node.coherence.evict(key).await;
+        }
+        result
+    }
+
+    async fn delete_tags(&self, tags: &[&str]) -> Result<u64> {
+        self.check_open()?;
+        validate::tags(tags)?;
+        let node = self.node().await?;
+        let conn = node.db.conn().await?;
+        let result = conn.bounded(store::delete_tags(conn.client()?, &node.sql, tags)).await;
+        // Which keys carried the tags is only known to the database; the trigger tells the other nodes.
+        if result.as_ref().is_ok_and(|n| *n > 0) {
+            node.coherence.evict_all();
+        }
+        result
+    }
+
+    async fn clear(&self) -> Result<u64> {
+        let node = self.node().await?;
+        let conn = node.db.conn().await?;
+        let result = conn.bounded(store::clear(conn.client()?, &node.sql)).await;
+        node.coherence.evict_all();
+        result
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Expiry>> {
+        self.check_key(key)?;
+        let node = self.node().await?;
+        let conn = node.db.conn().await?;
+        conn.bounded(store::ttl(conn.client()?, &node.sql, key)).await
+    }
+
+    async fn touch(&self, key: &str, ttl: Ttl) -> Result<bool> {
+        self.check_key(key)?;
+        let node = self.node().await?;
+        let conn = node.db.conn().await?;
+        let ttl_ms = ttl.to_sql_millis(node.default_ttl);
+        let result = conn.bounded(store::touch(conn.client()?, &node.sql, key, ttl_ms)).await;
+        node.coherence.evict(key).await;
+        result
+    }
+
+    async fn cleanup_expired(&self) -> Result<u64> {
+        let node = self.node().await?;
+        let settings = &self.shared.settings;
+        sweeper::sweep(&node.db, &node.sql, &settings.schema_prefix, settings.cleanup_batch_size).await
+    }
+
+    async fn get_or_load_dyn(
+        &self,
+        key: &str,
+        loader: DynLoader,
+    ) -> std::result::Result<Loaded<DynOutput>, LoadError<DynOutput>> {
+        self.load(key, loader).await
+    }
+
+    fn status(&self) -> CacheStatus {
+        let closed = self.shared.closed.load(Ordering::SeqCst);
+        let Some(node) = self.shared.node.get() else {
+            // Not connected yet (connect_lazy).
+            return CacheStatus {
+                listener: ListenerState::Reconnecting,
+                pool_size: 0,
+                pool_available: 0,
+                pool_max_size: self.shared.settings.max_pool_size,
+                local_entries: 0,
+                local_bytes: 0,
+                closed,
+            };
+        };
+        let pool = node.db.status();
+        let (local_entries, local_bytes) = node.coherence.usage_now();
+        let listener = if !self.shared.settings.listener_enabled() {
+            ListenerState::Disabled
+        } else if node.coherence.lease.trusted() {
+            ListenerState::Listening
+        } else {
+            ListenerState::Reconnecting
+        };
+        CacheStatus {
+            listener,
+            pool_size: pool.size,
+            pool_available: pool.available,
+            pool_max_size: pool.max_size,
+            local_entries,
+            local_bytes,
+            closed,
+        }
+    }
+
+    fn default_ttl(&self) -> Duration {
+        self.shared.settings.default_ttl
+    }
+}
+
+impl<C: Codec + Clone> TypedCache for PostgresCache<C> {
+    type Codec = C;
+
+    fn codec(&self) -> &C {
+        &self.codec
+    }
+}

@@ -1,0 +1,228 @@
+//! The schema: installing and repairing it (`init_db`), and checking what `connect` relies on.
+//!
+//! The SQL is in `sql/` (shipped inside this crate): `001_init.sql` creates the table, the version
+//! sequence and the version trigger; `notify_function.sql` the notification function (it names the
+//! channel) and its triggers. Both are idempotent. `init_db` does not trust the version row alone: it
+//! inspects the objects and re-applies the files when anything is missing or differs (a table or trigger
+//! dropped by hand, a function changed, another channel), so running it again repairs the schema.
+//! Identifiers are validated by [`CacheSettings::validate`] before they are formatted into SQL.
+
+use tokio_postgres::GenericClient;
+
+use crate::conn::{bounded, open_one_shot, statement_bound};
+use crate::error::{Error, Result};
+use crate::lock_key::lock_key;
+use crate::settings::CacheSettings;
+
+/// The schema version this library writes and expects.
+pub(crate) const SCHEMA_VERSION: i32 = 1;
+
+/// The table, its version sequence and the version trigger.
+const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
+/// The notification function and its triggers.
+const NOTIFY_SQL: &str = include_str!("../sql/notify_function.sql");
+
+/// Triggers every installed schema has, by name suffix after the prefix.
+const TRIGGERS: [&str; 5] = [
+    "cache_bump_version",
+    "cache_notify_insert",
+    "cache_notify_update",
+    "cache_notify_delete",
+    "cache_notify_truncate",
+];
+/// Functions every installed schema has, with the file that defines each.
+const FUNCTIONS: [(&str, &str); 2] = [("cache_bump_version", ENTRIES_SQL), ("cache_notify", NOTIFY_SQL)];
+
+/// Replaces the placeholders of a SQL file with validated identifiers.
+fn render(sql: &str, settings: &CacheSettings) -> String {
+    sql.replace("__UNLOGGED__", if settings.unlogged { "UNLOGGED" } else { "" })
+        .replace("__PREFIX__", &settings.schema_prefix)
+        .replace("__CHANNEL__", &settings.notify_channel)
+}
+
+/// The body of the first `$fn$ ... $fn$` function in a rendered file: what `pg_proc.prosrc` holds.
+fn function_body(rendered: &str) -> Option<&str> {
+    let start = rendered.find("$fn$")? + "$fn$".len();
+    let len = rendered.get(start..)?.find("$fn$")?;
+    rendered.get(start..start + len)
+}
+
+fn quoted(settings: &CacheSettings, object: &str) -> String {
+    format!("\"{}{object}\"", settings.schema_prefix)
+}
+
+/// Creates, upgrades or repairs the schema of the settings' prefix and channel. Idempotent and safe when
+/// several processes run it at once (a per-prefix advisory lock serialises them). Does nothing, and
+/// sends no DDL, when the schema is current and intact.
+pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
+    settings.validate()?;
+    let mut client = open_one_shot(settings).await?;
+    // Each statement is bounded on the client side too: a frozen server must not hang start-up.
+    let bound = statement_bound(settings);
+    let tx = bounded(bound, "init_db", async { client.transaction().await.map_err(Error::from_pg) }).await?;
+    // IF NOT EXISTS / IF EXISTS print NOTICE lines; this is a normal run, not news.
+    bounded(bound, "init_db", batch(&tx, "SET LOCAL client_min_messages = warning")).await?;
+    let lock = lock_key(&settings.schema_prefix, "\u{0}pgcache:migrate");
+    let take_lock = async { tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await.map_err(Error::from_pg) };
+    bounded(bound, "init_db: waiting for another process's init_db", take_lock).await?;
+    let version_table = quoted(settings, "cache_schema");
+    let create_version_table = format!(
+        "CREATE TABLE IF NOT EXISTS {version_table} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    );
+    bounded(bound, "init_db", batch(&tx, &create_version_table)).await?;
+    let found = bounded(bound, "init_db", read_version(&tx, settings)).await?;
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew { prefix: settings.schema_prefix.clone(), found, expected: SCHEMA_VERSION });
+    }
+    let problems = bounded(bound, "init_db", inspect(&tx, settings)).await?;
+    if found < SCHEMA_VERSION || !problems.is_empty() {
+        let apply = async {
+            batch(&tx, &render(ENTRIES_SQL, settings)).await?;
+            batch(&tx, &render(NOTIFY_SQL, settings)).await?;
+            let record = format!("INSERT INTO {version_table} (version) VALUES ($1) ON CONFLICT (version) DO NOTHING");
+            tx.execute(&record, &[&SCHEMA_VERSION]).await.map_err(Error::from_pg)
+        };
+        bounded(bound, "init_db: applying the schema", apply).await?;
+    }
+    bounded(bound, "init_db", async { tx.commit().await.map_err(Error::from_pg) }).await?;
+    if found == 0 {
+        tracing::info!(target: "pgcache::schema", prefix = %settings.schema_prefix, version = SCHEMA_VERSION, "installed schema");
+    } else if found < SCHEMA_VERSION || !problems.is_empty() {
+        tracing::warn!(target: "pgcache::schema", prefix = %settings.schema_prefix, version = SCHEMA_VERSION, repaired = ?problems, "upgraded or repaired schema");
+    }
+    Ok(())
+}
+
+async fn batch<C: GenericClient>(client: &C, sql: &str) -> Result<()> {
+    client.batch_execute(sql).await.map_err(Error::from_pg)
+}
+
+/// The installed schema version of the prefix (0 when not installed), on a one-shot connection.
+pub(crate) async fn schema_version(settings: &CacheSettings) -> Result<i32> {
+    settings.validate()?;
+    let client = open_one_shot(settings).await?;
+    bounded(statement_bound(settings), "reading the schema version", read_version(&client, settings)).await
+}
+
+/// Whether the schema is at this library's version and intact, on a one-shot connection.
+pub(crate) async fn schema_is_current(settings: &CacheSettings) -> Result<bool> {
+    settings.validate()?;
+    let client = open_one_shot(settings).await?;
+    let check = async {
+        Ok(read_version(&client, settings).await? == SCHEMA_VERSION && inspect(&client, settings).await?.is_empty())
+    };
+    bounded(statement_bound(settings), "checking the schema", check).await
+}
+
+/// What `connect` relies on: the schema is at this library's version, and the table, the triggers and a
+/// notification function that notifies the configured channel are all there.
+///
+/// # Errors
+/// [`Error::SchemaOutdated`] (not installed or older), [`Error::SchemaTooNew`], [`Error::SchemaDamaged`].
+pub(crate) async fn verify<C: GenericClient>(client: &C, settings: &CacheSettings) -> Result<()> {
+    let (prefix, expected) = (settings.schema_prefix.clone(), SCHEMA_VERSION);
+    let found = read_version(client, settings).await?;
+    match found.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Less => return Err(Error::SchemaOutdated { prefix, found, expected }),
+        std::cmp::Ordering::Greater => return Err(Error::SchemaTooNew { prefix, found, expected }),
+        std::cmp::Ordering::Equal => {}
+    }
+    let problems = inspect(client, settings).await?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::SchemaDamaged { prefix, what: problems.join("; ") })
+    }
+}
+
+/// Reads the schema version through any client (0 when not installed).
+async fn read_version<C: GenericClient>(client: &C, settings: &CacheSettings) -> Result<i32> {
+    let table = quoted(settings, "cache_schema");
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(Error::from_pg)?
+        .try_get(0)
+        .map_err(Error::from_pg)?;
+    if !exists {
+        return Ok(0);
+    }
+    let sql = format!("SELECT coalesce(max(version), 0) FROM {table}");
+    client.query_one(&sql, &[]).await.map_err(Error::from_pg)?.try_get(0).map_err(Error::from_pg)
+}
+
+/// What is missing or differs from what this library installs: one line per problem, empty when intact.
+async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Result<Vec<String>> {
+    let prefix = &settings.schema_prefix;
+    let mut problems = Vec::new();
+    let table = quoted(settings, "cache_entries");
+    let sequence = quoted(settings, "cache_version_seq");
+    for (object, kind) in [(&table, "table"), (&sequence, "sequence")] {
+        let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[object]).await.map_err(Error::from_pg)?;
+        if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+            problems.push(format!("{kind} {object} is missing"));
+        }
+    }
+    let triggers: Vec<String> = client
+        .query(
+            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgenabled <> 'D'",
+            &[&table],
+        )
+        .await
+        .map_err(Error::from_pg)?
+        .iter()
+        .filter_map(|row| row.try_get(0).ok())
+        .collect();
+    for trigger in TRIGGERS {
+        let name = format!("{prefix}{trigger}");
+        if !triggers.contains(&name) {
+            problems.push(format!("trigger \"{name}\" is missing or disabled"));
+        }
+    }
+    for (function, file) in FUNCTIONS {
+        let name = format!("{prefix}{function}");
+        let source: Option<String> = client
+            .query_opt(
+                "SELECT prosrc FROM pg_proc WHERE proname = $1 AND pronamespace = current_schema()::regnamespace",
+                &[&name],
+            )
+            .await
+            .map_err(Error::from_pg)?
+            .and_then(|row| row.try_get(0).ok());
+        let rendered = render(file, settings);
+        match source {
+            None => problems.push(format!("function \"{name}\" is missing")),
+            Some(src) if Some(src.as_str()) != function_body(&rendered) => problems
+                .push(format!("function \"{name}\" differs from this library's (another channel, or changed by hand)")),
+            Some(_) => {}
+        }
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_replaces_every_placeholder() {
+        let s = CacheSettings::new("postgresql://x@y/z").schema_prefix("mk_").notify_channel("ev").unlogged(true);
+        let out = render(ENTRIES_SQL, &s);
+        assert!(!out.contains("__"), "placeholder left in migration");
+        assert!(out.contains("CREATE UNLOGGED TABLE IF NOT EXISTS \"mk_cache_entries\""));
+        let notify = render(NOTIFY_SQL, &s);
+        assert!(notify.contains("pg_notify('ev'"));
+        assert!(!notify.contains("__CHANNEL__") && !notify.contains("__PREFIX__"));
+    }
+
+    #[test]
+    fn function_bodies_are_found() {
+        let s = CacheSettings::new("postgresql://x@y/z").notify_channel("ev");
+        for (_, file) in FUNCTIONS {
+            let rendered = render(file, &s);
+            let body = function_body(&rendered).unwrap_or("");
+            assert!(body.contains("BEGIN") && body.contains("END"), "{body}");
+        }
+        assert!(function_body(&render(NOTIFY_SQL, &s)).is_some_and(|b| b.contains("pg_notify('ev'")));
+    }
+}

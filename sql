@@ -1,0 +1,1 @@
+crates/pgcache-core/sql
