@@ -1,11 +1,10 @@
 //! What a [`PgCacheLayer`](crate::PgCacheLayer) is configured with: the options ([`Config`]), the key
 //! hook ([`MakeKey`], [`DefaultKey`], [`KeyScope`]), and [`Shared`], what every clone of the service reads.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use pgcache_core::CacheStore;
+use pgcache_core::SharedCache;
 
 use crate::policy::Rules;
 
@@ -163,11 +162,11 @@ impl Config {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) rules: Rules,
-    pub(crate) store: Arc<dyn CacheStore>,
+    pub(crate) store: SharedCache,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config, store: Arc<dyn CacheStore>) -> Self {
+    pub(crate) fn new(config: Config, store: SharedCache) -> Self {
         Self { rules: config.rules(), config, store }
     }
 }

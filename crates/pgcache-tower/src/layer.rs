@@ -1,15 +1,13 @@
 //! [`PgCacheLayer`]: the configuration, the key hook and the cache, nothing else.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use pgcache_core::CacheStore;
+use pgcache_core::{Codec, JsonCodec, SharedCache};
 use tower_layer::Layer;
 
 use crate::config::{Config, DefaultKey, KeyScope, MakeKey, Shared};
 use crate::purge::HttpCache;
 use crate::service::PgCache;
-use crate::store::IntoStore;
 
 /// A [`tower_layer::Layer`] that puts a shared, RFC 9111 HTTP response cache in front of a service.
 ///
@@ -39,7 +37,7 @@ use crate::store::IntoStore;
 pub struct PgCacheLayer<K = DefaultKey> {
     config: Config,
     make_key: K,
-    store: Arc<dyn CacheStore>,
+    store: SharedCache,
 }
 
 impl<K> std::fmt::Debug for PgCacheLayer<K> {
@@ -69,7 +67,14 @@ macro_rules! setter {
 }
 
 impl PgCacheLayer {
-    /// A layer caching into `cache` with the default options.
+    /// A layer caching into `cache` with the default options: anything that converts into a
+    /// [`SharedCache`] (a [`PostgresCache`](pgcache_core::PostgresCache), a
+    /// [`NullCache`](pgcache_core::NullCache), a `SharedCache`, pgcache-axum's `Cache`). The layer stores
+    /// bytes, so the cache's codec does not matter.
+    ///
+    /// The layer never connects nor migrates by itself: to start before PostgreSQL is reachable, give it
+    /// a [`PostgresCache::connect_lazy`](pgcache_core::PostgresCache::connect_lazy) cache, which connects
+    /// on first use (requests are served uncached until it can).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), pgcache_core::Error> {
@@ -77,12 +82,15 @@ impl PgCacheLayer {
     /// use pgcache_tower::PgCacheLayer;
     ///
     /// let settings = CacheSettings::new("postgresql://localhost/app").schema_prefix("http_");
+    /// // Connected up front (after the migrations)...
     /// PostgresCache::init_db(&settings).await?;
-    /// let layer = PgCacheLayer::new(PostgresCache::connect(settings).await?);
-    /// # let _ = layer; Ok(()) }
+    /// let layer = PgCacheLayer::new(PostgresCache::connect(settings.clone()).await?);
+    /// // ...or on first use (no migrations).
+    /// let lazy = PgCacheLayer::new(PostgresCache::connect_lazy(settings)?);
+    /// # let _ = (layer, lazy); Ok(()) }
     /// ```
-    pub fn new(cache: impl IntoStore) -> Self {
-        Self { config: Config::default(), make_key: DefaultKey, store: cache.into_store() }
+    pub fn new<C: Codec + Clone>(cache: impl Into<SharedCache<C>>) -> Self {
+        Self { config: Config::default(), make_key: DefaultKey, store: cache.into().with_codec(JsonCodec) }
     }
 }
 
@@ -334,7 +342,7 @@ impl<K> PgCacheLayer<K> {
     /// # let _ = http;
     /// ```
     pub fn http_cache(&self) -> HttpCache {
-        HttpCache::from_parts(Arc::clone(&self.store), self.config.namespace.clone())
+        HttpCache::from_parts(self.store.clone(), self.config.namespace.clone())
     }
 }
 
@@ -342,7 +350,7 @@ impl<S, K: Clone> Layer<S> for PgCacheLayer<K> {
     type Service = PgCache<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let shared = Shared::new(self.config.clone(), Arc::clone(&self.store));
-        PgCache::new(inner, Arc::new(shared), self.make_key.clone())
+        let shared = Shared::new(self.config.clone(), self.store.clone());
+        PgCache::new(inner, std::sync::Arc::new(shared), self.make_key.clone())
     }
 }

@@ -15,7 +15,6 @@ mod policy;
 mod purge;
 mod service;
 mod status;
-mod store;
 
 #[doc(inline)]
 pub use body::{PgBody, ReplayBody};
@@ -34,5 +33,3 @@ pub use purge::HttpCache;
 pub use service::PgCache;
 #[doc(inline)]
 pub use status::CacheStatusMember;
-#[doc(inline)]
-pub use store::IntoStore;

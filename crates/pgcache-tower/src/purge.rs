@@ -1,15 +1,12 @@
 //! [`HttpCache`]: programmatic purges of what a [`PgCacheLayer`](crate::PgCacheLayer) stored, without
 //! the layer.
 
-use std::sync::Arc;
-
 use http::Uri;
-use pgcache_core::CacheStore;
+use pgcache_core::{CacheStore, Codec, JsonCodec, SharedCache};
 
 use crate::config::DEFAULT_NAMESPACE;
 use crate::error::PurgeError;
 use crate::key;
-use crate::store::IntoStore;
 
 /// A handle that purges the responses a [`PgCacheLayer`](crate::PgCacheLayer) stored, on every node.
 ///
@@ -30,7 +27,7 @@ use crate::store::IntoStore;
 /// ```
 #[derive(Clone)]
 pub struct HttpCache {
-    store: Arc<dyn CacheStore>,
+    store: SharedCache,
     namespace: String,
 }
 
@@ -41,12 +38,13 @@ impl std::fmt::Debug for HttpCache {
 }
 
 impl HttpCache {
-    /// A handle on `cache`, for the default namespace (`http:`, as a layer that sets none).
-    pub fn new(cache: impl IntoStore) -> Self {
-        Self::from_parts(cache.into_store(), DEFAULT_NAMESPACE.to_owned())
+    /// A handle on `cache` (anything [`PgCacheLayer::new`](crate::PgCacheLayer::new) accepts), for the
+    /// default namespace (`http:`, as a layer that sets none).
+    pub fn new<C: Codec + Clone>(cache: impl Into<SharedCache<C>>) -> Self {
+        Self::from_parts(cache.into().with_codec(JsonCodec), DEFAULT_NAMESPACE.to_owned())
     }
 
-    pub(crate) fn from_parts(store: Arc<dyn CacheStore>, namespace: String) -> Self {
+    pub(crate) fn from_parts(store: SharedCache, namespace: String) -> Self {
         Self { store, namespace }
     }
 

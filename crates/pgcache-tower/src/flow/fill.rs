@@ -2,10 +2,9 @@
 //! `get_or_load` and stores its response (or a hit-for-pass marker); the others wait and share it.
 //! Credentialed requests and second variants fill without collapsing.
 
-use pgcache_core::Source;
+use pgcache_core::{CacheStore, Fill, LoadError, Loaded, Source};
 
 use super::ctx::Mode;
-use super::load::{self, Fill, LoadError, Loaded};
 use super::place::Prepared;
 use super::respond::{only_if_cached, ttl_left};
 use super::{call, Flow, Inner, ResBody, Resp, ERROR_PASS_TTL};
@@ -49,7 +48,7 @@ where
             move || flow.fill(key)
         };
         let status = CacheStatusMember::fwd(fwd);
-        match load::get_or_load(&self.shared.store, &key, loader).await {
+        match self.shared.store.get_or_load(&key, loader).await {
             Ok(Loaded { output: Some(Filled::Stored(stored)), stored: written, unavailable, .. }) => {
                 let age = stored.freshness.initial_age;
                 let mut status = status.fwd_status(stored.status.as_u16()).ttl(ttl_left(&stored, age));

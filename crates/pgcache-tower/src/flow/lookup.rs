@@ -3,7 +3,7 @@
 //! background refresh; otherwise → revalidate now.
 
 use http::header::HeaderName;
-use pgcache_core::Entry;
+use pgcache_core::{CacheStore, Entry};
 
 use super::respond::{only_if_cached, ttl_left};
 use super::{Flow, Inner, ResBody, Resp};

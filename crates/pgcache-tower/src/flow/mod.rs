@@ -14,7 +14,6 @@
 
 mod ctx;
 mod fill;
-mod load;
 mod lookup;
 mod place;
 mod refresh;
@@ -28,7 +27,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, Uri};
 use http_body::Body;
-use pgcache_core::Error;
+use pgcache_core::{CacheStore, Error};
 use tower_service::Service;
 
 use crate::body::{read_request, PgBody, ReplayBody, RequestBody};
@@ -273,7 +272,7 @@ where
 
     /// Where this request's responses are stored.
     fn placement(&self) -> Placement<'_> {
-        Placement { store: &*self.shared.store, namespace: &self.shared.config.namespace, keys: &self.ctx.keys }
+        Placement { store: &self.shared.store, namespace: &self.shared.config.namespace, keys: &self.ctx.keys }
     }
 
     /// What the storage rules need.

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use http::StatusCode;
+use pgcache_core::{CacheStore, Fill, LoadError, Loaded, SetOptions, Ttl};
 
 use super::ctx::Mode;
-use super::load::{self, Fill, LoadError, Loaded};
 use super::place::Prepared;
 use super::respond::ttl_left;
 use super::{call, Flow, Inner, ResBody, Resp, ERROR_PASS_TTL, REFRESH_RESULT_TTL};
@@ -51,7 +51,7 @@ where
             let (flow, key, old) = (self.clone(), key.clone(), stored.clone());
             move || flow.refresh(key, old)
         };
-        let result = load::get_or_load(&self.shared.store, &key::refresh(&key, version), loader).await;
+        let result = self.shared.store.get_or_load(&key::refresh(&key, version), loader).await;
         let serve_stale = |fwd_status: Option<u16>| {
             let mut status = CacheStatusMember::fwd("stale").ttl(ttl_left(&stored, age)).detail("stale-if-error");
             status.fwd_status = fwd_status;
@@ -107,11 +107,11 @@ where
 
     /// Runs the refresh in the background (stale-while-revalidate); the request is served meanwhile.
     pub(super) fn spawn_refresh(self, key: String, stored: Box<Stored>, version: i64) {
-        let store = std::sync::Arc::clone(&self.shared.store);
+        let store = self.shared.store.clone();
         let refresh_key = key::refresh(&key, version);
         tokio::spawn(async move {
             let loader = move || self.refresh(key, stored);
-            match load::get_or_load(&store, &refresh_key, loader).await {
+            match store.get_or_load(&refresh_key, loader).await {
                 Ok(_) => {}
                 Err(LoadError::Cache(e)) => {
                     tracing::debug!(target: "pgcache::tower", error = %e, "background refresh failed; the stale entry stays");
@@ -130,10 +130,7 @@ where
     async fn refresh(mut self, key: String, old: Box<Stored>) -> Result<Fill<Refreshed<RB, S::Error>>, Resp<RB>> {
         let resp = call(&mut self.inner, self.ctx.request(Mode::Revalidate(&old))).await;
         let short = |value| {
-            let options = pgcache_core::SetOptions {
-                ttl: pgcache_core::Ttl::After(REFRESH_RESULT_TTL),
-                tags: self.ctx.keys.base_tags(),
-            };
+            let options = SetOptions { ttl: Ttl::After(REFRESH_RESULT_TTL), tags: self.ctx.keys.base_tags() };
             (value, options)
         };
         let error_marker = |output| {

@@ -37,7 +37,6 @@ async fn a_dead_database_is_served_by_the_handler() {
     drop(cluster);
 }
 
-#[cfg(any())] // LAZY: until core's connect_lazy is merged
 #[tokio::test]
 async fn a_lazy_cache_that_cannot_connect_fails_open() {
     let origin = Origin::new();
@@ -53,7 +52,6 @@ async fn a_lazy_cache_that_cannot_connect_fails_open() {
     assert_eq!(origin.hits(), 2);
 }
 
-#[cfg(any())] // LAZY: until core's connect_lazy is merged
 #[tokio::test]
 async fn a_lazy_cache_connects_on_first_use() {
     let origin = Origin::new();
