@@ -95,7 +95,7 @@ async fn serve(port: u16) -> Result<()> {
     println!("listening on http://{}", listener.local_addr()?);
     let response_cache = PgCacheLayer::new(cache.clone())
         .grpc_method(GET_PROFILE)
-        .default_ttl(Some(RESPONSE_TTL))
+        .default_ttl(RESPONSE_TTL)
         .status_name("pgcache-http");
     tonic::transport::Server::builder()
         .layer(response_cache)
