@@ -7,6 +7,7 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use pgcache_core::{CacheStore, Codec, Error, Expiry, Fill, LoadError, SetOptions, Source, Ttl, TypedCache};
+use pgcache_tower::CacheStatusMember;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::Cache;
@@ -242,23 +243,27 @@ impl<T> Lookup<T> {
     /// # }
     /// ```
     pub fn cache_status(&self) -> HeaderValue {
+        self.cache_status_member().header_value("pgcache")
+    }
+
+    /// This lookup as an RFC 9211 `Cache-Status` member (the same type `pgcache-tower` renders), to name
+    /// the cache otherwise or add to it.
+    pub fn cache_status_member(&self) -> CacheStatusMember {
         let mut member = match (self.source, self.stored) {
-            (Source::Local | Source::Shared, _) => "pgcache; hit".to_owned(),
-            (Source::Collapsed, _) => "pgcache; fwd=uri-miss; collapsed".to_owned(),
-            (_, true) => "pgcache; fwd=uri-miss; stored".to_owned(),
-            (_, false) => "pgcache; fwd=uri-miss".to_owned(),
+            (Source::Local | Source::Shared, _) => CacheStatusMember::hit(),
+            (Source::Collapsed, _) => CacheStatusMember::fwd("uri-miss").collapsed(),
+            (_, true) => CacheStatusMember::fwd("uri-miss").stored(),
+            (_, false) => CacheStatusMember::fwd("uri-miss"),
         };
         if let (Expiry::In(left), true) = (self.expiry, self.stored) {
-            member.push_str(&format!("; ttl={}", left.as_secs()));
+            member = member.ttl(i64::try_from(left.as_secs()).unwrap_or(i64::MAX));
         }
         match self.source {
-            Source::Local => member.push_str("; detail=local"),
-            Source::Shared => member.push_str("; detail=shared"),
-            _ if self.unavailable => member.push_str("; detail=cache-unavailable"),
-            _ => {}
+            Source::Local => member.detail("local"),
+            Source::Shared => member.detail("shared"),
+            _ if self.unavailable => member.detail("cache-unavailable"),
+            _ => member,
         }
-        // Only ASCII tokens and digits: always a valid header value.
-        HeaderValue::try_from(member).unwrap_or_else(|_| HeaderValue::from_static("pgcache"))
     }
 
     /// Runs the extraction: input, key, then the cache's `get_or_load` with `T::load` as the loader.
