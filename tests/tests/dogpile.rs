@@ -1,7 +1,7 @@
-//! Issue #2, behaviour 5: dogpile safety across OS processes. Several `dogpile_worker` processes x many
-//! tasks each call `get_or_set` on cold keys at the same moment, with a loader that sleeps 200 ms and
-//! counts its runs in a table: every key is loaded exactly once and every caller gets that value.
-//! Also the same inside one process, with several cache instances.
+//! Dogpile safety across OS processes: several `dogpile_worker` processes x many tasks each call
+//! `get_or_set` on cold keys at the same moment, with a loader that sleeps 200 ms and counts its runs in
+//! a table: every key is loaded exactly once and every caller gets that value. The same holds inside one
+//! process with several cache instances, and a holder process that crashes mid-load blocks nobody.
 
 use std::collections::HashMap;
 use std::process::Stdio;

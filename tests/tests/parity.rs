@@ -1,8 +1,8 @@
-//! Issue #2, behaviour 12: the original Python library's (postgres-cache 0.1.x) own test cases, in Rust:
-//! round trip, expiry, forced invalidation, notifications clearing another client's local cache,
-//! `get_or_set` running its loader once for concurrent callers, disabled notifications creating no
-//! listener, the too-many-connections message, prefixed objects created by the migrations, an outdated
-//! schema version detected, `NullCache` never storing.
+//! What the original Python library (postgres-cache 0.1.x) guaranteed still holds, case by case: round
+//! trip, expiry, forced invalidation, notifications clearing another client's local cache, `get_or_set`
+//! running its loader once for concurrent callers, disabled notifications creating no listener, a
+//! too-many-connections message that says how to use fewer, prefixed objects created by the migrations,
+//! an outdated schema version detected, `NullCache` never storing; and `close` releasing every connection.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
