@@ -6,10 +6,11 @@
 //! When neither is possible the test fails with a message naming what to install: a suite that passes
 //! without a database proves nothing.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -138,6 +139,42 @@ pub async fn advisory_lock_holder(client: &tokio_postgres::Client, key: i64) -> 
         )
         .await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+/// Whether a backend of application `app` last ran `pg_try_advisory_lock`: the mark of a `get_or_load`
+/// caller that tried the key's lock across processes and, while another session holds it, polls for it
+/// (the last statement of an idle backend stays in `pg_stat_activity.query`).
+pub async fn tried_advisory_lock(client: &tokio_postgres::Client, app: &str) -> Result<bool> {
+    Ok(backends(client, app).await?.iter().any(|(_, query)| query.starts_with("SELECT pg_try_advisory_lock(")))
+}
+
+/// Counts the futures it tracks that are parked: each counts once, the first time it returns `Pending`,
+/// that is once it has done all it can without waiting for something else (a lock, a query, a
+/// notification). A test that needs callers to be waiting polls [`count`](Self::count) with a deadline
+/// ([`eventually`]) instead of sleeping and hoping.
+#[derive(Clone, Debug, Default)]
+pub struct Parked(Arc<AtomicUsize>);
+
+impl Parked {
+    /// `future`, counted the first time it parks.
+    pub fn track<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        let parked = Arc::clone(&self.0);
+        let mut counted = false;
+        let mut future = Box::pin(future);
+        std::future::poll_fn(move |cx| {
+            let poll = future.as_mut().poll(cx);
+            if poll.is_pending() && !counted {
+                counted = true;
+                parked.fetch_add(1, Ordering::SeqCst);
+            }
+            poll
+        })
+    }
+
+    /// How many tracked futures have parked so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// `pg_terminate_backend(pid)`: true when the backend existed.
