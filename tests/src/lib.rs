@@ -367,6 +367,22 @@ impl TestCluster {
         )
     }
 
+    /// Makes the server check passwords on TCP connections (`scram-sha-256`) for every role but
+    /// `postgres`, which stays trusted so the tests can still administer it; reloads the configuration.
+    /// The reload is asynchronous: poll for its effect.
+    ///
+    /// # Errors
+    /// `pg_hba.conf` could not be written, or `pg_ctl reload` failed.
+    pub fn require_passwords(&self) -> Result<()> {
+        let hba = self.dir.join("data").join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .with_context(|| format!("writing {}", hba.display()))?;
+        self.run("pg_ctl", &["-D", &self.data(), "reload"])
+    }
+
     fn data(&self) -> String {
         self.dir.join("data").display().to_string()
     }
