@@ -37,6 +37,7 @@ impl Item {
 impl CacheResource<AppState> for Item {
     type Input = Path<u64>;
     type Rejection = StatusCode;
+    type Codec = pgcache_core::JsonCodec;
 
     fn key(Path(id): &Path<u64>, _state: &AppState) -> String {
         format!("bench:item:{id}")

@@ -340,6 +340,7 @@ where
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use axum::extract::Query;
     use axum::http::{Request, StatusCode};

@@ -54,6 +54,7 @@ struct Profile {
 impl CacheResource<AppState> for Profile {
     type Input = Path<u64>;
     type Rejection = StatusCode;
+    type Codec = pgcache_core::JsonCodec;
 
     fn key(Path(id): &Path<u64>, _state: &AppState) -> String {
         format!("profile:{id}")
@@ -83,6 +84,7 @@ struct Echo(String);
 impl CacheResource<AppState> for Echo {
     type Input = Path<String>;
     type Rejection = StatusCode;
+    type Codec = pgcache_core::JsonCodec;
 
     fn key(Path(key): &Path<String>, _state: &AppState) -> String {
         key.clone()
@@ -117,7 +119,7 @@ async fn echo(Cached(Echo(key)): Cached<Echo>) -> String {
 }
 
 /// Serves one app instance on a free port; returns its base URL.
-async fn serve(cache: impl CacheStore, db: &Db) -> Result<String> {
+async fn serve(cache: impl Into<pgcache_core::SharedCache>, db: &Db) -> Result<String> {
     let app = Router::new()
         .route("/profiles/{id}", get(get_profile).put(put_profile))
         .route("/echo/{key}", get(echo))

@@ -377,9 +377,17 @@ impl<C> PostgresCache<C> {
         validate::key(key, self.shared.settings.max_key_bytes)
     }
 
-    fn check_fill<T>(&self, key: &str, fill: &Fill<T>) -> Result<()> {
-        validate::value(key, fill.value.len(), self.shared.settings.max_value_bytes)?;
-        validate::tags(&fill.options.tags)
+    /// Whether a loaded fill may be stored: bad tags are an error; a value over `max_value_bytes` is served
+    /// to its caller but not stored (the loader's work is not lost), and logged.
+    fn storable<T>(&self, key: &str, fill: &Fill<T>) -> Result<bool> {
+        validate::tags(&fill.options.tags)?;
+        match validate::value(key, fill.value.len(), self.shared.settings.max_value_bytes) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::warn!(target: "pgcache::cache", error = %e, "serving the loaded value uncached");
+                Ok(false)
+            }
+        }
     }
 
     /// The connected instance, connecting first after `connect_lazy`.
@@ -516,9 +524,12 @@ impl<C> PostgresCache<C> {
             }
         }
         // No lock (timed out, or the database is out of reach): load anyway and try to store.
-        let fill = self.run_loader(key, loader).await?;
+        let fill = loader.run().await.map_err(LoadError::Loader)?;
+        if !self.storable(key, &fill)? {
+            return Ok(self.loaded_by_loader(fill, None, false));
+        }
         let version = node.write_pooled(key, &fill.value, &fill.options, snapshot).await.ok();
-        Ok(self.loaded_by_loader(fill, version))
+        Ok(self.loaded_by_loader(fill, version, true))
     }
 
     /// Holding the lock: re-check the table, run the loader, write on the lock's connection, unlock.
@@ -539,8 +550,17 @@ impl<C> PostgresCache<C> {
                 return Ok(Loaded::found(row, Source::Collapsed));
             }
         }
-        let fill = match self.run_loader(key, loader).await {
-            Ok(fill) => fill,
+        let loaded = async {
+            let fill = loader.run().await.map_err(LoadError::Loader)?;
+            let storable = self.storable(key, &fill)?;
+            Ok::<_, LoadError<DynOutput>>((fill, storable))
+        };
+        let fill = match loaded.await {
+            Ok((fill, true)) => fill,
+            Ok((fill, false)) => {
+                guard.release().await;
+                return Ok(self.loaded_by_loader(fill, None, false));
+            }
             Err(e) => {
                 guard.release().await;
                 return Err(e);
@@ -558,26 +578,21 @@ impl<C> PostgresCache<C> {
             // The lock's connection broke (e.g. terminated): try once through the pool.
             version = node.write_pooled(key, &fill.value, &fill.options, snapshot).await.ok();
         }
-        Ok(self.loaded_by_loader(fill, version))
+        Ok(self.loaded_by_loader(fill, version, true))
     }
 
     /// The database is out of reach (fail open): the loader runs, nothing is stored.
     async fn load_uncached(&self, key: &str, loader: DynLoader) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
-        let fill = self.run_loader(key, loader).await?;
-        let expiry = fill.options.ttl.expiry(self.shared.settings.default_ttl);
-        Ok(Loaded::by_loader(fill, None, expiry, true))
-    }
-
-    async fn run_loader(&self, key: &str, loader: DynLoader) -> Result<Fill<DynOutput>, LoadError<DynOutput>> {
         let fill = loader.run().await.map_err(LoadError::Loader)?;
-        self.check_fill(key, &fill)?;
-        Ok(fill)
+        self.storable(key, &fill)?;
+        Ok(self.loaded_by_loader(fill, None, true))
     }
 
-    /// The answer of a caller that ran the loader; `version` is `None` when storing failed.
-    fn loaded_by_loader(&self, fill: Fill<DynOutput>, version: Option<i64>) -> Loaded<DynOutput> {
+    /// The answer of a caller that ran the loader; `version` is `None` when it was not stored, and then
+    /// `tried` says whether storing was attempted (and so failed: the database is out of reach).
+    fn loaded_by_loader(&self, fill: Fill<DynOutput>, version: Option<i64>, tried: bool) -> Loaded<DynOutput> {
         let expiry = fill.options.ttl.expiry(self.shared.settings.default_ttl);
-        let unavailable = version.is_none();
+        let unavailable = tried && version.is_none();
         Loaded::by_loader(fill, version, expiry, unavailable)
     }
 }
@@ -790,6 +805,10 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
 
     fn default_ttl(&self) -> Duration {
         self.shared.settings.default_ttl
+    }
+
+    fn max_value_bytes(&self) -> usize {
+        self.shared.settings.max_value_bytes
     }
 }
 

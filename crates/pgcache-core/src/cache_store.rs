@@ -391,7 +391,8 @@ pub trait CacheStore: Send + Sync + 'static {
     /// ran the loader also gets the fill's typed [`output`](Fill::output) in [`Loaded::output`].
     ///
     /// Loader errors come back typed as [`LoadError::Loader`] and are never cached; the next call retries.
-    /// If the database is unreachable the loader runs anyway (fail open).
+    /// If the database is unreachable the loader runs anyway (fail open). A value over
+    /// [`max_value_bytes`](Self::max_value_bytes) is returned but not stored (`stored: false`).
     ///
     /// ```no_run
     /// # async fn demo(cache: pgcache_core::PostgresCache) -> Result<(), Box<dyn std::error::Error>> {
@@ -414,8 +415,8 @@ pub trait CacheStore: Send + Sync + 'static {
     /// ```
     ///
     /// # Errors
-    /// [`LoadError::Loader`] with the loader's error; [`LoadError::Cache`] for a bad key, a value over
-    /// `max_value_bytes`, or database errors when configured to fail closed.
+    /// [`LoadError::Loader`] with the loader's error; [`LoadError::Cache`] for a bad key or bad tags, or
+    /// database errors when configured to fail closed.
     ///
     /// # Cancel safety
     /// Dropping the future releases the advisory lock (by closing its connection if need be); other
@@ -451,4 +452,10 @@ pub trait CacheStore: Send + Sync + 'static {
 
     /// The TTL that [`Ttl::Default`] stands for.
     fn default_ttl(&self) -> Duration;
+
+    /// The largest value this cache stores, in bytes (`max_value_bytes`). A larger value that a
+    /// [`get_or_load`](Self::get_or_load) loader returns is served to its caller but not stored.
+    fn max_value_bytes(&self) -> usize {
+        usize::MAX
+    }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::AsyncMessage;
 
 use crate::coherence::{Coherence, Lease};
+use crate::conn::{bounded, statement_bound};
 use crate::settings::CacheSettings;
 
 /// A notification payload, as built by `sql/notify_function.sql`.
@@ -121,7 +122,8 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
     let heartbeat_every = settings.heartbeat_interval;
     let result = async {
         let listen = format!("LISTEN \"{}\"", settings.notify_channel);
-        client.batch_execute(&listen).await.map_err(|e| format!("LISTEN: {e}"))?;
+        let listening = async { client.batch_execute(&listen).await.map_err(crate::Error::from_pg) };
+        bounded(statement_bound(settings), "LISTEN", listening).await.map_err(|e| e.to_string())?;
         // Anything cached before this point may have missed notifications.
         coherence.evict_all();
         lease.renew(Instant::now());
@@ -139,16 +141,16 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
                 },
                 _ = heartbeat.tick() => {
                     let sent = Instant::now();
-                    match tokio::time::timeout(heartbeat_every, client.simple_query("SELECT 1")).await {
-                        Ok(Ok(_)) => {
+                    let beat = async { client.simple_query("SELECT 1").await.map_err(crate::Error::from_pg) };
+                    match bounded(heartbeat_every, "heartbeat", beat).await {
+                        Ok(_) => {
                             // Notifications sent before the reply are already queued: apply them first.
                             while let Ok(payload) = notifications.try_recv() {
                                 apply(coherence, prefix, &payload).await;
                             }
                             lease.renew(sent);
                         }
-                        Ok(Err(e)) => return Err(format!("heartbeat: {e}")),
-                        Err(_) => return Err(format!("heartbeat: no answer within {heartbeat_every:?}")),
+                        Err(e) => return Err(e.to_string()),
                     }
                 }
                 reason = &mut driver => return Err(reason.unwrap_or_else(|e| format!("driver: {e}"))),

@@ -1,7 +1,7 @@
 //! The local (L1) cache: moka, bounded by bytes and by entries, with a lifetime per entry.
 //!
 //! This is the store only. What may be installed and served, and when it must go, is decided by
-//! [`Coherence`](crate::coherence::Coherence).
+//! `coherence.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@ use crate::cache_store::{CacheStore, Fill, LoadError};
 use crate::codec::Codec;
 use crate::error::{excerpt, BoxError, Error, Result};
 use crate::ttl::Ttl;
+use crate::validate;
 
 /// Typed values through a [`Codec`] (JSON by default). Import it (or `pgcache_core::prelude::*`) to call
 /// `get`, `set` and `get_or_set` on a [`PostgresCache`](crate::PostgresCache) or [`NullCache`](crate::NullCache).
@@ -119,11 +120,14 @@ pub trait TypedCache: CacheStore + Sized {
         let ttl = ttl.into();
         let codec = self.codec().clone();
         let owned_key = key.to_owned();
+        let max_value_bytes = self.max_value_bytes();
         async move {
             let loaded = self
                 .get_or_load(key, move || async move {
                     let value = loader().await.map_err(|e| Error::Loader(e.into()))?;
                     let bytes = encode(&codec, &owned_key, &value)?;
+                    // Strict, as `set` is: a value that cannot be stored is an error here.
+                    validate::value(&owned_key, bytes.len(), max_value_bytes)?;
                     // The value goes back to this caller as it is, so it is not decoded again.
                     Ok::<_, Error>(Fill::new(bytes, ttl).with_output(value))
                 })

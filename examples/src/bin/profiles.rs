@@ -94,6 +94,7 @@ impl IntoResponse for AppError {
 impl CacheResource<AppState> for Profile {
     type Input = Path<i64>;
     type Rejection = AppError;
+    type Codec = pgcache_core::JsonCodec;
 
     fn key(Path(id): &Path<i64>, _state: &AppState) -> String {
         profile_key(*id)
@@ -116,6 +117,7 @@ struct ProfileList(Vec<Profile>);
 impl CacheResource<AppState> for ProfileList {
     type Input = ();
     type Rejection = AppError;
+    type Codec = pgcache_core::JsonCodec;
 
     fn key((): &(), _state: &AppState) -> String {
         LIST_KEY.to_owned()
