@@ -212,6 +212,29 @@ pub fn with_user(dsn: &str, user: &str, password: &str) -> Result<String> {
     bail!("cannot rewrite the user of DSN {dsn:?}")
 }
 
+/// `dsn` with the server `options` set to `options` (e.g. `-c default_transaction_read_only=on`; spaces
+/// and `=` only), in URL or key=value form.
+pub fn with_options(dsn: &str, options: &str) -> String {
+    if dsn.contains("://") {
+        let separator = if dsn.contains('?') { '&' } else { '?' };
+        format!("{dsn}{separator}options={}", options.replace(' ', "%20").replace('=', "%3D"))
+    } else {
+        format!("{dsn} options='{options}'")
+    }
+}
+
+/// `dsn` naming another database, in URL or key=value form.
+pub fn with_dbname(dsn: &str, dbname: &str) -> Result<String> {
+    if !dsn.contains("://") {
+        return Ok(format!("{dsn} dbname={dbname}"));
+    }
+    let (base, query) = dsn.split_once('?').map_or((dsn, None), |(b, q)| (b, Some(q)));
+    let (scheme, rest) = base.split_once("://").context("DSN without a scheme")?;
+    let authority = rest.split_once('/').map_or(rest, |(authority, _)| authority);
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    Ok(format!("{scheme}://{authority}/{dbname}{query}"))
+}
+
 /// A raw LISTEN on `channel` over its own connection, for tests that look at notifications themselves.
 pub struct NotifyTap {
     client: tokio_postgres::Client,

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use pgcache_core::prelude::*;
 use pgcache_core::{CacheSettings, Error};
-use pgcache_tests::{connect, entries_table, eventually, make_local, node, settings_for, settings_on, sql_client};
+use pgcache_tests::{
+    connect, entries_table, eventually, make_local, node, settings_for, settings_on, sql_client, with_options,
+};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -184,16 +186,6 @@ impl<S: tracing::Subscriber> Layer<S> for Notices {
                 seen.push(messages.0.join(" | "));
             }
         }
-    }
-}
-
-/// `dsn` with the server `options` set to `options` (spaces and `=` only; URL or key=value form).
-fn with_options(dsn: &str, options: &str) -> String {
-    if dsn.contains("://") {
-        let separator = if dsn.contains('?') { '&' } else { '?' };
-        format!("{dsn}{separator}options={}", options.replace(' ', "%20").replace('=', "%3D"))
-    } else {
-        format!("{dsn} options='{options}'")
     }
 }
 
