@@ -528,7 +528,7 @@ impl<C> PostgresCache<C> {
         if !self.storable(key, &fill)? {
             return Ok(self.loaded_by_loader(fill, None, false));
         }
-        let version = node.write_pooled(key, &fill.value, &fill.options, snapshot).await.ok();
+        let version = self.stored(node.write_pooled(key, &fill.value, &fill.options, snapshot).await)?;
         Ok(self.loaded_by_loader(fill, version, true))
     }
 
@@ -570,13 +570,20 @@ impl<C> PostgresCache<C> {
         if let Some(conn) = guard.conn() {
             match node.write(conn, key, &fill.value, &fill.options, snapshot).await {
                 Ok(v) => version = Some(v),
-                Err(e) => tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value"),
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; retrying through the pool")
+                }
+                Err(e) => {
+                    // The server refused the write (e.g. a read-only session): not an outage, say so.
+                    guard.release().await;
+                    return Err(e.into());
+                }
             }
         }
         guard.release().await;
         if version.is_none() {
             // The lock's connection broke (e.g. terminated): try once through the pool.
-            version = node.write_pooled(key, &fill.value, &fill.options, snapshot).await.ok();
+            version = self.stored(node.write_pooled(key, &fill.value, &fill.options, snapshot).await)?;
         }
         Ok(self.loaded_by_loader(fill, version, true))
     }
@@ -586,6 +593,15 @@ impl<C> PostgresCache<C> {
         let fill = loader.run().await.map_err(LoadError::Loader)?;
         self.storable(key, &fill)?;
         Ok(self.loaded_by_loader(fill, None, true))
+    }
+
+    /// The version a loaded value was stored with, or `None` when the database is out of reach and the
+    /// cache fails open; a write the server refused is an error.
+    fn stored(&self, written: Result<i64>) -> Result<Option<i64>> {
+        match written {
+            Ok(version) => Ok(Some(version)),
+            Err(e) => self.read_failed(e, None),
+        }
     }
 
     /// The answer of a caller that ran the loader; `version` is `None` when it was not stored, and then
