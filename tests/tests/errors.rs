@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use pgcache_core::prelude::*;
 use pgcache_core::{Error, Fill, LoadError};
 use pgcache_tests::{
-    blocking, connect, entries_table, eventually, login_role, settings_for, settings_on, sql_client, with_dbname,
-    with_options, with_user, TestCluster,
+    advisory_lock_holder, blocking, connect, entries_table, eventually, login_role, settings_for, settings_on,
+    sql_client, with_dbname, with_options, with_user, TestCluster,
 };
 
 /// A `get_or_set` whose loader counts its runs.
@@ -176,18 +176,23 @@ async fn a_refused_write_is_an_error_not_an_outage() -> anyhow::Result<()> {
 }
 
 /// The same refused write inside `get_or_set`: the loaded value cannot be stored although the server
-/// is up, so the caller gets the server's error rather than a silent, unstored load (which
-/// `get_or_load` reports as `unavailable`, an outage that did not happen).
+/// is up, so the caller gets the server's error rather than a silent, unstored load reported as an
+/// outage that did not happen.
 #[tokio::test]
-#[ignore = "core bug: get_or_load swallows a refused write (cache.rs fill_under_lock/fill_across_processes: write_pooled(..).ok())"]
 async fn get_or_set_reports_a_refused_write() -> anyhow::Result<()> {
-    let cache = PostgresCache::connect(read_only("err_ro_load").await?).await?;
+    let settings = read_only("err_ro_load").await?;
+    let cache = PostgresCache::connect(settings.clone()).await?;
+    let admin = sql_client(&settings.dsn).await?;
     let runs = Arc::new(AtomicU32::new(0));
     let outcome = counted_get_or_set(&cache, "k", &runs).await;
     let load = cache.get_or_load("k2", || async { Ok::<_, Error>(Fill::new("x", Ttl::Default)) }).await;
     eprintln!("in a read-only session: get_or_set {outcome:?}; get_or_load {load:?}");
     assert!(matches!(&outcome, Err(e) if !e.is_unavailable()), "expected the server's error, got {outcome:?}");
     assert!(matches!(&load, Err(LoadError::Cache(e)) if !e.is_unavailable()), "{load:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the loader ran once; its value could not be stored");
+    for key in ["k", "k2"] {
+        assert_eq!(advisory_lock_holder(&admin, cache.lock_key(key)).await?, None, "{key}'s lock is released");
+    }
     cache.close().await;
     Ok(())
 }
