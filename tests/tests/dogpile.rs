@@ -161,7 +161,8 @@ async fn one_cold_key_many_nodes_in_one_process_loads_once() -> anyhow::Result<(
         nodes.push(connect(&node(&settings, &format!("n{i}"))).await?);
     }
     let runs = Arc::new(AtomicU32::new(0));
-    // The loader is held until all 60 calls are seen in flight.
+    // The loader is held until it has started and all 60 calls are seen in flight (each has parked, and
+    // none can finish before the held loader's value exists).
     let (open, gate) = tokio::sync::watch::channel(false);
     let parked = Parked::default();
     let mut handles = Vec::new();
@@ -173,8 +174,8 @@ async fn one_cold_key_many_nodes_in_one_process_loads_once() -> anyhow::Result<(
                 .get_or_set(
                     "cold",
                     move || async move {
-                        let _ = gate.wait_for(|open| *open).await;
                         let n = runs.fetch_add(1, Ordering::SeqCst);
+                        let _ = gate.wait_for(|open| *open).await;
                         Ok::<_, std::io::Error>(format!("loaded#{n}"))
                     },
                     None,
@@ -182,7 +183,7 @@ async fn one_cold_key_many_nodes_in_one_process_loads_once() -> anyhow::Result<(
                 .await
         })));
     }
-    eventually(Duration::from_secs(5), || async { parked.count() == 60 }).await?;
+    eventually(Duration::from_secs(5), || async { parked.count() == 60 && runs.load(Ordering::SeqCst) > 0 }).await?;
     open.send(true)?;
     for handle in handles {
         assert_eq!(handle.await??, "loaded#0");

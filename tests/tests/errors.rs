@@ -68,6 +68,9 @@ async fn wrong_password_shows_the_servers_message() -> anyhow::Result<()> {
         Err(err) => assert!(err.to_string().contains(&expected), "{err}"),
         Ok(v) => panic!("a wrong password must not read as a miss, got {v:?}"),
     }
+    // A write right after (answered from the back-off, without a new attempt) still names the cause.
+    let err = lazy.set("k", &"v", None).await.err().ok_or_else(|| anyhow::anyhow!("a write got through"))?;
+    assert!(err.to_string().contains(&expected), "{err}");
     // The right password works.
     let mut right = settings.clone();
     right.dsn = good;
@@ -233,8 +236,8 @@ async fn connect_lazy_starts_without_a_server_and_connects_when_it_is_back() -> 
     assert_eq!(cache.get::<String>("k").await?, None);
     let read = start.elapsed();
     if failed.elapsed() < Duration::from_secs(1) {
-        assert!(read < Duration::from_millis(100), "a read during the back-off took {read:?}");
-        assert!(took < Duration::from_millis(100), "a write during the back-off took {took:?}");
+        assert!(read < Duration::from_millis(500), "a read during the back-off took {read:?}");
+        assert!(took < Duration::from_millis(500), "a write during the back-off took {took:?}");
     }
     // get_or_load runs the loader and says the value was not stored.
     let load = cache.get_or_load("fresh", || async { Ok::<_, Error>(Fill::new("raw", Ttl::Default)) }).await?;

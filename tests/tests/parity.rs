@@ -121,8 +121,8 @@ async fn get_or_set_runs_the_loader_once_for_concurrent_callers() -> anyhow::Res
     let a = connect(&node(&settings, "a")).await?;
     let b = connect(&node(&settings, "b")).await?;
     let runs = Arc::new(AtomicU32::new(0));
-    // The loader is held until all 40 calls are seen in flight (each parked: waiting for the key's
-    // flight, its lock or, for the one that runs it, the loader itself).
+    // The loader is held until it has started and all 40 calls are seen in flight (each has parked, and
+    // none can finish before the held loader's value exists).
     let (open, gate) = tokio::sync::watch::channel(false);
     let parked = Parked::default();
     let calls: Vec<_> = (0..40)
@@ -144,7 +144,7 @@ async fn get_or_set_runs_the_loader_once_for_concurrent_callers() -> anyhow::Res
             }))
         })
         .collect();
-    eventually(Duration::from_secs(5), || async { parked.count() == 40 }).await?;
+    eventually(Duration::from_secs(5), || async { parked.count() == 40 && runs.load(Ordering::SeqCst) > 0 }).await?;
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one loader runs while 40 calls are in flight");
     open.send(true)?;
     for call in calls {
