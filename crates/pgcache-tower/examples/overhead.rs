@@ -63,7 +63,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache = PostgresCache::connect(settings.clone()).await?;
     let shared_only = PostgresCache::connect(settings.local_max_entries(0)).await?;
     let layer = PgCacheLayer::new(cache.clone()).namespace("bench:");
-    layer.purge_all().await?;
+    let http = layer.http_cache();
+    http.purge_all().await?;
     let plain = service_fn(handler);
     let cached = layer.layer(service_fn(handler));
     let l2 = PgCacheLayer::new(shared_only).namespace("bench:").layer(service_fn(handler));
@@ -73,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     measure("layer: hit, PostgreSQL (L2)", l2, 2_000, |_| "/item".to_owned()).await;
     measure("layer: miss + store (new URL each)", cached.clone(), 2_000, |i| format!("/new/{i}")).await;
     measure("layer: pass-through (private)", cached, 2_000, |_| "/private".to_owned()).await;
-    layer.purge_all().await?;
+    http.purge_all().await?;
     cache.close().await;
     Ok(())
 }

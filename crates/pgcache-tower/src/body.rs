@@ -178,6 +178,9 @@ pub trait ReplayBody: Body<Data = bytes::Bytes> + Unpin + Send + Sized + 'static
     fn from_bytes(bytes: Bytes) -> Self;
     /// `prefix`, then the rest of `rest`.
     fn chain(prefix: Bytes, rest: Self) -> Self;
+    /// `prefix`, then `error`: a request body that failed while the layer read it, handed on to the
+    /// inner service as it failed (never as a shorter, complete body).
+    fn failed(prefix: Bytes, error: Self::Error) -> Self;
 }
 
 /// `prefix` then `rest`.
@@ -202,6 +205,32 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Chain<B> {
     }
 }
 
+/// `prefix`, then an error.
+struct Failed<E> {
+    prefix: Option<Bytes>,
+    error: Option<E>,
+}
+
+impl<E> Body for Failed<E> {
+    type Data = Bytes;
+    type Error = E;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        let this = &mut *self;
+        if let Some(prefix) = this.prefix.take().filter(|p| !p.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Poll::Ready(this.error.take().map(Err))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.as_ref().is_none_or(Bytes::is_empty) && self.error.is_none()
+    }
+}
+
+// `Failed` holds no pinned data.
+impl<E> Unpin for Failed<E> {}
+
 impl ReplayBody for axum_core::body::Body {
     fn from_bytes(bytes: Bytes) -> Self {
         Self::from(bytes)
@@ -210,9 +239,13 @@ impl ReplayBody for axum_core::body::Body {
     fn chain(prefix: Bytes, rest: Self) -> Self {
         Self::new(Chain { prefix: Some(prefix), rest })
     }
+
+    fn failed(prefix: Bytes, error: axum_core::Error) -> Self {
+        Self::new(Failed { prefix: Some(prefix), error: Some(error) })
+    }
 }
 
-impl<E: 'static> ReplayBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
+impl<E: Send + 'static> ReplayBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
     fn from_bytes(bytes: Bytes) -> Self {
         http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
     }
@@ -220,9 +253,13 @@ impl<E: 'static> ReplayBody for http_body_util::combinators::UnsyncBoxBody<Bytes
     fn chain(prefix: Bytes, rest: Self) -> Self {
         Chain { prefix: Some(prefix), rest }.boxed_unsync()
     }
+
+    fn failed(prefix: Bytes, error: E) -> Self {
+        Failed { prefix: Some(prefix), error: Some(error) }.boxed_unsync()
+    }
 }
 
-impl<E: 'static> ReplayBody for http_body_util::combinators::BoxBody<Bytes, E> {
+impl<E: Send + Sync + 'static> ReplayBody for http_body_util::combinators::BoxBody<Bytes, E> {
     fn from_bytes(bytes: Bytes) -> Self {
         http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed()
     }
@@ -230,28 +267,43 @@ impl<E: 'static> ReplayBody for http_body_util::combinators::BoxBody<Bytes, E> {
     fn chain(prefix: Bytes, rest: Self) -> Self {
         Chain { prefix: Some(prefix), rest }.boxed()
     }
+
+    fn failed(prefix: Bytes, error: E) -> Self {
+        Failed { prefix: Some(prefix), error: Some(error) }.boxed()
+    }
 }
 
-/// Reads a request body up to `limit` bytes: `Ok(bytes)` when complete, else `Err(body)` rebuilt to
-/// replay what was read followed by the rest.
-pub(crate) async fn read_request<B: ReplayBody>(mut body: B, limit: usize) -> Result<Bytes, B> {
+/// What [`read_request`] made of a request body.
+pub(crate) enum RequestBody<B> {
+    /// The whole body, within the limit.
+    Complete(Bytes),
+    /// Over the limit: rebuilt to replay what was read, then the rest.
+    TooLarge(B),
+    /// The body failed while it was read: rebuilt to replay what was read, then the same error.
+    Failed(B),
+}
+
+/// Reads a request body up to `limit` bytes. A body over the limit or one that fails is handed back
+/// rebuilt, so the inner service sees exactly what it would have seen without the layer (for a failed
+/// body: the bytes read, then the error; never a silently truncated body).
+pub(crate) async fn read_request<B: ReplayBody>(mut body: B, limit: usize) -> RequestBody<B> {
     if body.size_hint().lower() > limit as u64 {
-        return Err(body);
+        return RequestBody::TooLarge(body);
     }
     let mut buf = BytesMut::new();
     loop {
         match body.frame().await {
-            None => return Ok(buf.freeze()),
+            None => return RequestBody::Complete(buf.freeze()),
             Some(Ok(frame)) => {
                 // Request trailers are not part of the key and are dropped on replay (rare outside gRPC).
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
                 }
                 if buf.len() > limit {
-                    return Err(B::chain(buf.freeze(), body));
+                    return RequestBody::TooLarge(B::chain(buf.freeze(), body));
                 }
             }
-            Some(Err(_)) => return Err(B::chain(buf.freeze(), body)),
+            Some(Err(error)) => return RequestBody::Failed(B::failed(buf.freeze(), error)),
         }
     }
 }
@@ -310,9 +362,22 @@ mod tests {
     #[tokio::test]
     async fn request_bodies_are_rebuilt() {
         let body = axum_core::body::Body::from("0123456789");
-        let rebuilt = read_request(body, 4).await.unwrap_err();
+        let RequestBody::TooLarge(rebuilt) = read_request(body, 4).await else { panic!("not too large") };
         assert_eq!(rebuilt.collect().await.unwrap().to_bytes(), "0123456789");
-        let ok = read_request(axum_core::body::Body::from("012"), 4).await.unwrap();
+        let RequestBody::Complete(ok) = read_request(axum_core::body::Body::from("012"), 4).await else {
+            panic!("not complete")
+        };
         assert_eq!(ok, "012");
+    }
+
+    #[tokio::test]
+    async fn failed_request_bodies_replay_the_prefix_then_the_error() {
+        let frames = vec![Ok(Frame::data(Bytes::from("ab"))), Err(std::io::Error::other("reset"))];
+        let body = axum_core::body::Body::new(stream(frames));
+        let RequestBody::Failed(mut rebuilt) = read_request(body, 100).await else { panic!("not failed") };
+        let first = rebuilt.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "ab");
+        let err = rebuilt.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("reset"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
+use crate::key;
 use crate::policy::Freshness;
 
 const MAGIC: &[u8; 4] = b"PGH1";
@@ -47,6 +48,16 @@ impl Stored {
             None => Duration::from_millis(now_ms().saturating_sub(self.stored_at_ms)),
         };
         self.freshness.initial_age + resident
+    }
+
+    /// Whether a request with these headers selects this response (the values of its `Vary` fields).
+    pub(crate) fn selected_by(&self, headers: &HeaderMap) -> bool {
+        key::selected(&self.vary_names(), headers) == self.vary
+    }
+
+    /// The names of the request fields this response varies on.
+    pub(crate) fn vary_names(&self) -> Vec<HeaderName> {
+        self.vary.iter().map(|(n, _)| n.clone()).collect()
     }
 }
 

@@ -13,7 +13,7 @@ use http::request::Parts;
 use http::Method;
 use sha2::{Digest, Sha256};
 
-use crate::layer::{Config, KeyMode};
+use crate::config::{Config, KeyScope};
 
 /// The keys and tags of one cacheable request.
 #[derive(Clone, Debug)]
@@ -96,26 +96,35 @@ pub(crate) fn surrogate_tag(ns: &str, key: &str) -> String {
     format!("{ns}s:{}", h.hex())
 }
 
-/// The keys of a request, or `None` when a custom key function declines to cache it.
-pub(crate) fn primary(cfg: &Config, parts: &Parts, body: Option<&[u8; 32]>, grpc: bool) -> Option<Keys> {
+/// Tag of every entry of namespace `ns`.
+pub(crate) fn all_tag(ns: &str) -> String {
+    format!("{ns}all")
+}
+
+impl Keys {
+    /// The tags of every entry of this request: namespace and URI.
+    pub(crate) fn base_tags(&self) -> Vec<String> {
+        vec![self.all_tag.clone(), self.uri_tag.clone()]
+    }
+}
+
+/// The keys of a request; `custom` is the part the key hook computed (`""` for none), which extends
+/// or replaces the URI part as `cfg.key_scope` says.
+pub(crate) fn primary(cfg: &Config, parts: &Parts, custom: &str, body: Option<&[u8; 32]>, grpc: bool) -> Keys {
     let authority = authority(parts);
     let path = parts.uri.path();
     let mut h = Hasher::new("primary");
     // GET and HEAD share entries: HEAD is answered from the GET response.
     let class = if parts.method == Method::HEAD { Method::GET.as_str() } else { parts.method.as_str() };
     h.field(class.as_bytes());
-    let custom = match &cfg.key_fn {
-        Some((f, _)) => Some(f(parts)?),
-        None => None,
-    };
-    if !matches!(cfg.key_fn, Some((_, KeyMode::Replace))) {
+    if cfg.key_scope == KeyScope::Extend {
         let scheme = parts.uri.scheme_str().unwrap_or(&cfg.scheme);
         h.field(scheme.as_bytes());
         h.field(authority.as_bytes());
         h.field(path.as_bytes());
         h.field(normalised_query(cfg, parts.uri.query()).as_bytes());
     }
-    h.field(custom.as_deref().unwrap_or("").as_bytes());
+    h.field(custom.as_bytes());
     h.field(body.map_or(&[][..], |b| &b[..]));
     if grpc {
         // The request bytes depend on the encoding, the response on what the client accepts.
@@ -124,12 +133,12 @@ pub(crate) fn primary(cfg: &Config, parts: &Parts, body: Option<&[u8; 32]>, grpc
         }
     }
     let ns = &cfg.namespace;
-    Some(Keys {
+    Keys {
         primary: format!("{ns}p:{}", h.hex()),
         uri_tag: uri_tag(ns, &authority, path),
-        all_tag: format!("{ns}all"),
+        all_tag: all_tag(ns),
         origin: authority,
-    })
+    }
 }
 
 /// The query string after the configured normalisation (sorting, dropped parameters).
@@ -221,7 +230,7 @@ pub(crate) fn surrogate_keys(headers: &HeaderMap) -> Vec<String> {
 
 /// Every tag of a stored response: namespace, URI, and its groups and surrogate keys.
 pub(crate) fn response_tags(ns: &str, keys: &Keys, headers: &HeaderMap) -> Vec<String> {
-    let mut tags = vec![keys.all_tag.clone(), keys.uri_tag.clone()];
+    let mut tags = keys.base_tags();
     for g in groups(headers, "cache-groups") {
         tags.push(group_tag(ns, &keys.origin, &g));
         tags.push(surrogate_tag(ns, &g));
@@ -238,7 +247,6 @@ pub(crate) fn response_tags(ns: &str, keys: &Keys, headers: &HeaderMap) -> Vec<S
 mod tests {
     use super::*;
     use http::{HeaderValue, Request};
-    use std::sync::Arc;
 
     fn parts(method: &str, uri: &str, host: &str) -> Parts {
         Request::builder().method(method).uri(uri).header("host", host).body(()).unwrap().into_parts().0
@@ -247,21 +255,21 @@ mod tests {
     #[test]
     fn key_inputs() {
         let cfg = Config::default();
-        let k = |m: &str, u: &str, h: &str| primary(&cfg, &parts(m, u, h), None, false).unwrap().primary;
+        let k = |m: &str, u: &str, h: &str| primary(&cfg, &parts(m, u, h), "", None, false).primary;
         assert_eq!(k("GET", "/a?x=1", "h"), k("HEAD", "/a?x=1", "H"));
         assert_ne!(k("GET", "/a?x=1", "h"), k("GET", "/a?x=2", "h"));
         assert_ne!(k("GET", "/a", "h"), k("GET", "/a", "other"));
         assert_ne!(k("GET", "/a", "h"), k("POST", "/a", "h"));
         assert_ne!(k("GET", "/a?y=1&x=1", "h"), k("GET", "/a?x=1&y=1", "h"));
         // The URI tag ignores method and query.
-        let t = |m: &str, u: &str| primary(&cfg, &parts(m, u, "h"), None, false).unwrap().uri_tag;
+        let t = |m: &str, u: &str| primary(&cfg, &parts(m, u, "h"), "", None, false).uri_tag;
         assert_eq!(t("GET", "/a?x=1"), t("DELETE", "/a"));
         assert_ne!(t("GET", "/a"), t("GET", "/b"));
         // Body digests separate POST keys.
         let p = parts("POST", "/q", "h");
         assert_ne!(
-            primary(&cfg, &p, Some(&body_digest(b"a")), false).unwrap().primary,
-            primary(&cfg, &p, Some(&body_digest(b"b")), false).unwrap().primary
+            primary(&cfg, &p, "", Some(&body_digest(b"a")), false).primary,
+            primary(&cfg, &p, "", Some(&body_digest(b"b")), false).primary
         );
     }
 
@@ -274,23 +282,16 @@ mod tests {
     }
 
     #[test]
-    fn custom_keys() {
-        let extend = Config {
-            key_fn: Some((
-                Arc::new(|p: &Parts| p.headers.get("x-tenant").and_then(|v| v.to_str().ok()).map(String::from)),
-                KeyMode::Extend,
-            )),
-            ..Config::default()
-        };
-        let mut a = parts("GET", "/x", "h");
-        a.headers.insert("x-tenant", HeaderValue::from_static("a"));
-        let mut b = parts("GET", "/x", "h");
-        b.headers.insert("x-tenant", HeaderValue::from_static("b"));
-        assert_ne!(
-            primary(&extend, &a, None, false).unwrap().primary,
-            primary(&extend, &b, None, false).unwrap().primary
-        );
-        assert!(primary(&extend, &parts("GET", "/x", "h"), None, false).is_none());
+    fn custom_parts_extend_or_replace_the_uri_part() {
+        let extend = Config::default();
+        let k = |cfg: &Config, uri: &str, custom: &str| primary(cfg, &parts("GET", uri, "h"), custom, None, false);
+        assert_ne!(k(&extend, "/x", "a").primary, k(&extend, "/x", "b").primary);
+        assert_ne!(k(&extend, "/x", "a").primary, k(&extend, "/y", "a").primary);
+        let replace = Config { key_scope: KeyScope::Replace, ..Config::default() };
+        assert_ne!(k(&replace, "/x", "a").primary, k(&replace, "/x", "b").primary);
+        assert_eq!(k(&replace, "/x", "a").primary, k(&replace, "/y?q=1", "a").primary);
+        // Invalidation still goes by URI.
+        assert_ne!(k(&replace, "/x", "a").uri_tag, k(&replace, "/y", "a").uri_tag);
     }
 
     #[test]

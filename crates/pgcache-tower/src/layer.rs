@@ -1,152 +1,22 @@
-//! [`PgCacheLayer`]: the configuration, the store, and programmatic purges.
+//! [`PgCacheLayer`]: the configuration, the key hook and the cache, nothing else.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::request::Parts;
-use http::Uri;
-use pgcache_core::{CacheSettings, CacheStore, Error, NullCache, PostgresCache};
+use pgcache_core::{Codec, JsonCodec, SharedCache};
 use tower_layer::Layer;
 
-use crate::key;
-use crate::lazy::LazyCache;
-use crate::policy::Rules;
+use crate::config::{Config, DefaultKey, KeyScope, MakeKey, Shared};
+use crate::purge::HttpCache;
 use crate::service::PgCache;
-
-/// A custom key function: returns the key part for a request, or `None` to not cache it.
-pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// Whether a custom key part extends or replaces the default key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KeyMode {
-    Extend,
-    Replace,
-}
-
-/// Every option of the layer (see the setters of [`PgCacheLayer`] for each one's meaning and default).
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) namespace: String,
-    pub(crate) scheme: String,
-    pub(crate) status_name: String,
-    pub(crate) default_ttl: Option<Duration>,
-    pub(crate) min_ttl: Duration,
-    pub(crate) max_ttl: Option<Duration>,
-    pub(crate) stale_while_revalidate: Duration,
-    pub(crate) stale_if_error: Duration,
-    pub(crate) hit_for_pass_ttl: Duration,
-    pub(crate) max_body_bytes: usize,
-    pub(crate) max_request_body_bytes: usize,
-    pub(crate) cache_post: bool,
-    pub(crate) grpc_methods: Vec<String>,
-    pub(crate) allow_cookies: bool,
-    pub(crate) honor_client_no_cache: bool,
-    pub(crate) invalidate_unsafe: bool,
-    pub(crate) sort_query: bool,
-    pub(crate) ignored_params: Vec<String>,
-    pub(crate) key_fn: Option<(KeyFn, KeyMode)>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            namespace: "http:".to_owned(),
-            scheme: "http".to_owned(),
-            status_name: "pgcache".to_owned(),
-            default_ttl: None,
-            min_ttl: Duration::ZERO,
-            max_ttl: None,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            hit_for_pass_ttl: Duration::from_secs(10),
-            max_body_bytes: 1024 * 1024,
-            max_request_body_bytes: 64 * 1024,
-            cache_post: false,
-            grpc_methods: Vec::new(),
-            allow_cookies: false,
-            honor_client_no_cache: false,
-            invalidate_unsafe: true,
-            sort_query: false,
-            ignored_params: Vec::new(),
-            key_fn: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("namespace", &self.namespace)
-            .field("default_ttl", &self.default_ttl)
-            .field("min_ttl", &self.min_ttl)
-            .field("max_ttl", &self.max_ttl)
-            .field("stale_while_revalidate", &self.stale_while_revalidate)
-            .field("stale_if_error", &self.stale_if_error)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("cache_post", &self.cache_post)
-            .field("grpc_methods", &self.grpc_methods)
-            .field("allow_cookies", &self.allow_cookies)
-            .field("honor_client_no_cache", &self.honor_client_no_cache)
-            .field("custom_key", &self.key_fn.as_ref().map(|(_, mode)| *mode))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Config {
-    pub(crate) fn rules(&self) -> Rules {
-        Rules {
-            default_ttl: self.default_ttl,
-            min_ttl: self.min_ttl,
-            max_ttl: self.max_ttl,
-            stale_while_revalidate: self.stale_while_revalidate,
-            stale_if_error: self.stale_if_error,
-        }
-    }
-}
-
-/// The configuration and store shared by every clone of the service.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) rules: Rules,
-    pub(crate) store: Arc<dyn CacheStore>,
-}
-
-/// Anything the layer can cache into: a [`PostgresCache`], a [`NullCache`], an `Arc<dyn CacheStore>`,
-/// or [`CacheSettings`] (the layer then connects lazily, on the first request, running `init_db` first).
-pub trait IntoStore {
-    /// The store as a shared trait object.
-    fn into_store(self) -> Arc<dyn CacheStore>;
-}
-
-impl<C: Clone + Send + Sync + 'static> IntoStore for PostgresCache<C> {
-    fn into_store(self) -> Arc<dyn CacheStore> {
-        Arc::new(self)
-    }
-}
-
-impl<C: Send + Sync + 'static> IntoStore for NullCache<C> {
-    fn into_store(self) -> Arc<dyn CacheStore> {
-        Arc::new(self)
-    }
-}
-
-impl IntoStore for Arc<dyn CacheStore> {
-    fn into_store(self) -> Arc<dyn CacheStore> {
-        self
-    }
-}
-
-impl IntoStore for CacheSettings {
-    fn into_store(self) -> Arc<dyn CacheStore> {
-        Arc::new(LazyCache::new(self))
-    }
-}
 
 /// A [`tower_layer::Layer`] that puts a shared, RFC 9111 HTTP response cache in front of a service.
 ///
-/// `new()` takes the store; the setters configure it (each documents its default). Defaults are safe
+/// `new()` takes the cache; the setters configure it (each documents its default). Defaults are safe
 /// for a shared cache: only responses with explicit freshness are stored, requests with `Cookie`
-/// bypass, responses with `Set-Cookie`/`private`/`no-store` are never stored.
+/// bypass, responses with `Set-Cookie`/`private`/`no-store` are never stored. `K` is the key hook
+/// ([`make_key`](Self::make_key)). To purge what the layer stored, keep an [`HttpCache`] (from
+/// [`http_cache`](Self::http_cache)) in your application state; the layer itself holds only its
+/// configuration.
 ///
 /// ```
 /// use std::time::Duration;
@@ -155,38 +25,56 @@ impl IntoStore for CacheSettings {
 /// use pgcache_tower::PgCacheLayer;
 ///
 /// let layer = PgCacheLayer::new(NullCache::new())
-///     .default_ttl(Some(Duration::from_secs(30)))   // for responses without Cache-Control
-///     .max_ttl(Some(Duration::from_secs(3600)))
+///     .default_ttl(Duration::from_secs(30))   // for responses without Cache-Control
+///     .max_ttl(Duration::from_secs(3600))
 ///     .stale_if_error(Duration::from_secs(300))
 ///     .sort_query(true)
 ///     .ignore_query_params(["utm_*", "fbclid"]);
 /// let app: Router = Router::new().route("/products/{id}", get(|| async { "product" })).layer(layer);
 /// ```
 #[derive(Clone)]
-pub struct PgCacheLayer {
+#[must_use]
+pub struct PgCacheLayer<K = DefaultKey> {
     config: Config,
-    store: Arc<dyn CacheStore>,
+    make_key: K,
+    store: SharedCache,
 }
 
-impl std::fmt::Debug for PgCacheLayer {
+impl<K> std::fmt::Debug for PgCacheLayer<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgCacheLayer").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("PgCacheLayer")
+            .field("config", &self.config)
+            .field("make_key", &std::any::type_name::<K>())
+            .finish_non_exhaustive()
     }
 }
 
 macro_rules! setter {
     ($(#[$doc:meta])* $name:ident: $ty:ty) => {
         $(#[$doc])*
-        #[must_use]
         pub fn $name(mut self, value: $ty) -> Self {
             self.config.$name = value;
+            self
+        }
+    };
+    ($(#[$doc:meta])* $name:ident: $ty:ty => $wrap:ident) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.config.$name = $wrap(value);
             self
         }
     };
 }
 
 impl PgCacheLayer {
-    /// A layer caching into `store` with the default options.
+    /// A layer caching into `cache` with the default options: anything that converts into a
+    /// [`SharedCache`] (a [`PostgresCache`](pgcache_core::PostgresCache), a
+    /// [`NullCache`](pgcache_core::NullCache), a `SharedCache`, pgcache-axum's `Cache`). The layer stores
+    /// bytes, so the cache's codec does not matter.
+    ///
+    /// The layer never connects nor migrates by itself: to start before PostgreSQL is reachable, give it
+    /// a [`PostgresCache::connect_lazy`](pgcache_core::PostgresCache::connect_lazy) cache, which connects
+    /// on first use (requests are served uncached until it can).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), pgcache_core::Error> {
@@ -194,28 +82,30 @@ impl PgCacheLayer {
     /// use pgcache_tower::PgCacheLayer;
     ///
     /// let settings = CacheSettings::new("postgresql://localhost/app").schema_prefix("http_");
-    /// // Connected up front…
+    /// // Connected up front (after the migrations)...
     /// PostgresCache::init_db(&settings).await?;
     /// let layer = PgCacheLayer::new(PostgresCache::connect(settings.clone()).await?);
-    /// // …or lazily, on the first request (init_db included).
-    /// let lazy = PgCacheLayer::new(settings);
+    /// // ...or on first use (no migrations).
+    /// let lazy = PgCacheLayer::new(PostgresCache::connect_lazy(settings)?);
     /// # let _ = (layer, lazy); Ok(()) }
     /// ```
-    pub fn new(store: impl IntoStore) -> Self {
-        Self { config: Config::default(), store: store.into_store() }
+    pub fn new<C: Codec + Clone>(cache: impl Into<SharedCache<C>>) -> Self {
+        Self { config: Config::default(), make_key: DefaultKey, store: cache.into().with_codec(JsonCodec) }
     }
+}
 
+impl<K> PgCacheLayer<K> {
     setter! {
         /// Freshness lifetime for storable responses that carry no `s-maxage`, `max-age` or `Expires`.
-        /// `None` (the default): such responses are not stored. Set it on layers of routes that should be
+        /// Default: none, such responses are not stored. Set it on layers of routes that should be
         /// cached without saying so in their headers (it is also the TTL of cached gRPC responses).
         ///
         /// ```
         /// # use std::time::Duration;
         /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
-        /// let layer = layer.default_ttl(Some(Duration::from_secs(60)));
+        /// let layer = layer.default_ttl(Duration::from_secs(60));
         /// ```
-        default_ttl: Option<Duration>
+        default_ttl: Duration => Some
     }
 
     setter! {
@@ -231,14 +121,15 @@ impl PgCacheLayer {
     }
 
     setter! {
-        /// Upper bound on the freshness lifetime of every stored response. Default: `None` (no bound).
+        /// Upper bound on the freshness lifetime of every stored response (overrides the headers).
+        /// Default: none.
         ///
         /// ```
         /// # use std::time::Duration;
         /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
-        /// let layer = layer.max_ttl(Some(Duration::from_secs(3600)));
+        /// let layer = layer.max_ttl(Duration::from_secs(3600));
         /// ```
-        max_ttl: Option<Duration>
+        max_ttl: Duration => Some
     }
 
     setter! {
@@ -312,8 +203,8 @@ impl PgCacheLayer {
     setter! {
         /// Serve requests that carry `Cookie` from the cache (and store their responses when storable).
         /// Default: `false`: such requests bypass the cache. Only enable it for routes whose responses do
-        /// not depend on cookies, or that say `Vary: Cookie`, or with a [`key_fn`](Self::key_fn) that
-        /// keys by the principal.
+        /// not depend on cookies, or that say `Vary: Cookie`, or with a [`make_key`](Self::make_key)
+        /// hook that keys by the principal.
         ///
         /// ```
         /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
@@ -363,7 +254,6 @@ impl PgCacheLayer {
     /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
     /// let layer = layer.ignore_query_params(["utm_*", "fbclid"]);
     /// ```
-    #[must_use]
     pub fn ignore_query_params<I, S>(mut self, params: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -380,47 +270,33 @@ impl PgCacheLayer {
     /// ```
     /// # use std::time::Duration;
     /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
-    /// let layer = layer.grpc_method("/catalog.Catalog/GetProduct").default_ttl(Some(Duration::from_secs(60)));
+    /// let layer = layer.grpc_method("/catalog.Catalog/GetProduct").default_ttl(Duration::from_secs(60));
     /// ```
-    #[must_use]
     pub fn grpc_method(mut self, path: impl Into<String>) -> Self {
         self.config.grpc_methods.push(path.into());
         self
     }
 
-    /// Adds a part computed from the request (headers, extensions such as an authenticated principal)
-    /// to the key. Returning `None` bypasses the cache for that request.
+    /// Sets the key hook: `make_key` computes a part of the key from the request (headers, extensions
+    /// such as an authenticated principal), and `scope` says whether that part
+    /// [extends](KeyScope::Extend) the URI part of the key or [replaces](KeyScope::Replace) it. The hook
+    /// returning `None` bypasses the cache for that request (`detail=key`). Default: [`DefaultKey`]
+    /// (no custom part). A closure `Fn(&Parts) -> Option<String>` is a [`MakeKey`].
     ///
     /// ```
+    /// use http::request::Parts;
+    /// use pgcache_tower::KeyScope;
     /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
-    /// let layer = layer.key_fn(|parts: &http::request::Parts| {
+    ///
+    /// // One entry per URI and tenant; requests without a tenant are not cached.
+    /// let layer = layer.make_key(KeyScope::Extend, |parts: &Parts| {
     ///     Some(parts.headers.get("x-tenant")?.to_str().ok()?.to_owned())
     /// });
     /// ```
-    #[must_use]
-    pub fn key_fn<F>(mut self, f: F) -> Self
-    where
-        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
-    {
-        self.config.key_fn = Some((Arc::new(f), KeyMode::Extend));
-        self
-    }
-
-    /// Replaces the default key (scheme, authority, path, query) by the function's result; the method,
-    /// `Vary` and (for cacheable POST) the body digest are still part of it. Unsafe-method invalidation
-    /// keeps working: it goes by URI tags, not keys.
-    ///
-    /// ```
-    /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
-    /// let layer = layer.replace_key_fn(|parts: &http::request::Parts| Some(parts.uri.path().to_owned()));
-    /// ```
-    #[must_use]
-    pub fn replace_key_fn<F>(mut self, f: F) -> Self
-    where
-        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
-    {
-        self.config.key_fn = Some((Arc::new(f), KeyMode::Replace));
-        self
+    pub fn make_key<K2: MakeKey>(self, scope: KeyScope, make_key: K2) -> PgCacheLayer<K2> {
+        let mut config = self.config;
+        config.key_scope = scope;
+        PgCacheLayer { config, make_key, store: self.store }
     }
 
     /// Prefix of every key and tag of this layer, to keep several apps apart in one store.
@@ -430,7 +306,6 @@ impl PgCacheLayer {
     /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
     /// let layer = layer.namespace("shop:");
     /// ```
-    #[must_use]
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.config.namespace = namespace.into();
         self
@@ -442,7 +317,6 @@ impl PgCacheLayer {
     /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
     /// let layer = layer.scheme("https");
     /// ```
-    #[must_use]
     pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
         self.config.scheme = scheme.into();
         self
@@ -454,69 +328,29 @@ impl PgCacheLayer {
     /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
     /// let layer = layer.status_name("edge-1");
     /// ```
-    #[must_use]
     pub fn status_name(mut self, name: impl Into<String>) -> Self {
         self.config.status_name = name.into();
         self
     }
 
-    /// Purges every stored response of a URI (any method, query, `Vary` variant), on every node.
+    /// A handle that purges what this layer stores (same cache, same namespace), without the layer.
     ///
-    /// ```no_run
-    /// # async fn demo(layer: pgcache_tower::PgCacheLayer) -> Result<(), pgcache_core::Error> {
-    /// layer.purge_uri(&"http://shop.example/products/42".parse().unwrap()).await?;
-    /// # Ok(()) }
     /// ```
-    ///
-    /// # Errors
-    /// The URI has no authority (`http://host/...` is needed); the store's errors.
-    pub async fn purge_uri(&self, uri: &Uri) -> Result<u64, Error> {
-        let Some(authority) = uri.authority() else {
-            return Err(Error::InvalidSetting {
-                name: "uri",
-                reason: "purge_uri needs an absolute URI with an authority (http://host/path)".to_owned(),
-            });
-        };
-        let tag = key::uri_tag(&self.config.namespace, &authority.as_str().to_ascii_lowercase(), uri.path());
-        self.store.delete_tags(&[tag.as_str()]).await
-    }
-
-    /// Purges every response tagged with any of these `Surrogate-Key`s or `Cache-Groups` names.
-    ///
-    /// ```no_run
-    /// # async fn demo(layer: pgcache_tower::PgCacheLayer) -> Result<(), pgcache_core::Error> {
-    /// layer.purge_tags(&["product-42"]).await?;
-    /// # Ok(()) }
+    /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
+    /// let http = layer.namespace("shop:").http_cache();
+    /// // keep `http` in the application state: http.purge_tags(&["product-42"]).await?
+    /// # let _ = http;
     /// ```
-    ///
-    /// # Errors
-    /// The store's errors.
-    pub async fn purge_tags(&self, tags: &[&str]) -> Result<u64, Error> {
-        let tags: Vec<String> = tags.iter().map(|t| key::surrogate_tag(&self.config.namespace, t)).collect();
-        let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
-        self.store.delete_tags(&refs).await
-    }
-
-    /// Purges every response this layer's namespace stored.
-    ///
-    /// # Errors
-    /// The store's errors.
-    pub async fn purge_all(&self) -> Result<u64, Error> {
-        let tag = format!("{}all", self.config.namespace);
-        self.store.delete_tags(&[tag.as_str()]).await
-    }
-
-    /// The store this layer caches into.
-    pub fn store(&self) -> &Arc<dyn CacheStore> {
-        &self.store
+    pub fn http_cache(&self) -> HttpCache {
+        HttpCache::from_parts(self.store.clone(), self.config.namespace.clone())
     }
 }
 
-impl<S> Layer<S> for PgCacheLayer {
-    type Service = PgCache<S>;
+impl<S, K: Clone> Layer<S> for PgCacheLayer<K> {
+    type Service = PgCache<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let shared = Shared { rules: self.config.rules(), config: self.config.clone(), store: Arc::clone(&self.store) };
-        PgCache::new(inner, Arc::new(shared))
+        let shared = Shared::new(self.config.clone(), self.store.clone());
+        PgCache::new(inner, std::sync::Arc::new(shared), self.make_key.clone())
     }
 }

@@ -353,6 +353,22 @@ pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     list_values(headers, &header::CONNECTION).map(str::to_ascii_lowercase).collect()
 }
 
+/// The stored headers updated with those of a 304 (RFC 9111 §4.3.4), except framing fields.
+pub(crate) fn freshen(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(update);
+    let mut merged = stored.clone();
+    for name in update.keys() {
+        if is_unstored_header(name, &listed) || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        merged.remove(name);
+        for value in update.get_all(name) {
+            merged.append(name.clone(), value.clone());
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,58 +1,68 @@
 //! [`PgCache`]: the service [`PgCacheLayer`](crate::PgCacheLayer) wraps around the inner service.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::{PgBody, ReplayBody};
+use crate::config::{DefaultKey, MakeKey, Shared};
 use crate::flow;
-use crate::layer::Shared;
+use crate::future::ResponseFuture;
 
 /// The caching service; see [`PgCacheLayer`](crate::PgCacheLayer).
 ///
 /// It keeps the inner service's error type: cache failures never become errors (the request is served
 /// by the inner service instead), and inner errors are returned unchanged (and never cached).
 #[derive(Clone)]
-pub struct PgCache<S> {
+pub struct PgCache<S, K = DefaultKey> {
     inner: S,
     shared: Arc<Shared>,
+    make_key: K,
 }
 
-impl<S> std::fmt::Debug for PgCache<S> {
+impl<S, K> std::fmt::Debug for PgCache<S, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgCache").field("config", &self.shared.config).finish_non_exhaustive()
     }
 }
 
-impl<S> PgCache<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+impl<S, K> PgCache<S, K> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, make_key: K) -> Self {
+        Self { inner, shared, make_key }
     }
 
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service (the cache's configuration is dropped).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
-impl<S, B, RB> Service<Request<B>> for PgCache<S>
+impl<S, K, B, RB> Service<Request<B>> for PgCache<S, K>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    K: MakeKey,
     B: ReplayBody,
     RB: http_body::Body<Data = Bytes> + Send + 'static,
     RB::Error: Send + 'static,
 {
     type Response = Response<PgBody<RB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Result<Self::Response, S::Error>>;
+    type Future = ResponseFuture<RB, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -62,26 +72,8 @@ where
         // The clone that was not polled ready stays behind; the ready one serves this request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture { inner: Box::pin(flow::handle(Arc::clone(&self.shared), inner, req)) }
-    }
-}
-
-/// The response future of [`PgCache`].
-pub struct ResponseFuture<T> {
-    inner: BoxFuture<'static, T>,
-}
-
-impl<T> std::fmt::Debug for ResponseFuture<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<T> Future for ResponseFuture<T> {
-    type Output = T;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        self.inner.as_mut().poll(cx)
+        let flow = flow::run(Arc::clone(&self.shared), inner, self.make_key.clone(), req);
+        ResponseFuture::new(Box::pin(flow))
     }
 }
 
@@ -139,6 +131,44 @@ mod tests {
         assert_eq!(cache_status(&resp), "pgcache; fwd=method; fwd-status=200; detail=invalidated");
         let resp = svc.oneshot(req("OPTIONS")).await.unwrap();
         assert_eq!(cache_status(&resp), "pgcache; fwd=method; fwd-status=200");
+    }
+
+    #[tokio::test]
+    async fn request_body_errors_reach_the_inner_service_and_are_reported() {
+        // The inner service reports what it read: the prefix, then the body's error.
+        let reader = service_fn(|req: Request<Body>| async move {
+            let mut body = req.into_body();
+            let mut seen = String::new();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => seen.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap_or_default())),
+                    Err(e) => seen.push_str(&format!("|error: {e}")),
+                }
+            }
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(seen))))
+        });
+        let svc = PgCacheLayer::new(NullCache::new()).cache_post(true).layer(reader);
+        let frames: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = vec![
+            Ok(http_body::Frame::data(Bytes::from("{\"query\":"))),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let body = Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(frames)));
+        let req = Request::post("/graphql").header("host", "h").body(body).unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(cache_status(&resp), "pgcache; fwd=bypass; fwd-status=200; detail=request-body-error");
+        let seen = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(seen, "{\"query\":|error: connection reset");
+    }
+
+    #[tokio::test]
+    async fn custom_keys_that_decline_bypass() {
+        let svc = PgCacheLayer::new(NullCache::new())
+            .make_key(crate::KeyScope::Extend, |parts: &http::request::Parts| {
+                parts.headers.get("x-tenant").map(|_| String::from("t"))
+            })
+            .layer(service_fn(echo_method));
+        let resp = svc.oneshot(req("GET")).await.unwrap();
+        assert_eq!(cache_status(&resp), "pgcache; fwd=bypass; fwd-status=200; detail=key");
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! Behaviour 8: tonic. An allow-listed unary RPC is served from the cache with its trailers replayed
+//! tonic: an allow-listed unary RPC is served from the cache with its trailers replayed
 //! exactly; a failed RPC is never stored; streaming RPCs pass through.
 //!
 //! The service and its messages are written by hand (prost derives + tonic's server/client helpers),
@@ -120,7 +120,7 @@ async fn get(grpc: &mut tonic::client::Grpc<tonic::transport::Channel>, id: u32)
 
 async fn layer(name: &str) -> PgCacheLayer {
     let cache = pgcache_tests::connect(&settings_for(name)).await.unwrap();
-    PgCacheLayer::new(cache).grpc_method(GET).default_ttl(Some(Duration::from_secs(60)))
+    PgCacheLayer::new(cache).grpc_method(GET).default_ttl(Duration::from_secs(60))
 }
 
 #[tokio::test]

@@ -93,10 +93,8 @@ async fn serve(port: u16) -> Result<()> {
     let cache = pgcache_examples::connect_cache(settings).await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let response_cache = PgCacheLayer::new(cache.clone())
-        .grpc_method(GET_PROFILE)
-        .default_ttl(Some(RESPONSE_TTL))
-        .status_name("pgcache-http");
+    let response_cache =
+        PgCacheLayer::new(cache.clone()).grpc_method(GET_PROFILE).default_ttl(RESPONSE_TTL).status_name("pgcache-http");
     tonic::transport::Server::builder()
         .layer(response_cache)
         .add_service(ProfilesServer::new(ProfileService { cache: cache.clone(), db }))

@@ -28,7 +28,7 @@ use clap::Parser;
 use pgcache_axum::{Cache, CacheResource, Lookup};
 use pgcache_core::{CacheStore, ListenerState, Ttl};
 use pgcache_examples::db::{NewProfile, Profile, ProfileDb};
-use pgcache_tower::PgCacheLayer;
+use pgcache_tower::{HttpCache, PgCacheLayer};
 use serde::{Deserialize, Serialize};
 
 /// The key of the profile list.
@@ -61,8 +61,8 @@ struct Args {
 struct AppState {
     /// The value cache, for `Cached<T>`/`Lookup<T>` and direct use.
     cache: Cache,
-    /// The HTTP response cache in front of the read routes, kept here to purge it after writes.
-    http_cache: PgCacheLayer,
+    /// Purges the HTTP response cache in front of the read routes after writes.
+    http_cache: HttpCache,
     db: ProfileDb,
 }
 
@@ -203,9 +203,8 @@ async fn healthz(cache: Cache) -> Response {
     (code, Json(body)).into_response()
 }
 
-fn app(state: AppState) -> Router {
+fn app(state: AppState, http_cache: PgCacheLayer) -> Router {
     // `MethodRouter::layer` wraps only the methods added before it: the GETs.
-    let http_cache = state.http_cache.clone();
     Router::new()
         .route("/profiles", get(list).layer(http_cache.clone()).post(create))
         .route("/profiles/{id}", get(read).layer(http_cache).put(update).delete(delete))
@@ -226,10 +225,9 @@ async fn main() -> Result<()> {
     let cache_handle = Cache::new(cache.clone());
     // Responses carry no Cache-Control, so the layer needs a default TTL; the HTTP entries are named
     // `pgcache-http` in Cache-Status to tell them from the value cache's `pgcache`.
-    let http_cache =
-        PgCacheLayer::new(cache_handle.store().clone()).default_ttl(Some(HTTP_TTL)).status_name("pgcache-http");
-    let state = AppState { cache: cache_handle, http_cache, db };
-    axum::serve(listener, app(state)).with_graceful_shutdown(pgcache_examples::shutdown_signal()).await?;
+    let http_layer = PgCacheLayer::new(cache_handle.clone()).default_ttl(HTTP_TTL).status_name("pgcache-http");
+    let state = AppState { cache: cache_handle, http_cache: http_layer.http_cache(), db };
+    axum::serve(listener, app(state, http_layer)).with_graceful_shutdown(pgcache_examples::shutdown_signal()).await?;
     cache.close().await;
     Ok(())
 }

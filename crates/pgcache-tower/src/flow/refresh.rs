@@ -1,224 +1,192 @@
-//! Stored responses in use: fresh hits, stale-while-revalidate, and revalidation once per stale
-//! version across nodes (with stale-if-error).
+//! Stale entries: revalidation now (one request per stale version across every node asks the handler,
+//! conditionally; the others share its answer; stale-if-error serves the stale copy when the handler
+//! fails), and the background refresh of stale-while-revalidate.
 
-use super::fill::{only_if_cached, place, prepare, write, Prepared};
-use super::*;
+use std::time::Duration;
 
-/// A usable stored response: fresh → hit; stale within stale-while-revalidate → hit and one background
-/// refresh; otherwise (or `no-cache`) → revalidate now.
-pub(super) async fn serve<S, B, RB>(
-    ctx: Arc<Ctx>,
-    inner: S,
-    key: String,
-    stored: Box<Stored>,
-    entry: Entry,
-) -> Result<Resp<RB>, S::Error>
+use http::StatusCode;
+use pgcache_core::{CacheStore, Fill, LoadError, Loaded, SetOptions, Ttl};
+
+use super::ctx::Mode;
+use super::place::Prepared;
+use super::respond::ttl_left;
+use super::{call, Flow, Inner, ResBody, Resp, ERROR_PASS_TTL, REFRESH_RESULT_TTL};
+use crate::body::{PgBody, ReplayBody};
+use crate::entry::{encode_stored, now_ms, Record, Stored};
+use crate::key;
+use crate::policy::{self, Decision};
+use crate::status::CacheStatusMember;
+
+/// What a refresh answers the request that ran it with (the `get_or_load` output).
+enum Refreshed<RB: http_body::Body, E> {
+    /// The handler sent a new, storable response; it replaced the stale one.
+    Stored(Box<Stored>),
+    /// The handler answered 304; the stale response was freshened and stored again.
+    Validated(Box<Stored>),
+    /// The handler's answer may not be stored: a hit-for-pass marker replaced the entry.
+    Passed(Resp<RB>, &'static str),
+    /// The handler answered with an error status (500, 502, 503, 504): the stale entry stays.
+    ErrorStatus(Resp<RB>),
+    /// The inner service failed: the stale entry stays.
+    Failed(E),
+}
+
+impl<S, B, RB> Flow<S, B, RB>
 where
     S: Inner<B, RB>,
     B: ReplayBody,
     RB: ResBody,
 {
-    let age = stored.age(entry.expiry.remaining());
-    let f = stored.freshness;
-    let must_validate = f.no_cache || ctx.force_revalidate;
-    if !must_validate && age < f.lifetime {
-        let status = Status::hit().ttl(ttl_left(&stored, age));
-        return Ok(respond(&ctx, &stored, age, status));
-    }
-    if !must_validate && age < f.lifetime + f.stale_while_revalidate {
-        spawn_refresh(Arc::clone(&ctx), inner, key, stored.clone(), entry.version);
-        let status = Status::hit().ttl(ttl_left(&stored, age)).detail("stale-while-revalidate");
-        return Ok(respond(&ctx, &stored, age, status));
-    }
-    if ctx.only_if_cached {
-        return Ok(only_if_cached(&ctx));
-    }
-    revalidate(ctx, inner, key, stored, entry.version, age).await
-}
-
-/// Revalidates a stale (or `no-cache`) entry now: one request per stale version across every node asks
-/// the handler (conditionally); the others share its answer. Serves stale on error within
-/// `stale-if-error`.
-pub(super) async fn revalidate<S, B, RB>(
-    ctx: Arc<Ctx>,
-    inner: S,
-    key: String,
-    stored: Box<Stored>,
-    version: i64,
-    age: Duration,
-) -> Result<Resp<RB>, S::Error>
-where
-    S: Inner<B, RB>,
-    B: ReplayBody,
-    RB: ResBody,
-{
-    let f = stored.freshness;
-    let stale_ok = age < f.lifetime + f.stale_if_error && !f.stale_if_error.is_zero();
-    let out = side::<RB, S::Error>();
-    let loader: Loader = {
-        let (ctx, inner, key, old, out) =
-            (Arc::clone(&ctx), inner.clone(), key.clone(), stored.clone(), Arc::clone(&out));
-        Box::new(move || Box::pin(refresh_loader(ctx, inner, key, old, out)))
-    };
-    let result = ctx.sh.store.get_or_load(&key::refresh(&key, version), loader).await;
-    let serve_stale = |fwd_status: Option<u16>| {
-        let mut status = Status::fwd("stale").ttl(ttl_left(&stored, age)).detail("stale-if-error");
-        status.fwd_status = fwd_status;
-        respond(&ctx, &stored, age, status)
-    };
-    let taken = take(&out);
-    let validated = matches!(taken, Some(Out::Validated(_)));
-    match (result, taken) {
-        (_, Some(Out::Stored(new) | Out::Validated(new))) => {
-            let mut status = Status::fwd("stale").ttl(ttl_left(&new, Duration::ZERO));
-            status.stored = true;
-            status.fwd_status = Some(if validated { 304 } else { new.status.as_u16() });
-            Ok(respond(&ctx, &new, Duration::ZERO, status))
-        }
-        (_, Some(Out::Error(e))) => {
-            if stale_ok {
-                Ok(serve_stale(None))
-            } else {
-                Err(e)
-            }
-        }
-        (_, Some(Out::Response(resp, reason))) => {
-            if reason == "error" && stale_ok {
-                return Ok(serve_stale(Some(resp.status().as_u16())));
-            }
-            let mut status = Status::fwd("stale").detail(reason);
-            status.fwd_status = Some(resp.status().as_u16());
-            let head = ctx.head;
-            Ok(finish(&ctx.sh, resp, &status, head))
-        }
-        (Ok(loaded), None) => match Record::decode(&loaded.value) {
-            Some(Record::Response(new)) if ctx.vary_matches(&new) => {
-                let mut status = Status::fwd("stale");
-                status.collapsed = true;
-                let age = new.age(None);
-                Ok(respond(&ctx, &new, age, status.ttl(ttl_left(&new, age))))
-            }
-            Some(Record::Pass(reason)) if reason == "error" && stale_ok => Ok(serve_stale(None)),
-            _ => forward(ctx, inner, Status::fwd("stale")).await,
-        },
-        (Err(e), None) => unavailable(ctx, inner, e).await,
-    }
-}
-
-/// Serves nothing: runs the refresh in the background (stale-while-revalidate).
-pub(super) fn spawn_refresh<S, B, RB>(ctx: Arc<Ctx>, inner: S, key: String, stored: Box<Stored>, version: i64)
-where
-    S: Inner<B, RB>,
-    B: ReplayBody,
-    RB: ResBody,
-{
-    let store = Arc::clone(&ctx.sh.store);
-    let refresh_key = key::refresh(&key, version);
-    let out = side::<RB, S::Error>();
-    let loader: Loader = Box::new(move || Box::pin(refresh_loader(ctx, inner, key, stored, out)));
-    tokio::spawn(async move {
-        if let Err(e) = store.get_or_load(&refresh_key, loader).await {
-            tracing::debug!(target: "pgcache::tower", error = %e, "background refresh failed; the stale entry stays");
-        }
-    });
-}
-
-/// The loader of a refresh: ask the handler with the stored validators; on 304 freshen the stored
-/// response, on a storable answer replace it, on an error keep it (and tell the waiters), on an
-/// uncacheable answer replace it with a hit-for-pass marker. Its value (under the refresh key) is the
-/// new record, or a marker.
-pub(super) async fn refresh_loader<S, B, RB>(
-    ctx: Arc<Ctx>,
-    mut inner: S,
-    key: String,
-    old: Box<Stored>,
-    out: Side<RB, S::Error>,
-) -> Result<Fill, BoxError>
-where
-    S: Service<Request<B>, Response = Response<RB>>,
-    B: ReplayBody,
-    RB: Body<Data = Bytes>,
-{
-    let short = SetOptions { ttl: Ttl::After(REFRESH_RESULT_TTL), tags: ctx.base_tags() };
-    let error_marker = || Fill {
-        value: Record::Pass("error".to_owned()).encode(),
-        options: SetOptions { ttl: Ttl::After(ERROR_PASS_TTL), tags: ctx.base_tags() },
-    };
-    let resp = match call(&mut inner, ctx.request(Mode::Revalidate(&old))).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            put(&out, Out::Error(e));
-            return Ok(error_marker());
-        }
-    };
-    if resp.status() == StatusCode::NOT_MODIFIED {
-        let headers = freshen(&old.headers, resp.headers());
-        let facts = ctx.facts;
-        return match policy::decide(&ctx.sh.rules, facts, old.status, &headers) {
-            Decision::Store { freshness, .. } => {
-                let new = Stored {
-                    headers,
-                    freshness,
-                    stored_at_ms: now_ms(),
-                    keep_ms: u64::try_from(freshness.keep_for().as_millis()).unwrap_or(u64::MAX),
-                    ..(*old).clone()
-                };
-                let (value, options) = place(&ctx, &key, &new).await;
-                write(&ctx, &key, value, &options).await;
-                let encoded = encode_stored(&new);
-                put(&out, Out::Validated(Box::new(new)));
-                Ok(Fill { value: encoded, options: short })
-            }
-            Decision::Pass(reason) => {
-                let pass = Record::Pass(reason.to_owned()).encode();
-                let options = SetOptions { ttl: Ttl::After(ctx.config().hit_for_pass_ttl), tags: ctx.base_tags() };
-                write(&ctx, &key, pass.clone(), &options).await;
-                let mut resp = Response::new(PgBody::replay(old.body.clone(), old.trailers.clone()));
-                *resp.status_mut() = old.status;
-                *resp.headers_mut() = headers;
-                put(&out, Out::Response(resp, reason));
-                Ok(Fill { value: pass, options: short })
-            }
+    /// Revalidates a stale (or `no-cache`) entry now. Serves stale on error within `stale-if-error`.
+    pub(super) async fn revalidate(
+        self,
+        key: String,
+        stored: Box<Stored>,
+        version: i64,
+        age: Duration,
+    ) -> Result<Resp<RB>, S::Error> {
+        let f = stored.freshness;
+        let stale_ok = age < f.lifetime + f.stale_if_error && !f.stale_if_error.is_zero();
+        let loader = {
+            let (flow, key, old) = (self.clone(), key.clone(), stored.clone());
+            move || flow.refresh(key, old)
         };
-    }
-    if policy::is_error_status(resp.status()) {
-        put(&out, Out::Response(resp.map(PgBody::passthrough), "error"));
-        return Ok(error_marker());
-    }
-    match prepare(&ctx, resp).await {
-        Prepared::Store(new) => {
-            let (value, options) = place(&ctx, &key, &new).await;
-            write(&ctx, &key, value, &options).await;
-            let encoded = encode_stored(&new);
-            put(&out, Out::Stored(new));
-            Ok(Fill { value: encoded, options: short })
+        let result = self.shared.store.get_or_load(&key::refresh(&key, version), loader).await;
+        let serve_stale = |fwd_status: Option<u16>| {
+            let mut status = CacheStatusMember::fwd("stale").ttl(ttl_left(&stored, age)).detail("stale-if-error");
+            status.fwd_status = fwd_status;
+            self.respond(&stored, age, status)
+        };
+        match result {
+            Ok(Loaded { output: Some(Refreshed::Stored(new)), .. }) => {
+                let code = new.status.as_u16();
+                Ok(self.respond_refreshed(&new, code))
+            }
+            Ok(Loaded { output: Some(Refreshed::Validated(new)), .. }) => Ok(self.respond_refreshed(&new, 304)),
+            Ok(Loaded { output: Some(Refreshed::Failed(e)), .. }) => {
+                if stale_ok {
+                    Ok(serve_stale(None))
+                } else {
+                    Err(e)
+                }
+            }
+            Ok(Loaded { output: Some(Refreshed::ErrorStatus(resp)), .. }) if stale_ok => {
+                Ok(serve_stale(Some(resp.status().as_u16())))
+            }
+            Ok(Loaded { output: Some(Refreshed::ErrorStatus(resp)), .. }) => {
+                let status = CacheStatusMember::fwd("stale").fwd_status(resp.status().as_u16()).detail("error");
+                Ok(self.finish_fill(resp, status))
+            }
+            Ok(Loaded { output: Some(Refreshed::Passed(resp, reason)), .. }) => {
+                let status = CacheStatusMember::fwd("stale").fwd_status(resp.status().as_u16()).detail(reason);
+                Ok(self.finish_fill(resp, status))
+            }
+            Ok(loaded) => match Record::decode(&loaded.value) {
+                // Another request refreshed it: share its answer.
+                Some(Record::Response(new)) if self.ctx.selects(&new) => {
+                    let age = new.age(None);
+                    let status = CacheStatusMember::fwd("stale").collapsed().ttl(ttl_left(&new, age));
+                    Ok(self.respond(&new, age, status))
+                }
+                Some(Record::Pass(reason)) if reason == "error" && stale_ok => Ok(serve_stale(None)),
+                _ => self.forward(CacheStatusMember::fwd("stale")).await,
+            },
+            Err(LoadError::Loader(resp)) => {
+                let status = CacheStatusMember::fwd("stale").fwd_status(resp.status().as_u16()).detail("body-error");
+                Ok(self.finish_fill(resp, status))
+            }
+            Err(LoadError::Cache(e)) => self.unavailable(e).await,
         }
-        Prepared::Pass(resp, reason) => {
-            let pass = Record::Pass(reason.to_owned()).encode();
-            let options = SetOptions { ttl: Ttl::After(ctx.config().hit_for_pass_ttl), tags: ctx.base_tags() };
-            write(&ctx, &key, pass.clone(), &options).await;
-            put(&out, Out::Response(resp, reason));
-            Ok(Fill { value: pass, options: short })
-        }
-        Prepared::Failed(resp) => {
-            put(&out, Out::Response(resp, "body-error"));
-            Err("the response body failed".into())
-        }
     }
-}
 
-/// The stored headers updated with those of a 304 (RFC 9111 §4.3.4), except framing fields.
-pub(super) fn freshen(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
-    let listed = policy::connection_listed(update);
-    let mut merged = stored.clone();
-    for name in update.keys() {
-        if policy::is_unstored_header(name, &listed) || name == header::CONTENT_LENGTH {
-            continue;
+    /// The fresh answer of the refresh this request ran.
+    fn respond_refreshed(&self, new: &Stored, fwd_status: u16) -> Resp<RB> {
+        let status = CacheStatusMember::fwd("stale").fwd_status(fwd_status).stored().ttl(ttl_left(new, Duration::ZERO));
+        self.respond(new, Duration::ZERO, status)
+    }
+
+    /// Runs the refresh in the background (stale-while-revalidate); the request is served meanwhile.
+    pub(super) fn spawn_refresh(self, key: String, stored: Box<Stored>, version: i64) {
+        let store = self.shared.store.clone();
+        let refresh_key = key::refresh(&key, version);
+        tokio::spawn(async move {
+            let loader = move || self.refresh(key, stored);
+            match store.get_or_load(&refresh_key, loader).await {
+                Ok(_) => {}
+                Err(LoadError::Cache(e)) => {
+                    tracing::debug!(target: "pgcache::tower", error = %e, "background refresh failed; the stale entry stays");
+                }
+                Err(LoadError::Loader(_)) => {
+                    tracing::debug!(target: "pgcache::tower", "background refresh: the response body failed; the stale entry stays");
+                }
+            }
+        });
+    }
+
+    /// The loader of a refresh, under the refresh key of `key`'s stale version: asks the handler with
+    /// the stored validators; on 304 freshens the stored response, on a storable answer replaces it, on
+    /// an error keeps it (and tells the waiters with an error marker), on an uncacheable answer
+    /// replaces it with a hit-for-pass marker. Its value is the new record, or a marker.
+    async fn refresh(mut self, key: String, old: Box<Stored>) -> Result<Fill<Refreshed<RB, S::Error>>, Resp<RB>> {
+        let resp = call(&mut self.inner, self.ctx.request(Mode::Revalidate(&old))).await;
+        let short = |value| {
+            let options = SetOptions { ttl: Ttl::After(REFRESH_RESULT_TTL), tags: self.ctx.keys.base_tags() };
+            (value, options)
+        };
+        let error_marker = |output| {
+            let (value, options) = self.placement().pass_marker("error", ERROR_PASS_TTL);
+            Fill { value, options, output }
+        };
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) => return Ok(error_marker(Refreshed::Failed(e))),
+        };
+        let placement = self.placement();
+        let hit_for_pass = self.shared.config.hit_for_pass_ttl;
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            let headers = policy::freshen(&old.headers, resp.headers());
+            return match policy::decide(&self.shared.rules, self.ctx.facts, old.status, &headers) {
+                Decision::Store { freshness, .. } => {
+                    let new = Stored {
+                        headers,
+                        freshness,
+                        stored_at_ms: now_ms(),
+                        keep_ms: u64::try_from(freshness.keep_for().as_millis()).unwrap_or(u64::MAX),
+                        ..(*old).clone()
+                    };
+                    let (value, options) = placement.place(&key, &new).await;
+                    placement.write(&key, value, &options).await;
+                    let (value, options) = short(encode_stored(&new));
+                    Ok(Fill { value, options, output: Refreshed::Validated(Box::new(new)) })
+                }
+                Decision::Pass(reason) => {
+                    let (pass, options) = placement.pass_marker(reason, hit_for_pass);
+                    placement.write(&key, pass.clone(), &options).await;
+                    let mut resp = http::Response::new(PgBody::replay(old.body.clone(), old.trailers.clone()));
+                    *resp.status_mut() = old.status;
+                    *resp.headers_mut() = headers;
+                    let (value, options) = short(pass);
+                    Ok(Fill { value, options, output: Refreshed::Passed(resp, reason) })
+                }
+            };
         }
-        merged.remove(name);
-        for value in update.get_all(name) {
-            merged.append(name.clone(), value.clone());
+        if policy::is_error_status(resp.status()) {
+            return Ok(error_marker(Refreshed::ErrorStatus(resp.map(PgBody::passthrough))));
+        }
+        match super::place::prepare(&self.rulebook(), resp).await {
+            Prepared::Store(new) => {
+                let (value, options) = placement.place(&key, &new).await;
+                placement.write(&key, value, &options).await;
+                let (value, options) = short(encode_stored(&new));
+                Ok(Fill { value, options, output: Refreshed::Stored(new) })
+            }
+            Prepared::Pass(resp, reason) => {
+                let (pass, options) = placement.pass_marker(reason, hit_for_pass);
+                placement.write(&key, pass.clone(), &options).await;
+                let (value, options) = short(pass);
+                Ok(Fill { value, options, output: Refreshed::Passed(resp, reason) })
+            }
+            Prepared::Failed(resp) => Err(resp),
         }
     }
-    merged
 }

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use pgcache_core::CacheSettings;
-use pgcache_tower::PgCacheLayer;
+use pgcache_tower::{HttpCache, MakeKey, PgCacheLayer};
 
 /// The origin's state, shared by every node of a test.
 #[derive(Clone, Default)]
@@ -102,7 +102,8 @@ async fn origin(
 
 /// One node: a `PostgresCache` (its own pool, local cache and listener) and a server with the layer.
 pub(crate) struct Node {
-    pub(crate) layer: PgCacheLayer,
+    /// Purges what this node's layer stores (same cache, same namespace).
+    pub(crate) http: HttpCache,
     pub(crate) addr: SocketAddr,
 }
 
@@ -113,15 +114,16 @@ impl Node {
 }
 
 /// Starts a node serving `app` behind a layer configured by `configure`.
-pub(crate) async fn node(
+pub(crate) async fn node<K: MakeKey>(
     settings: &CacheSettings,
     app: Router,
-    configure: impl FnOnce(PgCacheLayer) -> PgCacheLayer,
+    configure: impl FnOnce(PgCacheLayer) -> PgCacheLayer<K>,
 ) -> Node {
     let cache = pgcache_tests::connect(settings).await.expect("connect");
-    let layer = configure(PgCacheLayer::new(cache.clone()));
-    let addr = serve(app.layer(layer.clone())).await;
-    Node { layer, addr }
+    let layer = configure(PgCacheLayer::new(cache));
+    let http = layer.http_cache();
+    let addr = serve(app.layer(layer)).await;
+    Node { http, addr }
 }
 
 /// Serves `app` on 127.0.0.1:0.

@@ -1,4 +1,4 @@
-//! Behaviour 10: no response meant for one user is served to another.
+//! No response meant for one user is served to another.
 //!
 //! The origin echoes the user it saw (`user=` from `Authorization` or `Cookie`). For every combination
 //! of credentials, response directives and layer options, alice asks first, then bob (same kind of
@@ -8,7 +8,7 @@
 
 use axum::http::request::Parts;
 use pgcache_tests::settings_for;
-use pgcache_tower::PgCacheLayer;
+use pgcache_tower::{KeyScope, MakeKey, PgCacheLayer};
 
 use crate::support::{get, node, scripted, Got, Origin};
 
@@ -38,12 +38,28 @@ enum Layer {
     KeyByUser,
 }
 
-impl Layer {
-    fn configure(self, l: PgCacheLayer) -> PgCacheLayer {
+/// The key hook of the matrix: the URI alone (as the default), or the URI and the `x-user` header.
+#[derive(Clone, Copy)]
+enum KeyBy {
+    Uri,
+    User,
+}
+
+impl MakeKey for KeyBy {
+    fn make_key(&self, p: &Parts) -> Option<String> {
         match self {
-            Layer::Default => l,
-            Layer::AllowCookies => l.allow_cookies(true),
-            Layer::KeyByUser => l.key_fn(|p: &Parts| Some(p.headers.get("x-user")?.to_str().ok()?.to_owned())),
+            KeyBy::Uri => Some(String::new()),
+            KeyBy::User => Some(p.headers.get("x-user")?.to_str().ok()?.to_owned()),
+        }
+    }
+}
+
+impl Layer {
+    fn configure(self, l: PgCacheLayer) -> PgCacheLayer<KeyBy> {
+        match self {
+            Layer::Default => l.make_key(KeyScope::Extend, KeyBy::Uri),
+            Layer::AllowCookies => l.allow_cookies(true).make_key(KeyScope::Extend, KeyBy::Uri),
+            Layer::KeyByUser => l.make_key(KeyScope::Extend, KeyBy::User),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Behaviour 2: what may be stored (RFC 9111 §3 for a shared cache, with safer defaults).
+//! What may be stored (RFC 9111 §3 for a shared cache, with safer defaults).
 
 use std::time::Duration;
 
@@ -153,9 +153,7 @@ async fn hop_by_hop_fields_are_not_stored() {
 async fn default_ttl_and_clamps() {
     let origin = Origin::new();
     let n = node(&settings_for("store_ttl"), origin.router(), |l| {
-        l.default_ttl(Some(Duration::from_secs(30)))
-            .max_ttl(Some(Duration::from_secs(100)))
-            .min_ttl(Duration::from_secs(5))
+        l.default_ttl(Duration::from_secs(30)).max_ttl(Duration::from_secs(100)).min_ttl(Duration::from_secs(5))
     })
     .await;
     let plain = get(&n.url("/plain"), &[]).await;

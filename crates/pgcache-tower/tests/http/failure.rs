@@ -1,6 +1,6 @@
-//! Behaviour 9: with PostgreSQL unreachable the layer fails open, and says so.
+//! With PostgreSQL unreachable the layer fails open, and says so.
 
-use pgcache_core::NullCache;
+use pgcache_core::{NullCache, PostgresCache};
 use pgcache_tests::{settings_for, TestCluster};
 use pgcache_tower::PgCacheLayer;
 
@@ -38,11 +38,12 @@ async fn a_dead_database_is_served_by_the_handler() {
 }
 
 #[tokio::test]
-async fn lazy_settings_that_cannot_connect_fail_open() {
+async fn a_lazy_cache_that_cannot_connect_fails_open() {
     let origin = Origin::new();
     let mut settings = settings_for("lazy");
     settings.dsn = "postgresql://nobody@127.0.0.1:1/none".to_owned();
-    let addr = serve(origin.router().layer(PgCacheLayer::new(settings))).await;
+    let cache = PostgresCache::connect_lazy(settings).expect("valid settings");
+    let addr = serve(origin.router().layer(PgCacheLayer::new(cache))).await;
     for _ in 0..2 {
         let r = get(&format!("http://{addr}{}", scripted("/l", &["cache-control: max-age=60"])), &[]).await;
         assert_eq!(r.status, 200);
@@ -52,10 +53,13 @@ async fn lazy_settings_that_cannot_connect_fail_open() {
 }
 
 #[tokio::test]
-async fn lazy_settings_connect_on_first_use() {
+async fn a_lazy_cache_connects_on_first_use() {
     let origin = Origin::new();
     let settings = settings_for("lazy_ok");
-    let addr = serve(origin.router().layer(PgCacheLayer::new(settings))).await;
+    // A lazy cache never runs migrations: the schema is the deployment's job.
+    PostgresCache::init_db(&settings).await.expect("init_db");
+    let cache = PostgresCache::connect_lazy(settings).expect("valid settings");
+    let addr = serve(origin.router().layer(PgCacheLayer::new(cache))).await;
     let url = format!("http://{addr}{}", scripted("/l", &["cache-control: max-age=60"]));
     assert!(get(&url, &[]).await.cache.contains("stored"));
     assert!(get(&url, &[]).await.hit());

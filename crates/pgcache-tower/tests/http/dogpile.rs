@@ -1,4 +1,4 @@
-//! Behaviour 5: concurrent misses on two layer instances sharing one database run the handler once.
+//! Concurrent misses on two layer instances sharing one database run the handler once.
 
 use std::sync::atomic::Ordering;
 

@@ -1,4 +1,4 @@
-//! Behaviour 4: stale-while-revalidate and stale-if-error (RFC 5861), refresh once across nodes.
+//! Stale-while-revalidate and stale-if-error (RFC 5861), refresh once across nodes.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Behaviour 7: bodies are buffered only when they may be stored and fit; streams pass through;
+//! Bodies are buffered only when they may be stored and fit; streams pass through;
 //! trailers are kept.
 
 use std::convert::Infallible;

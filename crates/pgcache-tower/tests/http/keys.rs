@@ -1,7 +1,8 @@
-//! Behaviour 1: what the key is made of.
+//! What the key is made of.
 
 use axum::http::request::Parts;
 use pgcache_tests::settings_for;
+use pgcache_tower::KeyScope;
 
 use crate::support::{get, node, scripted, Origin};
 
@@ -71,7 +72,7 @@ async fn vary_star_is_never_stored() {
 async fn custom_key_function_extends_the_key() {
     let origin = Origin::new();
     let tenant = |parts: &Parts| Some(parts.headers.get("x-tenant")?.to_str().ok()?.to_owned());
-    let n = node(&settings_for("keys_fn"), origin.router(), |l| l.key_fn(tenant)).await;
+    let n = node(&settings_for("keys_fn"), origin.router(), |l| l.make_key(KeyScope::Extend, tenant)).await;
     let url = n.url(&scripted("/t", &["cache-control: max-age=60"]));
     get(&url, &[("x-tenant", "a")]).await;
     assert!(!get(&url, &[("x-tenant", "b")]).await.hit());

@@ -1,4 +1,4 @@
-//! Behaviour 6: unsafe methods, programmatic purges and tags invalidate on every node.
+//! Unsafe methods, programmatic purges and tags invalidate on every node.
 
 use std::time::Duration;
 
@@ -48,9 +48,9 @@ async fn programmatic_purges() {
         assert!(get(&b.url(p), &[]).await.hit());
     }
     let uri = format!("http://{}/p/1", crate::support::HOST).parse().unwrap();
-    assert!(a.layer.purge_uri(&uri).await.unwrap() >= 1);
-    assert!(a.layer.purge_tags(&["product-2"]).await.unwrap() >= 1);
-    assert!(a.layer.purge_tags(&["product-3"]).await.unwrap() >= 1);
+    assert!(a.http.purge_uri(&uri).await.unwrap() >= 1);
+    assert!(a.http.purge_tags(&["product-2"]).await.unwrap() >= 1);
+    assert!(a.http.purge_tags(&["product-3"]).await.unwrap() >= 1);
     for p in [&by_uri, &by_key, &by_group] {
         let url = b.url(p);
         eventually(Duration::from_secs(5), || {
@@ -62,7 +62,7 @@ async fn programmatic_purges() {
     }
     // purge_all empties this layer's namespace.
     assert!(get(&b.url(&by_uri), &[]).await.hit());
-    assert!(a.layer.purge_all().await.unwrap() >= 1);
+    assert!(a.http.purge_all().await.unwrap() >= 1);
     eventually(Duration::from_secs(5), || {
         let url = b.url(&by_uri);
         async move { !get(&url, &[]).await.hit() }

@@ -1,4 +1,4 @@
-//! Behaviour 3: Age, Cache-Status, 304 from the cache, client directives.
+//! Age, Cache-Status, 304 from the cache, client directives.
 
 use pgcache_tests::settings_for;
 

@@ -1,0 +1,142 @@
+//! Storing a handler's response: the storage rules and bounded buffering ([`prepare`]), then where the
+//! record goes ([`place`]: its own key, or a variant key plus a `Vary` index under the primary key)
+//! with its tags, and the hit-for-pass markers of responses that may not be stored.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::Body;
+use pgcache_core::{CacheStore, SetOptions, Ttl};
+
+use crate::body::{buffer, Buffered, PgBody};
+use crate::entry::{encode_stored, now_ms, Record, Stored};
+use crate::key::{self, Keys};
+use crate::policy::{self, Decision, RequestFacts, Rules};
+
+/// What [`prepare`] made of a handler's response.
+pub(crate) enum Prepared<B: Body> {
+    /// Storable, buffered, ready to place.
+    Store(Box<Stored>),
+    /// Not stored, for this reason (the `Cache-Status` detail); the response streams on.
+    Pass(Response<PgBody<B>>, &'static str),
+    /// The body failed while it was buffered: the bytes read, then the error (never stored).
+    Failed(Response<PgBody<B>>),
+}
+
+/// What [`prepare`] needs to know about the layer and the request.
+pub(crate) struct Rulebook<'a> {
+    pub(crate) rules: &'a Rules,
+    pub(crate) facts: RequestFacts,
+    pub(crate) max_body_bytes: usize,
+    /// The request's headers, for the `Vary` selection the response is stored under.
+    pub(crate) request: &'a HeaderMap,
+}
+
+/// Applies the storage rules, and buffers the body only when the response may be stored and fits.
+pub(crate) async fn prepare<B>(book: &Rulebook<'_>, resp: Response<B>) -> Prepared<B>
+where
+    B: Body<Data = Bytes>,
+{
+    let (parts, body) = resp.into_parts();
+    let (freshness, vary) = match policy::decide(book.rules, book.facts, parts.status, &parts.headers) {
+        Decision::Store { freshness, vary } => (freshness, vary),
+        Decision::Pass(reason) => {
+            return Prepared::Pass(Response::from_parts(parts, PgBody::passthrough(body)), reason)
+        }
+    };
+    let max = book.max_body_bytes;
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Prepared::Pass(Response::from_parts(parts, PgBody::passthrough(body)), "too-large");
+    }
+    let (data, trailers) = match buffer(body, max).await {
+        Buffered::Complete { data, trailers } => (data, trailers),
+        Buffered::TooLarge(body) => return Prepared::Pass(Response::from_parts(parts, body), "too-large"),
+        Buffered::Failed(body) => return Prepared::Failed(Response::from_parts(parts, body)),
+    };
+    if book.facts.grpc && !grpc_ok(&parts.headers, trailers.as_ref()) {
+        return Prepared::Pass(Response::from_parts(parts, PgBody::replay(data, trailers)), "grpc-status");
+    }
+    let listed = policy::connection_listed(&parts.headers);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if !policy::is_unstored_header(name, &listed) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let bodiless = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    if !book.facts.grpc && !bodiless && !headers.contains_key(header::CONTENT_LENGTH) {
+        // So that HEAD answers from the entry announce the GET's length.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+    }
+    Prepared::Store(Box::new(Stored {
+        status: parts.status,
+        headers,
+        body: data,
+        trailers,
+        stored_at_ms: now_ms(),
+        keep_ms: u64::try_from(freshness.keep_for().as_millis()).unwrap_or(u64::MAX),
+        freshness,
+        vary: key::selected(&vary, book.request),
+    }))
+}
+
+/// A gRPC response succeeded: `grpc-status: 0` in the trailers (or the headers of a trailers-only one).
+fn grpc_ok(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> bool {
+    let status = trailers.and_then(|t| t.get("grpc-status")).or_else(|| headers.get("grpc-status"));
+    status.is_some_and(|s| s.as_bytes() == b"0")
+}
+
+/// Where the responses of one request's keys go, and with which tags.
+pub(crate) struct Placement<'a> {
+    pub(crate) store: &'a dyn CacheStore,
+    pub(crate) namespace: &'a str,
+    pub(crate) keys: &'a Keys,
+}
+
+impl Placement<'_> {
+    /// Places a stored response that is to end up under `key`: under its own key when it does not
+    /// vary, else under a variant key with a `Vary` index under the primary key. Writes what does not
+    /// belong to `key` itself and returns the value (and options) for `key`.
+    pub(crate) async fn place(&self, key: &str, stored: &Stored) -> (Bytes, SetOptions) {
+        let tags = key::response_tags(self.namespace, self.keys, &stored.headers);
+        let options = SetOptions { ttl: Ttl::After(stored.freshness.keep_for()), tags };
+        let record = encode_stored(stored);
+        let primary = self.keys.primary.as_str();
+        if stored.vary.is_empty() {
+            if key != primary {
+                self.write(primary, record.clone(), &options).await;
+            }
+            return (record, options);
+        }
+        let vkey = key::variant(primary, &stored.vary);
+        let index = Record::Variants(stored.vary_names()).encode();
+        let index_options = SetOptions { ttl: options.ttl, tags: self.keys.base_tags() };
+        if key == primary {
+            self.write(&vkey, record, &options).await;
+            return (index, index_options);
+        }
+        if key != vkey {
+            self.write(&vkey, record.clone(), &options).await;
+            self.write(primary, index, &index_options).await;
+        }
+        (record, options)
+    }
+
+    /// A hit-for-pass marker for `ttl`: requests go straight to the handler, in parallel, until it
+    /// expires. `reason` is kept for the waiters' `Cache-Status`.
+    pub(crate) fn pass_marker(&self, reason: &str, ttl: Duration) -> (Bytes, SetOptions) {
+        let options = SetOptions { ttl: Ttl::After(ttl), tags: self.keys.base_tags() };
+        (Record::Pass(reason.to_owned()).encode(), options)
+    }
+
+    /// Writes an entry; a failure is logged (the response is served anyway).
+    pub(crate) async fn write(&self, key: &str, value: Bytes, options: &SetOptions) {
+        if let Err(e) = self.store.set_entry(key, value, options).await {
+            tracing::warn!(target: "pgcache::tower", error = %e, "could not store a cache entry");
+        }
+    }
+}
