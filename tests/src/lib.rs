@@ -487,3 +487,9 @@ fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// The workspace README's examples, compiled as doctests here: this crate sees every pgcache crate
+/// (core, tower, axum), so each example compiles against the code it describes.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct WorkspaceReadme;
