@@ -1,7 +1,7 @@
 //! Measures what `Cached<T>` costs per request, in process (no sockets): a plain handler, a hit from the
 //! local cache (L1), a hit from PostgreSQL (local cache disabled), and a miss that loads and stores.
 //!
-//! Run: `scripts/with-postgres cargo run --release -p pgcache-axum --example overhead`
+//! Run: `scripts/with-postgres cargo run --release -p pgcache-axum --example extractor_overhead`
 //! (reads `PGCACHE_DSN`).
 
 use std::time::Instant;

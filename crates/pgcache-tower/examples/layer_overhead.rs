@@ -1,7 +1,7 @@
 //! Measures what `PgCacheLayer` costs per request, in process (no sockets): a hit from the local cache,
 //! a hit from PostgreSQL (local cache disabled), a miss that stores, and a pass-through.
 //!
-//! Run: `scripts/with-postgres cargo run --release -p pgcache-tower --example overhead`
+//! Run: `scripts/with-postgres cargo run --release -p pgcache-tower --example layer_overhead`
 //! (reads `PGCACHE_DSN`).
 
 use std::convert::Infallible;
