@@ -6,10 +6,11 @@
 //! When neither is possible the test fails with a message naming what to install: a suite that passes
 //! without a database proves nothing.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -140,6 +141,42 @@ pub async fn advisory_lock_holder(client: &tokio_postgres::Client, key: i64) -> 
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
+/// Whether a backend of application `app` last ran `pg_try_advisory_lock`: the mark of a `get_or_load`
+/// caller that tried the key's lock across processes and, while another session holds it, polls for it
+/// (the last statement of an idle backend stays in `pg_stat_activity.query`).
+pub async fn tried_advisory_lock(client: &tokio_postgres::Client, app: &str) -> Result<bool> {
+    Ok(backends(client, app).await?.iter().any(|(_, query)| query.starts_with("SELECT pg_try_advisory_lock(")))
+}
+
+/// Counts the futures it tracks that are parked: each counts once, the first time it returns `Pending`,
+/// that is once it has done all it can without waiting for something else (a lock, a query, a
+/// notification). A test that needs callers to be waiting polls [`count`](Self::count) with a deadline
+/// ([`eventually`]) instead of sleeping and hoping.
+#[derive(Clone, Debug, Default)]
+pub struct Parked(Arc<AtomicUsize>);
+
+impl Parked {
+    /// `future`, counted the first time it parks.
+    pub fn track<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        let parked = Arc::clone(&self.0);
+        let mut counted = false;
+        let mut future = Box::pin(future);
+        std::future::poll_fn(move |cx| {
+            let poll = future.as_mut().poll(cx);
+            if poll.is_pending() && !counted {
+                counted = true;
+                parked.fetch_add(1, Ordering::SeqCst);
+            }
+            poll
+        })
+    }
+
+    /// How many tracked futures have parked so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// `pg_terminate_backend(pid)`: true when the backend existed.
 pub async fn terminate(client: &tokio_postgres::Client, pid: i32) -> Result<bool> {
     Ok(client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await?.try_get(0)?)
@@ -173,6 +210,29 @@ pub fn with_user(dsn: &str, user: &str, password: &str) -> Result<String> {
         return Ok(format!("{dsn} user={user} password={password}"));
     }
     bail!("cannot rewrite the user of DSN {dsn:?}")
+}
+
+/// `dsn` with the server `options` set to `options` (e.g. `-c default_transaction_read_only=on`; spaces
+/// and `=` only), in URL or key=value form.
+pub fn with_options(dsn: &str, options: &str) -> String {
+    if dsn.contains("://") {
+        let separator = if dsn.contains('?') { '&' } else { '?' };
+        format!("{dsn}{separator}options={}", options.replace(' ', "%20").replace('=', "%3D"))
+    } else {
+        format!("{dsn} options='{options}'")
+    }
+}
+
+/// `dsn` naming another database, in URL or key=value form.
+pub fn with_dbname(dsn: &str, dbname: &str) -> Result<String> {
+    if !dsn.contains("://") {
+        return Ok(format!("{dsn} dbname={dbname}"));
+    }
+    let (base, query) = dsn.split_once('?').map_or((dsn, None), |(b, q)| (b, Some(q)));
+    let (scheme, rest) = base.split_once("://").context("DSN without a scheme")?;
+    let authority = rest.split_once('/').map_or(rest, |(authority, _)| authority);
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    Ok(format!("{scheme}://{authority}/{dbname}{query}"))
 }
 
 /// A raw LISTEN on `channel` over its own connection, for tests that look at notifications themselves.
@@ -330,6 +390,22 @@ impl TestCluster {
         )
     }
 
+    /// Makes the server check passwords on TCP connections (`scram-sha-256`) for every role but
+    /// `postgres`, which stays trusted so the tests can still administer it; reloads the configuration.
+    /// The reload is asynchronous: poll for its effect.
+    ///
+    /// # Errors
+    /// `pg_hba.conf` could not be written, or `pg_ctl reload` failed.
+    pub fn require_passwords(&self) -> Result<()> {
+        let hba = self.dir.join("data").join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .with_context(|| format!("writing {}", hba.display()))?;
+        self.run("pg_ctl", &["-D", &self.data(), "reload"])
+    }
+
     fn data(&self) -> String {
         self.dir.join("data").display().to_string()
     }
@@ -411,3 +487,9 @@ fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
+
+/// The workspace README's examples, compiled as doctests here: this crate sees every pgcache crate
+/// (core, tower, axum), so each example compiles against the code it describes.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct WorkspaceReadme;

@@ -1,7 +1,7 @@
-//! Issue #2, behaviour 5: dogpile safety across OS processes. Several `dogpile_worker` processes x many
-//! tasks each call `get_or_set` on cold keys at the same moment, with a loader that sleeps 200 ms and
-//! counts its runs in a table: every key is loaded exactly once and every caller gets that value.
-//! Also the same inside one process, with several cache instances.
+//! Dogpile safety across OS processes: several `dogpile_worker` processes x many tasks each call
+//! `get_or_set` on cold keys at the same moment, with a loader that sleeps 200 ms and counts its runs in
+//! a table: every key is loaded exactly once and every caller gets that value. The same holds inside one
+//! process with several cache instances, and a holder process that crashes mid-load blocks nobody.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use pgcache_core::prelude::*;
 use pgcache_core::CacheSettings;
-use pgcache_tests::{advisory_lock_holder, connect, eventually, node, settings_for, sql_client};
+use pgcache_tests::{advisory_lock_holder, connect, eventually, node, settings_for, sql_client, Parked};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -161,24 +161,30 @@ async fn one_cold_key_many_nodes_in_one_process_loads_once() -> anyhow::Result<(
         nodes.push(connect(&node(&settings, &format!("n{i}"))).await?);
     }
     let runs = Arc::new(AtomicU32::new(0));
+    // The loader is held until it has started and all 60 calls are seen in flight (each has parked, and
+    // none can finish before the held loader's value exists).
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let parked = Parked::default();
     let mut handles = Vec::new();
     for task in 0..60 {
         let cache = nodes[task % nodes.len()].clone();
-        let runs = Arc::clone(&runs);
-        handles.push(tokio::spawn(async move {
+        let (runs, mut gate) = (Arc::clone(&runs), gate.clone());
+        handles.push(tokio::spawn(parked.track(async move {
             cache
                 .get_or_set(
                     "cold",
                     move || async move {
-                        tokio::time::sleep(Duration::from_millis(LOADER_MS)).await;
                         let n = runs.fetch_add(1, Ordering::SeqCst);
+                        let _ = gate.wait_for(|open| *open).await;
                         Ok::<_, std::io::Error>(format!("loaded#{n}"))
                     },
                     None,
                 )
                 .await
-        }));
+        })));
     }
+    eventually(Duration::from_secs(5), || async { parked.count() == 60 && runs.load(Ordering::SeqCst) > 0 }).await?;
+    open.send(true)?;
     for handle in handles {
         assert_eq!(handle.await??, "loaded#0");
     }

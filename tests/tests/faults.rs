@@ -1,12 +1,15 @@
-//! Issue #2, behaviours 6, 7 and 8: faults.
+//! Faults the cache survives:
 //!
-//! - 6: the advisory-lock holder's backend is killed mid-load (waiters do not hang, one of them loads);
-//!   the first caller's future is dropped mid-load (the others still get a value); a loader error reaches
-//!   its caller only, nothing is cached, the next call retries.
-//! - 7: the listener's backend is killed: no stale local value past the bound while it is down, it
-//!   reconnects by itself, coherence resumes.
-//! - 8: PostgreSQL stopped: `get` misses, `get_or_set` falls back to the loader, writes fail with a typed
-//!   error; after a restart the same cache instance works again.
+//! - the advisory-lock holder's backend is killed mid-load while other nodes provably wait for it: no
+//!   waiter hangs and exactly one of them loads;
+//! - the first caller's future is dropped (or its task aborted) mid-load while followers provably wait:
+//!   every follower still gets one value, loaded once;
+//! - a loader error reaches its own caller only, nothing is cached, and the next call retries;
+//! - the listener's backend is killed or frozen: no stale local value is served past the bound while it
+//!   is down, it reconnects by itself, and coherence resumes;
+//! - the server stops answering or stops altogether: reads fail open (`get` misses, `get_or_set` runs
+//!   the loader) within the timeouts, writes fail with a typed error, and after a restart the same
+//!   cache instance works again.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use pgcache_core::prelude::*;
 use pgcache_core::{Error, Fill, ListenerState, LoadError, Source};
 use pgcache_tests::{
     advisory_lock_holder, blocking, connect, eventually, listener_pid, login_role, make_local, node, row_count,
-    settings_for, settings_on, sql_client, terminate, TestCluster,
+    settings_for, settings_on, sql_client, terminate, tried_advisory_lock, Parked, TestCluster,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -49,22 +52,25 @@ fn slow_caller(
     (task, started)
 }
 
-/// Spawns `n` `get_or_set` callers of `key` on `cache`; their loader counts its runs in `runs`.
+/// Spawns `n` `get_or_set` callers of `key` on `cache`, tracked by `parked`; their loader counts its runs
+/// in `runs`.
 fn waiters(
     cache: &PostgresCache,
     key: &'static str,
     n: usize,
     name: &'static str,
     runs: &Arc<AtomicU32>,
+    parked: &Parked,
 ) -> Vec<JoinHandle<pgcache_core::Result<String>>> {
     (0..n)
         .map(|_| {
             let (cache, runs) = (cache.clone(), Arc::clone(runs));
-            tokio::spawn(async move {
+            let call = async move {
                 cache
                     .get_or_set(
                         key,
                         move || async move {
+                            // Held a little so that a second loader run, were there one, would overlap.
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             runs.fetch_add(1, Ordering::SeqCst);
                             Ok::<_, std::io::Error>(format!("from {name}"))
@@ -72,9 +78,34 @@ fn waiters(
                         None,
                     )
                     .await
-            })
+            };
+            tokio::spawn(parked.track(call))
         })
         .collect()
+}
+
+/// Waits until every one of `n` waiters is parked and each node in `polling` (by application name) has
+/// tried the key's advisory lock, which its holder keeps, so they wait for it: in one process, a caller
+/// parks either on the key's single flight (behind the caller that leads it) or, as that leader, on the
+/// lock; the leader's failed `pg_try_advisory_lock` shows in `pg_stat_activity`.
+async fn until_waiting(
+    admin: &tokio_postgres::Client,
+    parked: &Parked,
+    n: usize,
+    polling: &[&str],
+) -> anyhow::Result<Duration> {
+    eventually(PROMPT, || async {
+        if parked.count() < n {
+            return false;
+        }
+        for app in polling {
+            if !tried_advisory_lock(admin, app).await.unwrap_or(false) {
+                return false;
+            }
+        }
+        true
+    })
+    .await
 }
 
 /// Awaits every task within `deadline`; returns their values.
@@ -98,9 +129,10 @@ fn all_same(values: &[String]) -> bool {
 #[tokio::test]
 async fn killing_the_lock_holder_mid_load_lets_a_waiter_load() -> anyhow::Result<()> {
     let settings = settings_for("f_killholder");
-    let a = connect(&node(&settings, "a")).await?;
-    let b = connect(&node(&settings, "b")).await?;
-    let c = connect(&node(&settings, "c")).await?;
+    let (a_settings, b_settings, c_settings) = (node(&settings, "a"), node(&settings, "b"), node(&settings, "c"));
+    let a = connect(&a_settings).await?;
+    let b = connect(&b_settings).await?;
+    let c = connect(&c_settings).await?;
     let admin = sql_client(&settings.dsn).await?;
 
     // A takes the lock and its loader hangs.
@@ -109,12 +141,16 @@ async fn killing_the_lock_holder_mid_load_lets_a_waiter_load() -> anyhow::Result
     let holder =
         advisory_lock_holder(&admin, a.lock_key("k")).await?.ok_or_else(|| anyhow::anyhow!("no lock holder"))?;
 
-    let runs = Arc::new(AtomicU32::new(0));
-    let mut tasks = waiters(&b, "k", 5, "b", &runs);
-    tasks.extend(waiters(&c, "k", 5, "c", &runs));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Ten waiters on two other nodes, observed waiting: B and C poll the lock A holds.
+    let (runs, parked) = (Arc::new(AtomicU32::new(0)), Parked::default());
+    let mut tasks = waiters(&b, "k", 5, "b", &runs, &parked);
+    tasks.extend(waiters(&c, "k", 5, "c", &runs, &parked));
+    let queued =
+        until_waiting(&admin, &parked, 10, &[&b_settings.application_name, &c_settings.application_name]).await?;
+    eprintln!("10 waiters on B and C observed waiting for A's lock after {queued:?}");
     assert!(tasks.iter().all(|t| !t.is_finished()), "waiters must wait while the holder loads");
     assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(advisory_lock_holder(&admin, a.lock_key("k")).await?, Some(holder), "A still holds the lock");
 
     assert!(terminate(&admin, holder).await?);
     let killed = Instant::now();
@@ -137,15 +173,18 @@ async fn killing_the_lock_holder_mid_load_lets_a_waiter_load() -> anyhow::Result
 #[tokio::test]
 async fn cancelling_the_first_caller_mid_load_strands_nobody() -> anyhow::Result<()> {
     let settings = settings_for("f_cancel");
+    let b_settings = node(&settings, "b");
     let a = connect(&node(&settings, "a")).await?;
-    let b = connect(&node(&settings, "b")).await?;
+    let b = connect(&b_settings).await?;
     let admin = sql_client(&settings.dsn).await?;
 
-    for cancel_by_timeout in [false, true] {
-        let key: &'static str = if cancel_by_timeout { "k-timeout" } else { "k-abort" };
-        let runs = Arc::new(AtomicU32::new(0));
-        let (first, started, timed) = if cancel_by_timeout {
-            // The first caller's future is dropped by a timeout around it.
+    for drop_future in [false, true] {
+        let key: &'static str = if drop_future { "k-dropped" } else { "k-abort" };
+        let (runs, parked) = (Arc::new(AtomicU32::new(0)), Parked::default());
+        let (drop_tx, drop_rx) = oneshot::channel::<()>();
+        let (first, started) = if drop_future {
+            // The first caller's future is dropped inside its still running task (as by a timeout or a
+            // `select!` around it), once the followers are seen waiting.
             let (started_tx, started) = oneshot::channel();
             let a2 = a.clone();
             let first = tokio::spawn(async move {
@@ -158,24 +197,26 @@ async fn cancelling_the_first_caller_mid_load_strands_nobody() -> anyhow::Result
                     },
                     None,
                 );
-                match tokio::time::timeout(Duration::from_secs(2), call).await {
-                    Ok(result) => result,
-                    Err(_) => Ok("dropped".to_owned()),
+                tokio::select! {
+                    result = call => result,
+                    _ = drop_rx => Ok("dropped".to_owned()),
                 }
             });
-            (first, started, true)
+            (first, started)
         } else {
-            let (first, started) = slow_caller(&a, key, Duration::from_secs(60));
-            (first, started, false)
+            slow_caller(&a, key, Duration::from_secs(60))
         };
         started.await?;
-        // Followers in the same process (single flight) and in another node (advisory lock).
-        let mut tasks = waiters(&a, key, 4, "a", &runs);
-        tasks.extend(waiters(&b, key, 4, "b", &runs));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Followers in the same process (single flight) and in another node (advisory lock), observed
+        // waiting: A's four behind the first caller's flight, B's polling the lock it holds.
+        let mut tasks = waiters(&a, key, 4, "a", &runs, &parked);
+        tasks.extend(waiters(&b, key, 4, "b", &runs, &parked));
+        until_waiting(&admin, &parked, 8, &[&b_settings.application_name]).await?;
         assert!(tasks.iter().all(|t| !t.is_finished()));
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
 
-        if timed {
+        if drop_future {
+            let _ = drop_tx.send(());
             assert_eq!(first.await??, "dropped");
         } else {
             first.abort();
@@ -183,7 +224,10 @@ async fn cancelling_the_first_caller_mid_load_strands_nobody() -> anyhow::Result
         }
         let cancelled = Instant::now();
         let values = all_within(tasks, PROMPT).await?;
-        eprintln!("first caller cancelled (timeout: {timed}): 8 followers answered {:?} later", cancelled.elapsed());
+        eprintln!(
+            "first caller cancelled (future dropped: {drop_future}): 8 followers answered {:?} later",
+            cancelled.elapsed()
+        );
         assert_eq!(runs.load(Ordering::SeqCst), 1, "one follower loads after the cancellation");
         assert!(all_same(&values), "{values:?}");
         assert_eq!(b.get::<String>(key).await?.as_ref(), values.first());
@@ -199,8 +243,9 @@ async fn cancelling_the_first_caller_mid_load_strands_nobody() -> anyhow::Result
 #[tokio::test]
 async fn loader_errors_reach_their_caller_only_and_are_not_cached() -> anyhow::Result<()> {
     let settings = settings_for("f_loadererr");
+    let b_settings = node(&settings, "b");
     let a = connect(&node(&settings, "a")).await?;
-    let b = connect(&node(&settings, "b")).await?;
+    let b = connect(&b_settings).await?;
     let admin = sql_client(&settings.dsn).await?;
 
     let result: pgcache_core::Result<String> =
@@ -223,15 +268,17 @@ async fn loader_errors_reach_their_caller_only_and_are_not_cached() -> anyhow::R
     assert_eq!(v, "recovered");
     assert_eq!(b.get::<String>("k").await?.as_deref(), Some("recovered"));
 
-    // A failing leader while others wait: only the leader sees the error; one of the others loads.
+    // A failing leader while others wait: only the leader sees the error; one of the others loads. The
+    // leader's loader fails only once the others are seen waiting.
     let (fail_tx, fail_started) = oneshot::channel();
+    let (fail_now, fail_gate) = oneshot::channel::<()>();
     let a2 = a.clone();
     let leader = tokio::spawn(async move {
         a2.get_or_set(
             "k2",
             move || async move {
                 let _ = fail_tx.send(());
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = fail_gate.await;
                 Err::<String, _>(std::io::Error::other("leader failed"))
             },
             None,
@@ -239,9 +286,12 @@ async fn loader_errors_reach_their_caller_only_and_are_not_cached() -> anyhow::R
         .await
     });
     fail_started.await?;
-    let runs = Arc::new(AtomicU32::new(0));
-    let mut tasks = waiters(&a, "k2", 3, "a", &runs);
-    tasks.extend(waiters(&b, "k2", 3, "b", &runs));
+    let (runs, parked) = (Arc::new(AtomicU32::new(0)), Parked::default());
+    let mut tasks = waiters(&a, "k2", 3, "a", &runs, &parked);
+    tasks.extend(waiters(&b, "k2", 3, "b", &runs, &parked));
+    until_waiting(&admin, &parked, 6, &[&b_settings.application_name]).await?;
+    assert!(tasks.iter().all(|t| !t.is_finished()));
+    let _ = fail_now.send(());
     assert!(matches!(leader.await?, Err(Error::Loader(_))));
     let values = all_within(tasks, PROMPT).await?;
     assert!(all_same(&values), "{values:?}");

@@ -1,5 +1,5 @@
-//! Issue #2, behaviour 10: the local cache stays within its byte budget (and its entry bound) when ten
-//! times its capacity is written and read back; `local_max_entries = 0` disables it.
+//! The local cache stays within its byte budget (and its entry bound) when ten times its capacity is
+//! written and read back; `local_max_entries = 0` disables it, and the listener with it.
 
 use bytes::Bytes;
 use pgcache_core::prelude::*;

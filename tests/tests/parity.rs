@@ -1,8 +1,8 @@
-//! Issue #2, behaviour 12: the original Python library's (postgres-cache 0.1.x) own test cases, in Rust:
-//! round trip, expiry, forced invalidation, notifications clearing another client's local cache,
-//! `get_or_set` running its loader once for concurrent callers, disabled notifications creating no
-//! listener, the too-many-connections message, prefixed objects created by the migrations, an outdated
-//! schema version detected, `NullCache` never storing.
+//! What the original Python library (postgres-cache 0.1.x) guaranteed still holds, case by case: round
+//! trip, expiry, forced invalidation, notifications clearing another client's local cache, `get_or_set`
+//! running its loader once for concurrent callers, disabled notifications creating no listener, a
+//! too-many-connections message that says how to use fewer, prefixed objects created by the migrations,
+//! an outdated schema version detected, `NullCache` never storing; and `close` releasing every connection.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use pgcache_core::prelude::*;
 use pgcache_core::{Error, ListenerState, Source};
 use pgcache_tests::{
-    backends, connect, eventually, listener_pid, login_role, make_local, node, settings_for, sql_client,
+    backends, connect, eventually, listener_pid, login_role, make_local, node, settings_for, sql_client, Parked,
 };
 use serde_json::{json, Value};
 
@@ -121,25 +121,32 @@ async fn get_or_set_runs_the_loader_once_for_concurrent_callers() -> anyhow::Res
     let a = connect(&node(&settings, "a")).await?;
     let b = connect(&node(&settings, "b")).await?;
     let runs = Arc::new(AtomicU32::new(0));
+    // The loader is held until it has started and all 40 calls are seen in flight (each has parked, and
+    // none can finish before the held loader's value exists).
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let parked = Parked::default();
     let calls: Vec<_> = (0..40)
         .map(|i| {
             let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
-            let runs = Arc::clone(&runs);
-            tokio::spawn(async move {
+            let (runs, mut gate) = (Arc::clone(&runs), gate.clone());
+            tokio::spawn(parked.track(async move {
                 cache
                     .get_or_set(
                         "expensive",
                         move || async move {
                             runs.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            let _ = gate.wait_for(|open| *open).await;
                             Ok::<_, std::io::Error>(json!({"computed": true}))
                         },
                         Some(Duration::from_secs(60)),
                     )
                     .await
-            })
+            }))
         })
         .collect();
+    eventually(Duration::from_secs(5), || async { parked.count() == 40 && runs.load(Ordering::SeqCst) > 0 }).await?;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one loader runs while 40 calls are in flight");
+    open.send(true)?;
     for call in calls {
         assert_eq!(call.await??, json!({"computed": true}));
     }

@@ -1,5 +1,6 @@
-//! Issue #2, behaviour 1: set/get/delete round trips for JSON and raw bytes; TTL honoured on read (an
-//! expired row is a miss before it is swept); expired rows removed by the sweeper while the cache is idle.
+//! Values round-trip: set/get/delete for JSON and raw bytes (with TTL and tag metadata); a TTL is honoured
+//! on read whatever the session time zone (an expired row is a miss before it is swept); the sweeper
+//! removes expired rows while the cache is idle, and `cleanup_expired` reports what it removed.
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! Basic round trips against a real PostgreSQL.
+//! A connected cache round-trips a JSON value through `set`/`get`, fills a miss through `get_or_set`,
+//! and `delete` reports whether the key was there.
 
 use std::time::Duration;
 

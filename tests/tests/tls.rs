@@ -1,4 +1,6 @@
-//! TLS: `sslmode=require` / `tls_root_cert` connections to a server with a certificate from a private CA.
+//! With `tls_root_cert` (a private CA) every connection of a cache (schema, pool, listener) is encrypted
+//! and verifies the server; without the CA, `sslmode=require` rejects the server's chain with a typed
+//! error instead of falling back to plain text.
 
 use std::path::Path;
 use std::process::Command;

@@ -1,6 +1,6 @@
-//! Issue #2, behaviour 9: bad input gets a typed error and changes nothing: empty key, key over the limit,
-//! value over the limit, invalid or SQL-injecting `schema_prefix`/`notify_channel`, malformed DSN,
-//! undecodable stored value for a typed `get`.
+//! Bad input gets a typed error and changes nothing: an empty key, a key or value over its limit, an
+//! empty or overlong tag, an invalid or SQL-injecting `schema_prefix`/`notify_channel`, a malformed DSN
+//! or setting, and a stored value that does not decode as the requested type.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
