@@ -41,8 +41,3 @@ pub use typed::TypedCache;
 pub mod prelude {
     pub use crate::{CacheSettings, CacheStore, NullCache, PostgresCache, SharedCache, Ttl, TypedCache};
 }
-
-/// The workspace README's examples, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct WorkspaceReadme;
