@@ -1,77 +1,38 @@
 //! The request flow. [`run`] classifies a request: what the cache cannot serve goes straight to the
 //! inner service ([`pass`], with [`invalidate`] after an unsafe method); a cacheable request is read
-//! once into a [`Ctx`] and handed to a [`Flow`], whose methods read top-down:
+//! once into a [`Ctx`] and handed to a [`Flow`] (`cacheable.rs`), whose methods read top-down through
+//! lookup, fill and refresh.
 //!
-//! - `lookup.rs`: `lookup` → `variant` → `serve` (fresh hit, or stale-while-revalidate);
-//! - `fill.rs`: `miss` → the dogpile-safe `fill` through the core's `get_or_load` → `waiter`;
-//! - `refresh.rs`: `revalidate` (once per stale version across nodes, stale-if-error) and the
-//!   background `refresh`.
-//!
-//! They build on leaves that know nothing of the flow: `ctx.rs` (the request, rebuilt for the inner
-//! service), `respond.rs` (answers from stored responses, `Cache-Status`) and `place.rs` (what is
-//! stored, and under which keys). Cache failures are logged and the request is served by the inner
-//! service.
+//! They build on leaves that know nothing of the flow: `inner.rs` (the inner service's bounds),
+//! `ctx.rs` (the request, rebuilt for the inner service), `respond.rs` (answers from stored responses,
+//! `Cache-Status`) and `place.rs` (what is stored, and under which keys). Cache failures are logged and
+//! the request is served by the inner service.
 
+mod cacheable;
 mod ctx;
-mod fill;
-mod lookup;
+mod inner;
 mod place;
-mod refresh;
 mod respond;
 
-use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, Uri};
 use http_body::Body;
-use pgcache_core::{CacheStore, Error};
+use pgcache_core::CacheStore;
 use tower_service::Service;
 
 use crate::body::{read_request, PgBody, ReplayBody, RequestBody};
 use crate::config::{Config, MakeKey, Shared};
-use crate::entry::Stored;
 use crate::key;
 use crate::policy::{self, CacheControl};
 use crate::status::CacheStatusMember;
 
-use self::ctx::{Ctx, Mode};
-use self::place::{Placement, Rulebook};
-use self::respond::{finish, from_stored};
-
-/// The inner services the layer can wrap: the bounds every step of the flow needs, named once.
-pub(crate) trait Inner<B, RB>:
-    Service<Request<B>, Response = Response<RB>, Future: Send + 'static, Error: Send + 'static> + Clone + Send + 'static
-{
-}
-
-impl<T, B, RB> Inner<B, RB> for T
-where
-    T: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-    T::Future: Send + 'static,
-    T::Error: Send + 'static,
-{
-}
-
-/// The response bodies the layer can pass through or buffer.
-pub(crate) trait ResBody: Body<Data = Bytes, Error: Send + 'static> + Send + 'static {}
-
-impl<T> ResBody for T
-where
-    T: Body<Data = Bytes> + Send + 'static,
-    T::Error: Send + 'static,
-{
-}
-
-/// What the service answers with.
-pub(crate) type Resp<RB> = Response<PgBody<RB>>;
-
-/// How long a refresh result stays under its refresh key (only concurrent requests read it).
-const REFRESH_RESULT_TTL: Duration = Duration::from_secs(5);
-/// How long a failed fill or refresh is remembered, so waiters go to the handler in parallel.
-const ERROR_PASS_TTL: Duration = Duration::from_secs(1);
+use self::cacheable::Flow;
+use self::ctx::Ctx;
+use self::inner::{call, Inner, ResBody, Resp};
+use self::respond::finish;
 
 /// Handles one request: the entry point of [`PgCache`](crate::PgCache)'s future.
 pub(crate) async fn run<S, B, RB, K>(
@@ -161,15 +122,6 @@ fn bypass_reason(cfg: &Config, headers: &HeaderMap) -> Option<&'static str> {
     None
 }
 
-/// Calls a service once it is ready.
-async fn call<S, Req>(inner: &mut S, req: Req) -> Result<S::Response, S::Error>
-where
-    S: Service<Req>,
-{
-    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-    inner.call(req).await
-}
-
 /// Straight to the inner service, body untouched.
 async fn pass<S, B, RB>(
     shared: &Shared,
@@ -233,78 +185,4 @@ fn invalidation_tags(cfg: &Config, authority: &str, uri: &Uri, headers: &HeaderM
     tags.sort();
     tags.dedup();
     tags
-}
-
-/// One cacheable request on its way through the cache: the layer's shared state, the inner service
-/// (a ready clone, cloned again into loaders and background refreshes) and the request.
-pub(crate) struct Flow<S, B, RB> {
-    shared: Arc<Shared>,
-    inner: S,
-    ctx: Arc<Ctx>,
-    _types: PhantomData<fn(B) -> RB>,
-}
-
-impl<S: Clone, B, RB> Clone for Flow<S, B, RB> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: Arc::clone(&self.shared),
-            inner: self.inner.clone(),
-            ctx: Arc::clone(&self.ctx),
-            _types: PhantomData,
-        }
-    }
-}
-
-impl<S, B, RB> Flow<S, B, RB>
-where
-    S: Inner<B, RB>,
-    B: ReplayBody,
-    RB: ResBody,
-{
-    fn new(shared: Arc<Shared>, inner: S, ctx: Ctx) -> Self {
-        Self { shared, inner, ctx: Arc::new(ctx), _types: PhantomData }
-    }
-
-    /// The cache's name in `Cache-Status`.
-    fn name(&self) -> &str {
-        &self.shared.config.status_name
-    }
-
-    /// Where this request's responses are stored.
-    fn placement(&self) -> Placement<'_> {
-        Placement { store: &self.shared.store, namespace: &self.shared.config.namespace, keys: &self.ctx.keys }
-    }
-
-    /// What the storage rules need.
-    fn rulebook(&self) -> Rulebook<'_> {
-        Rulebook {
-            rules: &self.shared.rules,
-            facts: self.ctx.facts,
-            max_body_bytes: self.shared.config.max_body_bytes,
-            request: self.ctx.headers(),
-        }
-    }
-
-    /// The finished answer from a stored response of this age.
-    fn respond(&self, stored: &Stored, age: Duration, status: CacheStatusMember) -> Resp<RB> {
-        finish(from_stored(&self.ctx.parts, stored, age), &status, self.name(), false)
-    }
-
-    /// A response of the inner service, finished (its body dropped for HEAD: fills are GETs).
-    fn finish_fill(&self, resp: Resp<RB>, status: CacheStatusMember) -> Resp<RB> {
-        finish(resp, &status, self.name(), self.ctx.head)
-    }
-
-    /// The inner service answers as the client asked; nothing is stored.
-    async fn forward(mut self, status: CacheStatusMember) -> Result<Resp<RB>, S::Error> {
-        let resp = call(&mut self.inner, self.ctx.request(Mode::Forward)).await?;
-        let status = status.fwd_status(resp.status().as_u16());
-        Ok(finish(resp.map(PgBody::passthrough), &status, self.name(), false))
-    }
-
-    /// Fail open: the cache failed, the inner service answers.
-    async fn unavailable(self, err: Error) -> Result<Resp<RB>, S::Error> {
-        tracing::warn!(target: "pgcache::tower", error = %err, "HTTP cache unavailable; serving from the handler");
-        self.forward(CacheStatusMember::fwd("miss").detail("cache-unavailable")).await
-    }
 }

@@ -1,0 +1,489 @@
+//! A cacheable request's way through the cache, as one struct with methods that read top-down:
+//! `lookup` → `variant` → `serve` (a fresh hit, or stale-while-revalidate); `miss` → the dogpile-safe
+//! `fill` through the core's typed `get_or_load` → `waiter`; `revalidate` (once per stale version across
+//! nodes, stale-if-error) and the background `refresh`. It builds on the leaves `ctx.rs`, `respond.rs`,
+//! `place.rs` and `inner.rs`, which know nothing of it.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::StatusCode;
+use pgcache_core::{CacheStore, Entry, Error, Fill, LoadError, Loaded, SetOptions, Source, Ttl};
+
+use super::ctx::{Ctx, Mode};
+use super::inner::{call, Inner, ResBody, Resp};
+use super::place::{Placement, Prepared, Rulebook};
+use super::respond::{finish, from_stored, only_if_cached, ttl_left};
+use crate::body::{PgBody, ReplayBody};
+use crate::config::Shared;
+use crate::entry::{encode_stored, now_ms, Record, Stored};
+use crate::key;
+use crate::policy::{self, Decision};
+use crate::status::CacheStatusMember;
+
+/// How long a refresh result stays under its refresh key (only concurrent requests read it).
+const REFRESH_RESULT_TTL: Duration = Duration::from_secs(5);
+/// How long a failed fill or refresh is remembered, so waiters go to the handler in parallel.
+const ERROR_PASS_TTL: Duration = Duration::from_secs(1);
+
+/// One cacheable request on its way through the cache: the layer's shared state, the inner service
+/// (a ready clone, cloned again into loaders and background refreshes) and the request.
+pub(crate) struct Flow<S, B, RB> {
+    shared: Arc<Shared>,
+    inner: S,
+    ctx: Arc<Ctx>,
+    _types: PhantomData<fn(B) -> RB>,
+}
+
+impl<S: Clone, B, RB> Clone for Flow<S, B, RB> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            inner: self.inner.clone(),
+            ctx: Arc::clone(&self.ctx),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<S, B, RB> Flow<S, B, RB>
+where
+    S: Inner<B, RB>,
+    B: ReplayBody,
+    RB: ResBody,
+{
+    pub(super) fn new(shared: Arc<Shared>, inner: S, ctx: Ctx) -> Self {
+        Self { shared, inner, ctx: Arc::new(ctx), _types: PhantomData }
+    }
+
+    /// The cache's name in `Cache-Status`.
+    fn name(&self) -> &str {
+        &self.shared.config.status_name
+    }
+
+    /// Where this request's responses are stored.
+    fn placement(&self) -> Placement<'_> {
+        Placement { store: &self.shared.store, namespace: &self.shared.config.namespace, keys: &self.ctx.keys }
+    }
+
+    /// What the storage rules need.
+    fn rulebook(&self) -> Rulebook<'_> {
+        Rulebook {
+            rules: &self.shared.rules,
+            facts: self.ctx.facts,
+            max_body_bytes: self.shared.config.max_body_bytes,
+            request: self.ctx.headers(),
+        }
+    }
+
+    /// The finished answer from a stored response of this age.
+    fn respond(&self, stored: &Stored, age: Duration, status: CacheStatusMember) -> Resp<RB> {
+        finish(from_stored(&self.ctx.parts, stored, age), &status, self.name(), false)
+    }
+
+    /// A response of the inner service, finished (its body dropped for HEAD: fills are GETs).
+    fn finish_fill(&self, resp: Resp<RB>, status: CacheStatusMember) -> Resp<RB> {
+        finish(resp, &status, self.name(), self.ctx.head)
+    }
+
+    /// The inner service answers as the client asked; nothing is stored.
+    async fn forward(mut self, status: CacheStatusMember) -> Result<Resp<RB>, S::Error> {
+        let resp = call(&mut self.inner, self.ctx.request(Mode::Forward)).await?;
+        let status = status.fwd_status(resp.status().as_u16());
+        Ok(finish(resp.map(PgBody::passthrough), &status, self.name(), false))
+    }
+
+    /// Fail open: the cache failed, the inner service answers.
+    async fn unavailable(self, err: Error) -> Result<Resp<RB>, S::Error> {
+        tracing::warn!(target: "pgcache::tower", error = %err, "HTTP cache unavailable; serving from the handler");
+        self.forward(CacheStatusMember::fwd("miss").detail("cache-unavailable")).await
+    }
+}
+
+// ---- Lookup: fresh and stale hits ----
+
+impl<S, B, RB> Flow<S, B, RB>
+where
+    S: Inner<B, RB>,
+    B: ReplayBody,
+    RB: ResBody,
+{
+    /// Reads the primary key and serves, fills or forwards.
+    pub(super) async fn lookup(self) -> Result<Resp<RB>, S::Error> {
+        let primary = self.ctx.keys.primary.clone();
+        let entry = match self.shared.store.get_entry(&primary).await {
+            Ok(entry) => entry,
+            Err(e) => return self.unavailable(e).await,
+        };
+        let Some(entry) = entry else {
+            return self.miss(primary, "uri-miss").await;
+        };
+        match Record::decode(&entry.value) {
+            Some(Record::Response(stored)) if self.ctx.selects(&stored) => self.serve(primary, stored, entry).await,
+            Some(Record::Response(stored)) => self.variant(stored.vary_names()).await,
+            Some(Record::Variants(names)) => self.variant(names).await,
+            Some(Record::Pass(_)) => self.forward(CacheStatusMember::fwd("uri-miss").detail("pass")).await,
+            None => self.miss(primary, "uri-miss").await,
+        }
+    }
+
+    /// The response varies on `names`: reads this request's variant.
+    async fn variant(self, names: Vec<HeaderName>) -> Result<Resp<RB>, S::Error> {
+        let selected = key::selected(&names, self.ctx.headers());
+        let vkey = key::variant(&self.ctx.keys.primary, &selected);
+        match self.shared.store.get_entry(&vkey).await {
+            Err(e) => self.unavailable(e).await,
+            Ok(Some(entry)) => match Record::decode(&entry.value) {
+                Some(Record::Response(stored)) if self.ctx.selects(&stored) => self.serve(vkey, stored, entry).await,
+                Some(Record::Pass(_)) => self.forward(CacheStatusMember::fwd("vary-miss").detail("pass")).await,
+                _ => self.miss(vkey, "vary-miss").await,
+            },
+            Ok(None) => self.miss(vkey, "vary-miss").await,
+        }
+    }
+
+    /// A usable stored response under `key`: fresh → hit; stale within stale-while-revalidate → hit and
+    /// one background refresh; otherwise (or `no-cache`) → revalidate now.
+    async fn serve(self, key: String, stored: Box<Stored>, entry: Entry) -> Result<Resp<RB>, S::Error> {
+        let age = stored.age(entry.expiry.remaining());
+        let f = stored.freshness;
+        let must_validate = f.no_cache || self.ctx.force_revalidate;
+        if !must_validate && age < f.lifetime {
+            let status = CacheStatusMember::hit().ttl(ttl_left(&stored, age));
+            return Ok(self.respond(&stored, age, status));
+        }
+        if !must_validate && age < f.lifetime + f.stale_while_revalidate {
+            self.clone().spawn_refresh(key, stored.clone(), entry.version);
+            let status = CacheStatusMember::hit().ttl(ttl_left(&stored, age)).detail("stale-while-revalidate");
+            return Ok(self.respond(&stored, age, status));
+        }
+        if self.ctx.only_if_cached {
+            return Ok(only_if_cached(self.name()));
+        }
+        self.revalidate(key, stored, entry.version, age).await
+    }
+}
+
+// ---- Misses: the dogpile-safe fill ----
+
+/// What the leader's fill answers its own request with (the `get_or_load` output).
+enum Filled<RB: http_body::Body> {
+    /// The response was stored: serve it from the record.
+    Stored(Box<crate::entry::Stored>),
+    /// Not stored (a hit-for-pass marker was): this response, streamed, and why.
+    Passed(Resp<RB>, &'static str),
+}
+
+/// Why a fill stored nothing (the `get_or_load` loader error; never cached).
+enum FillError<RB: http_body::Body, E> {
+    /// The inner service failed: its error is the request's.
+    Inner(E),
+    /// The response body failed while it was buffered: the bytes read, then the error.
+    Body(Resp<RB>),
+}
+
+impl<S, B, RB> Flow<S, B, RB>
+where
+    S: Inner<B, RB>,
+    B: ReplayBody,
+    RB: ResBody,
+{
+    /// A miss on `key` (`fwd` says which: `uri-miss` or `vary-miss`).
+    pub(super) async fn miss(self, key: String, fwd: &'static str) -> Result<Resp<RB>, S::Error> {
+        if self.ctx.only_if_cached {
+            return Ok(only_if_cached(self.name()));
+        }
+        if self.ctx.credentialed {
+            return self.fill_direct(key, fwd).await;
+        }
+        let loader = {
+            let (flow, key) = (self.clone(), key.clone());
+            move || flow.fill(key)
+        };
+        let status = CacheStatusMember::fwd(fwd);
+        match self.shared.store.get_or_load(&key, loader).await {
+            Ok(Loaded { output: Some(Filled::Stored(stored)), stored: written, unavailable, .. }) => {
+                let age = stored.freshness.initial_age;
+                let mut status = status.fwd_status(stored.status.as_u16()).ttl(ttl_left(&stored, age));
+                if written {
+                    status = status.stored();
+                } else if unavailable {
+                    status = status.detail("cache-unavailable");
+                }
+                // Else a NullCache, which stores nothing by design: a plain miss, nothing to report.
+                Ok(self.respond(&stored, age, status))
+            }
+            Ok(Loaded { output: Some(Filled::Passed(resp, reason)), .. }) => {
+                let status = status.fwd_status(resp.status().as_u16()).detail(reason);
+                Ok(self.finish_fill(resp, status))
+            }
+            Ok(loaded) => self.waiter(loaded, fwd).await,
+            Err(LoadError::Loader(FillError::Inner(e))) => Err(e),
+            Err(LoadError::Loader(FillError::Body(resp))) => {
+                let status = status.fwd_status(resp.status().as_u16()).detail("body-error");
+                Ok(self.finish_fill(resp, status))
+            }
+            Err(LoadError::Cache(e)) => self.unavailable(e).await,
+        }
+    }
+
+    /// The loader of a miss: runs the handler; stores its response, or a hit-for-pass marker.
+    async fn fill(mut self, key: String) -> Result<Fill<Filled<RB>>, FillError<RB, S::Error>> {
+        let resp = call(&mut self.inner, self.ctx.request(Mode::Fill)).await.map_err(FillError::Inner)?;
+        let server_error = resp.status().is_server_error();
+        match super::place::prepare(&self.rulebook(), resp).await {
+            Prepared::Store(stored) => {
+                let (value, options) = self.placement().place(&key, &stored).await;
+                Ok(Fill { value, options, output: Filled::Stored(stored) })
+            }
+            Prepared::Pass(resp, reason) => {
+                let ttl = if server_error { ERROR_PASS_TTL } else { self.shared.config.hit_for_pass_ttl };
+                let (value, options) = self.placement().pass_marker(reason, ttl);
+                Ok(Fill { value, options, output: Filled::Passed(resp, reason) })
+            }
+            Prepared::Failed(resp) => Err(FillError::Body(resp)),
+        }
+    }
+
+    /// A request that did not run the loader: the value was filled by another request (or was there).
+    async fn waiter<T>(self, loaded: Loaded<T>, fwd: &'static str) -> Result<Resp<RB>, S::Error> {
+        let mut status = match loaded.source {
+            Source::Local | Source::Shared => CacheStatusMember::hit(),
+            _ => CacheStatusMember::fwd(fwd),
+        };
+        let collapsed = loaded.source == Source::Collapsed;
+        if collapsed {
+            status = status.collapsed();
+        }
+        let names = match Record::decode(&loaded.value) {
+            Some(Record::Response(stored)) if self.ctx.selects(&stored) => {
+                let age = stored.age(None);
+                let status = status.ttl(ttl_left(&stored, age));
+                return Ok(self.respond(&stored, age, status));
+            }
+            Some(Record::Response(stored)) => stored.vary_names(),
+            Some(Record::Variants(names)) => names,
+            Some(Record::Pass(_)) => {
+                // Not storable (hit-for-pass): everyone goes to the handler, in parallel.
+                let mut pass = CacheStatusMember::fwd(fwd).detail("pass");
+                if collapsed {
+                    pass = pass.collapsed();
+                }
+                return self.forward(pass).await;
+            }
+            None => return self.forward(CacheStatusMember::fwd("miss")).await,
+        };
+        // Another variant than the leader's: read it, else fill it without collapsing.
+        let vkey = key::variant(&self.ctx.keys.primary, &key::selected(&names, self.ctx.headers()));
+        if let Ok(Some(entry)) = self.shared.store.get_entry(&vkey).await {
+            if let Some(Record::Response(stored)) = Record::decode(&entry.value) {
+                if self.ctx.selects(&stored) {
+                    let age = stored.age(entry.expiry.remaining());
+                    return Ok(self.respond(&stored, age, status.ttl(ttl_left(&stored, age))));
+                }
+            }
+        }
+        self.fill_direct(vkey, "vary-miss").await
+    }
+
+    /// Fills without collapsing (credentialed requests, second variants): handler, then store if storable.
+    async fn fill_direct(mut self, key: String, fwd: &'static str) -> Result<Resp<RB>, S::Error> {
+        let resp = call(&mut self.inner, self.ctx.request(Mode::Fill)).await?;
+        let status = CacheStatusMember::fwd(fwd).fwd_status(resp.status().as_u16());
+        match super::place::prepare(&self.rulebook(), resp).await {
+            Prepared::Store(stored) => {
+                let (value, options) = self.placement().place(&key, &stored).await;
+                let mut status = match self.shared.store.set_entry(&key, value, &options).await {
+                    Ok(_) => status.stored(),
+                    Err(e) => {
+                        tracing::warn!(target: "pgcache::tower", error = %e, "could not store the response");
+                        status.detail("cache-unavailable")
+                    }
+                };
+                let age = stored.freshness.initial_age;
+                status = status.ttl(ttl_left(&stored, age));
+                Ok(self.respond(&stored, age, status))
+            }
+            Prepared::Pass(resp, reason) => Ok(self.finish_fill(resp, status.detail(reason))),
+            Prepared::Failed(resp) => Ok(self.finish_fill(resp, status.detail("body-error"))),
+        }
+    }
+}
+
+// ---- Stale entries: revalidation and background refresh ----
+
+/// What a refresh answers the request that ran it with (the `get_or_load` output).
+enum Refreshed<RB: http_body::Body, E> {
+    /// The handler sent a new, storable response; it replaced the stale one.
+    Stored(Box<Stored>),
+    /// The handler answered 304; the stale response was freshened and stored again.
+    Validated(Box<Stored>),
+    /// The handler's answer may not be stored: a hit-for-pass marker replaced the entry.
+    Passed(Resp<RB>, &'static str),
+    /// The handler answered with an error status (500, 502, 503, 504): the stale entry stays.
+    ErrorStatus(Resp<RB>),
+    /// The inner service failed: the stale entry stays.
+    Failed(E),
+}
+
+impl<S, B, RB> Flow<S, B, RB>
+where
+    S: Inner<B, RB>,
+    B: ReplayBody,
+    RB: ResBody,
+{
+    /// Revalidates a stale (or `no-cache`) entry now. Serves stale on error within `stale-if-error`.
+    pub(super) async fn revalidate(
+        self,
+        key: String,
+        stored: Box<Stored>,
+        version: i64,
+        age: Duration,
+    ) -> Result<Resp<RB>, S::Error> {
+        let f = stored.freshness;
+        let stale_ok = age < f.lifetime + f.stale_if_error && !f.stale_if_error.is_zero();
+        let loader = {
+            let (flow, key, old) = (self.clone(), key.clone(), stored.clone());
+            move || flow.refresh(key, old)
+        };
+        let result = self.shared.store.get_or_load(&key::refresh(&key, version), loader).await;
+        let serve_stale = |fwd_status: Option<u16>| {
+            let mut status = CacheStatusMember::fwd("stale").ttl(ttl_left(&stored, age)).detail("stale-if-error");
+            status.fwd_status = fwd_status;
+            self.respond(&stored, age, status)
+        };
+        match result {
+            Ok(Loaded { output: Some(Refreshed::Stored(new)), .. }) => {
+                let code = new.status.as_u16();
+                Ok(self.respond_refreshed(&new, code))
+            }
+            Ok(Loaded { output: Some(Refreshed::Validated(new)), .. }) => Ok(self.respond_refreshed(&new, 304)),
+            Ok(Loaded { output: Some(Refreshed::Failed(e)), .. }) => {
+                if stale_ok {
+                    Ok(serve_stale(None))
+                } else {
+                    Err(e)
+                }
+            }
+            Ok(Loaded { output: Some(Refreshed::ErrorStatus(resp)), .. }) if stale_ok => {
+                Ok(serve_stale(Some(resp.status().as_u16())))
+            }
+            Ok(Loaded { output: Some(Refreshed::ErrorStatus(resp)), .. }) => {
+                let status = CacheStatusMember::fwd("stale").fwd_status(resp.status().as_u16()).detail("error");
+                Ok(self.finish_fill(resp, status))
+            }
+            Ok(Loaded { output: Some(Refreshed::Passed(resp, reason)), .. }) => {
+                let status = CacheStatusMember::fwd("stale").fwd_status(resp.status().as_u16()).detail(reason);
+                Ok(self.finish_fill(resp, status))
+            }
+            Ok(loaded) => match Record::decode(&loaded.value) {
+                // Another request refreshed it: share its answer.
+                Some(Record::Response(new)) if self.ctx.selects(&new) => {
+                    let age = new.age(None);
+                    let status = CacheStatusMember::fwd("stale").collapsed().ttl(ttl_left(&new, age));
+                    Ok(self.respond(&new, age, status))
+                }
+                Some(Record::Pass(reason)) if reason == "error" && stale_ok => Ok(serve_stale(None)),
+                _ => self.forward(CacheStatusMember::fwd("stale")).await,
+            },
+            Err(LoadError::Loader(resp)) => {
+                let status = CacheStatusMember::fwd("stale").fwd_status(resp.status().as_u16()).detail("body-error");
+                Ok(self.finish_fill(resp, status))
+            }
+            Err(LoadError::Cache(e)) => self.unavailable(e).await,
+        }
+    }
+
+    /// The fresh answer of the refresh this request ran.
+    fn respond_refreshed(&self, new: &Stored, fwd_status: u16) -> Resp<RB> {
+        let status = CacheStatusMember::fwd("stale").fwd_status(fwd_status).stored().ttl(ttl_left(new, Duration::ZERO));
+        self.respond(new, Duration::ZERO, status)
+    }
+
+    /// Runs the refresh in the background (stale-while-revalidate); the request is served meanwhile.
+    pub(super) fn spawn_refresh(self, key: String, stored: Box<Stored>, version: i64) {
+        let store = self.shared.store.clone();
+        let refresh_key = key::refresh(&key, version);
+        tokio::spawn(async move {
+            let loader = move || self.refresh(key, stored);
+            match store.get_or_load(&refresh_key, loader).await {
+                Ok(_) => {}
+                Err(LoadError::Cache(e)) => {
+                    tracing::debug!(target: "pgcache::tower", error = %e, "background refresh failed; the stale entry stays");
+                }
+                Err(LoadError::Loader(_)) => {
+                    tracing::debug!(target: "pgcache::tower", "background refresh: the response body failed; the stale entry stays");
+                }
+            }
+        });
+    }
+
+    /// The loader of a refresh, under the refresh key of `key`'s stale version: asks the handler with
+    /// the stored validators; on 304 freshens the stored response, on a storable answer replaces it, on
+    /// an error keeps it (and tells the waiters with an error marker), on an uncacheable answer
+    /// replaces it with a hit-for-pass marker. Its value is the new record, or a marker.
+    async fn refresh(mut self, key: String, old: Box<Stored>) -> Result<Fill<Refreshed<RB, S::Error>>, Resp<RB>> {
+        let resp = call(&mut self.inner, self.ctx.request(Mode::Revalidate(&old))).await;
+        let short = |value| {
+            let options = SetOptions { ttl: Ttl::After(REFRESH_RESULT_TTL), tags: self.ctx.keys.base_tags() };
+            (value, options)
+        };
+        let error_marker = |output| {
+            let (value, options) = self.placement().pass_marker("error", ERROR_PASS_TTL);
+            Fill { value, options, output }
+        };
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) => return Ok(error_marker(Refreshed::Failed(e))),
+        };
+        let placement = self.placement();
+        let hit_for_pass = self.shared.config.hit_for_pass_ttl;
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            let headers = policy::freshen(&old.headers, resp.headers());
+            return match policy::decide(&self.shared.rules, self.ctx.facts, old.status, &headers) {
+                Decision::Store { freshness, .. } => {
+                    let new = Stored {
+                        headers,
+                        freshness,
+                        stored_at_ms: now_ms(),
+                        keep_ms: u64::try_from(freshness.keep_for().as_millis()).unwrap_or(u64::MAX),
+                        ..(*old).clone()
+                    };
+                    let (value, options) = placement.place(&key, &new).await;
+                    placement.write(&key, value, &options).await;
+                    let (value, options) = short(encode_stored(&new));
+                    Ok(Fill { value, options, output: Refreshed::Validated(Box::new(new)) })
+                }
+                Decision::Pass(reason) => {
+                    let (pass, options) = placement.pass_marker(reason, hit_for_pass);
+                    placement.write(&key, pass.clone(), &options).await;
+                    let mut resp = http::Response::new(PgBody::replay(old.body.clone(), old.trailers.clone()));
+                    *resp.status_mut() = old.status;
+                    *resp.headers_mut() = headers;
+                    let (value, options) = short(pass);
+                    Ok(Fill { value, options, output: Refreshed::Passed(resp, reason) })
+                }
+            };
+        }
+        if policy::is_error_status(resp.status()) {
+            return Ok(error_marker(Refreshed::ErrorStatus(resp.map(PgBody::passthrough))));
+        }
+        match super::place::prepare(&self.rulebook(), resp).await {
+            Prepared::Store(new) => {
+                let (value, options) = placement.place(&key, &new).await;
+                placement.write(&key, value, &options).await;
+                let (value, options) = short(encode_stored(&new));
+                Ok(Fill { value, options, output: Refreshed::Stored(new) })
+            }
+            Prepared::Pass(resp, reason) => {
+                let (pass, options) = placement.pass_marker(reason, hit_for_pass);
+                placement.write(&key, pass.clone(), &options).await;
+                let (value, options) = short(pass);
+                Ok(Fill { value, options, output: Refreshed::Passed(resp, reason) })
+            }
+            Prepared::Failed(resp) => Err(resp),
+        }
+    }
+}
