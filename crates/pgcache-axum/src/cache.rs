@@ -38,9 +38,12 @@ use pgcache_core::{Codec, JsonCodec, SharedCache};
 ///     }
 /// }
 ///
+/// let cache = Cache::new(NullCache::new());
 /// let app: Router = Router::new()
 ///     .route("/profiles/1/rename", post(rename))
-///     .with_state(AppState { cache: Cache::new(NullCache::new()) });
+///     // The HTTP layer caches into the same cache as the handlers.
+///     .layer(pgcache_tower::PgCacheLayer::new(cache.clone()))
+///     .with_state(AppState { cache });
 /// ```
 #[derive(Clone, Debug)]
 pub struct Cache<C = JsonCodec>(SharedCache<C>);
