@@ -1,5 +1,7 @@
 //! [`SharedCache`]: any cache behind one cheap, clonable handle, with the wrapped cache's codec.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,16 +91,31 @@ impl From<Arc<dyn CacheStore>> for SharedCache<JsonCodec> {
     }
 }
 
+/// The boxed future of an `#[async_trait]` method, as the trait declares it.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 // The one place a cache is forwarded by hand: every method, provided ones included, so that a wrapped
-// cache's own fast paths (`get_bytes` on a local hit) are kept.
+// cache's own fast paths (`get_bytes` on a local hit) are kept. The reads hand back the wrapped cache's
+// own boxed future instead of boxing a second one around it: a hit through the handle allocates no more
+// than a hit on the cache itself.
 #[async_trait]
 impl<C: Send + Sync + 'static> CacheStore for SharedCache<C> {
-    async fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
-        self.store.get_entry(key).await
+    fn get_entry<'s, 'k, 'f>(&'s self, key: &'k str) -> Boxed<'f, Result<Option<Entry>>>
+    where
+        's: 'f,
+        'k: 'f,
+        Self: 'f,
+    {
+        self.store.get_entry(key)
     }
 
-    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
-        self.store.get_bytes(key).await
+    fn get_bytes<'s, 'k, 'f>(&'s self, key: &'k str) -> Boxed<'f, Result<Option<Bytes>>>
+    where
+        's: 'f,
+        'k: 'f,
+        Self: 'f,
+    {
+        self.store.get_bytes(key)
     }
 
     async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
@@ -145,12 +162,17 @@ impl<C: Send + Sync + 'static> CacheStore for SharedCache<C> {
         self.store.cleanup_expired().await
     }
 
-    async fn get_or_load_dyn(
-        &self,
-        key: &str,
+    fn get_or_load_dyn<'s, 'k, 'f>(
+        &'s self,
+        key: &'k str,
         loader: DynLoader,
-    ) -> std::result::Result<Loaded<DynOutput>, LoadError<DynOutput>> {
-        self.store.get_or_load_dyn(key, loader).await
+    ) -> Boxed<'f, std::result::Result<Loaded<DynOutput>, LoadError<DynOutput>>>
+    where
+        's: 'f,
+        'k: 'f,
+        Self: 'f,
+    {
+        self.store.get_or_load_dyn(key, loader)
     }
 
     fn status(&self) -> CacheStatus {
