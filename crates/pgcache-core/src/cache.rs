@@ -600,7 +600,11 @@ impl<C> PostgresCache<C> {
     fn stored(&self, written: Result<i64>) -> Result<Option<i64>> {
         match written {
             Ok(version) => Ok(Some(version)),
-            Err(e) => self.read_failed(e, None),
+            Err(e) if self.shared.settings.fail_open && e.is_unavailable() => {
+                tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; serving it uncached");
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -787,10 +791,11 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
 
     fn status(&self) -> CacheStatus {
         let closed = self.shared.closed.load(Ordering::SeqCst);
+        let listener_enabled = self.shared.settings.listener_enabled();
         let Some(node) = self.shared.node.get() else {
             // Not connected yet (connect_lazy).
             return CacheStatus {
-                listener: ListenerState::Reconnecting,
+                listener: if listener_enabled { ListenerState::Reconnecting } else { ListenerState::Disabled },
                 pool_size: 0,
                 pool_available: 0,
                 pool_max_size: self.shared.settings.max_pool_size,
@@ -801,7 +806,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         };
         let pool = node.db.status();
         let (local_entries, local_bytes) = node.coherence.usage_now();
-        let listener = if !self.shared.settings.listener_enabled() {
+        let listener = if !listener_enabled {
             ListenerState::Disabled
         } else if node.coherence.lease.trusted() {
             ListenerState::Listening
