@@ -134,6 +134,9 @@ impl LoadArgs {
         if self.tasks == 0 && self.probe_interval.is_zero() {
             bail!("--tasks 0 with --probe-interval 0 does nothing");
         }
+        if self.tasks == 0 && self.ops.is_some() {
+            bail!("--tasks 0 runs only the probe, which has no operation count: give --duration instead of --ops");
+        }
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! writes a results.json that parses and counts work (checked reads, operations, probe sightings).
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 #[test]
 fn load_runs_clean_and_writes_parsable_json() {
@@ -25,6 +26,38 @@ fn load_runs_clean_and_writes_parsable_json() {
     assert!(report["paths"]["set"]["p99_us"].as_f64().is_some(), "{json}");
     let svg = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg written");
     assert!(svg.starts_with("<svg"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `--ops` with two processes (so the invalidation probe runs) ends once the operations are done.
+#[test]
+fn ops_run_with_two_processes_ends() {
+    let dsn = pgcache_tests::test_dsn();
+    let out = std::env::temp_dir().join(format!("pgcache-harness-ops-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgcache-harness"))
+        .args(["load", "--processes", "2", "--tasks", "2", "--ops", "400", "--keys", "50", "--quiet"])
+        .args(["--probe-interval", "20ms", "--out"])
+        .arg(&out)
+        .env("PGCACHE_DSN", &dsn)
+        .spawn()
+        .expect("run pgcache-harness");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the load process") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("load --processes 2 --ops 400 did not end within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "load exited with {status}");
+    let json = std::fs::read_to_string(out.join("results.json")).expect("results.json written");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
+    assert_eq!(report["check"]["violations_total"], 0, "{json}");
+    assert_eq!(report["ops_total"].as_u64(), Some(400), "{json}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

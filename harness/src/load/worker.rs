@@ -62,12 +62,14 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     for task in 0..config.tasks {
         tasks.push(tokio::spawn(client_task(cache.clone(), Arc::clone(&config), task, end, Arc::clone(&done))));
     }
+    // With `--ops` there is no end time: the probe runs until this process's client tasks are done.
+    let (stop_probe, stopped) = tokio::sync::watch::channel(false);
     let mut probe = None;
     if !config.probe_interval.is_zero() && config.processes > 1 {
         probe = Some(if config.index == 0 {
-            tokio::spawn(probe_writer(cache.clone(), config.probe_interval, end))
+            tokio::spawn(probe_writer(cache.clone(), config.probe_interval, end, stopped))
         } else {
-            tokio::spawn(probe_reader(cache.clone(), config.index, end))
+            tokio::spawn(probe_reader(cache.clone(), config.index, end, stopped))
         });
     }
     let reporter = {
@@ -89,6 +91,7 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             event.write_line(&mut text);
         }
     }
+    let _ = stop_probe.send(true);
     if let Some(probe) = probe {
         for event in probe.await? {
             event.write_line(&mut text);
@@ -207,27 +210,27 @@ fn seen_id(key: u64, value: &[u8]) -> WriteId {
     }
 }
 
-/// Process 0 writes the probe key every `interval`.
-async fn probe_writer(cache: PostgresCache, interval: Duration, end: u64) -> Vec<Event> {
+/// Process 0 writes the probe key every `interval`, until `end` or until `stop` turns true.
+async fn probe_writer(cache: PostgresCache, interval: Duration, end: u64, mut stop: Stop) -> Vec<Event> {
     let mut events = Vec::new();
     let mut seq = 0;
-    while now_ns() < end {
+    while now_ns() < end && !*stop.borrow() {
         seq += 1;
         let start = now_ns();
         let value = Bytes::from(format!("{seq}"));
         if cache.set_entry(PROBE_KEY, value, &SetOptions::ttl(Ttl::Never)).await.is_ok() {
             events.push(Event::ProbeWrite { seq, start, end: now_ns() });
         }
-        tokio::time::sleep(interval).await;
+        pause(interval, &mut stop).await;
     }
     events
 }
 
-/// The other processes poll the probe key (an L1 hit until the invalidation evicts it).
-async fn probe_reader(cache: PostgresCache, process: u32, end: u64) -> Vec<Event> {
+/// The other processes poll the probe key (an L1 hit until the invalidation evicts it), until `end` or `stop`.
+async fn probe_reader(cache: PostgresCache, process: u32, end: u64, mut stop: Stop) -> Vec<Event> {
     let mut events = Vec::new();
     let mut last = 0u64;
-    while now_ns() < end {
+    while now_ns() < end && !*stop.borrow() {
         if let Ok(Some(entry)) = cache.get_entry(PROBE_KEY).await {
             let seq = std::str::from_utf8(&entry.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
             if seq > last {
@@ -235,7 +238,18 @@ async fn probe_reader(cache: PostgresCache, process: u32, end: u64) -> Vec<Event
                 events.push(Event::ProbeSeen { process, seq, at: now_ns() });
             }
         }
-        tokio::time::sleep(PROBE_POLL).await;
+        pause(PROBE_POLL, &mut stop).await;
     }
     events
+}
+
+/// Turns true when the probe must stop (its process's client tasks are done).
+type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Sleeps for `period`, or less if `stop` changes meanwhile.
+async fn pause(period: Duration, stop: &mut Stop) {
+    tokio::select! {
+        () = tokio::time::sleep(period) => {}
+        _ = stop.changed() => {}
+    }
 }
