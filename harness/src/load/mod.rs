@@ -48,6 +48,8 @@ pub(crate) struct LoadReport {
     pub(crate) invalidation: Invalidation,
     pub(crate) errors: BTreeMap<&'static str, u64>,
     pub(crate) check: check::Outcome,
+    /// Peak resident set size of each worker process, in KiB (0 where unknown).
+    pub(crate) worker_peak_rss_kb: Vec<u64>,
 }
 
 /// Invalidation propagation: probe write acknowledged on process 0 to the new value seen on another process.
@@ -158,13 +160,18 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
     for (index, mut reader) in lines.into_iter().enumerate() {
         let progress = std::sync::Arc::clone(&progress);
         readers.push(tokio::spawn(async move {
-            let mut finished = false;
+            // `Some(peak RSS in KiB)` once the worker said `done`.
+            let mut finished = None;
             while let Ok(Some(line)) = reader.next_line().await {
-                if let Some(n) = line.strip_prefix("progress ").or_else(|| line.strip_prefix("done ")) {
-                    if let (Some(slot), Ok(n)) = (progress.get(index), n.parse()) {
+                let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                let mut words = rest.split_whitespace();
+                if kind == "progress" || kind == "done" {
+                    if let (Some(slot), Some(Ok(n))) = (progress.get(index), words.next().map(str::parse)) {
                         slot.store(n, std::sync::atomic::Ordering::Relaxed);
                     }
-                    finished |= line.starts_with("done ");
+                }
+                if kind == "done" {
+                    finished = Some(words.next().and_then(|w| w.parse::<u64>().ok()).unwrap_or(0));
                 }
             }
             finished
@@ -186,11 +193,13 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         })
     };
     let mut failed = Vec::new();
+    let mut worker_peak_rss_kb = Vec::new();
     for (index, (child, reader)) in children.iter_mut().zip(readers).enumerate() {
-        let finished = reader.await.unwrap_or(false);
+        let finished = reader.await.ok().flatten();
         let status = child.wait().await?;
-        if !status.success() || !finished {
-            failed.push(format!("worker {index} exited with {status}"));
+        match finished {
+            Some(peak) if status.success() => worker_peak_rss_kb.push(peak),
+            _ => failed.push(format!("worker {index} exited with {status}")),
         }
     }
     let wall = now_ns().saturating_sub(start);
@@ -229,7 +238,8 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         "disable_notify": args.disable_notify, "no_local": args.no_local, "unlogged": args.db.unlogged,
         "prefill": args.prefill, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
     });
-    let (report, histograms) = analyse(&events, config, wall, checked);
+    let (mut report, histograms) = analyse(&events, config, wall, checked);
+    report.worker_peak_rss_kb = worker_peak_rss_kb;
     if !args.quiet_report {
         print_report(&report, &args.out);
     }
@@ -344,6 +354,7 @@ fn analyse(
         },
         errors,
         check,
+        worker_peak_rss_kb: Vec::new(),
     };
     (report, chart)
 }
@@ -393,7 +404,10 @@ fn print_report(r: &LoadReport, out: &Path) {
         r.check.duplicate_loads,
         r.errors
     );
-    println!("reads checked: {}, violations: {}", r.check.reads_checked, r.check.violations_total);
+    println!(
+        "reads checked: {}, violations: {}   worker peak RSS (KiB): {:?}",
+        r.check.reads_checked, r.check.violations_total, r.worker_peak_rss_kb
+    );
     for v in &r.check.violations {
         println!("VIOLATION [{}] key k:{}: {}", v.kind, v.key, v.detail);
         for line in &v.timeline {

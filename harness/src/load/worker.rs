@@ -1,5 +1,5 @@
 //! One worker process of `load`: connects, waits for the coordinator's `go`, runs its tasks, writes its
-//! events to a file, and reports progress on stdout (`ready`, `progress N`, `done N`).
+//! events to a file, and reports progress on stdout (`ready`, `progress N`, `done N PEAK_RSS_KB`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,9 +100,17 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     reporter.abort();
     tokio::fs::write(&config.events, text).await.with_context(|| format!("writing {}", config.events.display()))?;
     cache.close().await;
-    stdout.write_all(format!("done {}\n", done.load(Ordering::Relaxed)).as_bytes()).await?;
+    let peak_kb = peak_rss_kb().unwrap_or(0);
+    stdout.write_all(format!("done {} {peak_kb}\n", done.load(Ordering::Relaxed)).as_bytes()).await?;
     stdout.flush().await?;
     Ok(())
+}
+
+/// This process's peak resident set size in KiB (`VmHWM` of `/proc/self/status`; `None` off Linux).
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Picks operations from the mix until the op quota or the end time, recording one event each.
