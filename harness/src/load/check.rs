@@ -85,10 +85,30 @@ struct KeyLog {
     loads: Vec<LoadRun>,
 }
 
-/// Checks every read and loader run; see the module docs for the rules.
+/// Checks every read and loader run of `events`; see the module docs for the rules.
+#[cfg(test)]
 pub(crate) fn check<'a>(events: impl IntoIterator<Item = &'a Event>, params: Params) -> Outcome {
-    let mut keys: HashMap<u64, KeyLog> = HashMap::new();
+    let mut checker = Checker::new(params);
     for event in events {
+        checker.add(event);
+    }
+    checker.finish()
+}
+
+/// The check, fed one event at a time (in any order); [`finish`](Self::finish) runs the rules.
+pub(crate) struct Checker {
+    params: Params,
+    keys: HashMap<u64, KeyLog>,
+}
+
+impl Checker {
+    pub(crate) fn new(params: Params) -> Self {
+        Self { params, keys: HashMap::new() }
+    }
+
+    /// Records what the rules need of `event` (other events are ignored).
+    pub(crate) fn add(&mut self, event: &Event) {
+        let keys = &mut self.keys;
         match *event {
             Event::Write { key, id, start, end } => {
                 keys.entry(key).or_default().mutations.push(Mutation { id, start, end, delete: false });
@@ -120,16 +140,21 @@ pub(crate) fn check<'a>(events: impl IntoIterator<Item = &'a Event>, params: Par
             _ => {}
         }
     }
-    let mut outcome = Outcome::default();
-    let mut sorted: Vec<_> = keys.into_iter().collect();
-    sorted.sort_unstable_by_key(|(k, _)| *k);
-    for (key, mut log) in sorted {
-        if key < params.prefill {
-            log.mutations.push(Mutation { id: (0, 0), start: 0, end: 0, delete: false });
+
+    /// Runs the rules over everything recorded, key by key in key order.
+    pub(crate) fn finish(self) -> Outcome {
+        let Self { params, keys } = self;
+        let mut outcome = Outcome::default();
+        let mut sorted: Vec<_> = keys.into_iter().collect();
+        sorted.sort_unstable_by_key(|(k, _)| *k);
+        for (key, mut log) in sorted {
+            if key < params.prefill {
+                log.mutations.push(Mutation { id: (0, 0), start: 0, end: 0, delete: false });
+            }
+            check_key(key, &mut log, &params, &mut outcome);
         }
-        check_key(key, &mut log, &params, &mut outcome);
+        outcome
     }
-    outcome
 }
 
 /// Per key: mutations sorted by end with the running "latest start", for "what must a read see" queries.

@@ -1,10 +1,12 @@
-//! What each worker records, one line per operation, and the value format that makes reads checkable.
+//! What each worker records, one line per operation (streamed to a file as the run goes), and the value format that makes reads checkable.
 //!
 //! Times are nanoseconds since the Unix epoch from `SystemTime`: every process runs on one machine, so one
 //! clock orders them all. A value starts with `key|writer|seq|written_at|` and is padded to the value size,
 //! so a reader can tell exactly which write it observed.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -188,6 +190,91 @@ impl Event {
             Some("Q") => Event::ProbeSeen { process: u32::try_from(num(1)?)?, seq: num(2)?, at: num(3)? },
             _ => bail!("unknown event line {line:?}"),
         })
+    }
+}
+
+/// Bytes of event lines a task gathers before handing them to the writer thread.
+const CHUNK: usize = 16 * 1024;
+
+/// One task's events on their way to the process's event file: lines gather in a small buffer, and full
+/// buffers go over a bounded channel to the writer thread, so a worker's memory does not grow with the run.
+pub(crate) struct EventSink {
+    buf: String,
+    tx: tokio::sync::mpsc::Sender<String>,
+}
+
+impl EventSink {
+    /// Records one event.
+    pub(crate) async fn push(&mut self, event: &Event) {
+        event.write_line(&mut self.buf);
+        if self.buf.len() >= CHUNK {
+            self.flush().await;
+        }
+    }
+
+    /// Hands the buffered lines to the writer (a writer that failed reports its error when joined).
+    pub(crate) async fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK + 256));
+            let _ = self.tx.send(chunk).await;
+        }
+    }
+}
+
+/// The writer thread of one worker's event file.
+pub(crate) struct EventFile {
+    tx: tokio::sync::mpsc::Sender<String>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl EventFile {
+    /// Creates `path` and starts its writer thread.
+    pub(crate) fn create(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(32);
+        let thread = std::thread::Builder::new().name("events".into()).spawn(move || {
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+            while let Some(chunk) = rx.blocking_recv() {
+                out.write_all(chunk.as_bytes())?;
+            }
+            out.flush()
+        })?;
+        Ok(Self { tx, thread })
+    }
+
+    /// A sink for one task.
+    pub(crate) fn sink(&self) -> EventSink {
+        EventSink { buf: String::with_capacity(CHUNK + 256), tx: self.tx.clone() }
+    }
+
+    /// Waits until every sink is dropped and all lines are written; fails on a write error.
+    pub(crate) async fn finish(self, path: &Path) -> anyhow::Result<()> {
+        let Self { tx, thread } = self;
+        drop(tx);
+        let written = tokio::task::spawn_blocking(move || thread.join()).await?;
+        match written {
+            Ok(result) => result.with_context(|| format!("writing {}", path.display())),
+            Err(_) => bail!("the writer thread of {} panicked", path.display()),
+        }
+    }
+}
+
+/// Reads an event file one line at a time, handing each event to `each`.
+pub(crate) fn read_file(path: &Path, mut each: impl FnMut(&Event)) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).with_context(|| format!("reading {}", path.display()))? == 0 {
+            return Ok(());
+        }
+        let text = line.trim_end_matches('\n');
+        if !text.is_empty() {
+            let event = Event::parse(text).with_context(|| format!("{}: bad line {text:?}", path.display()))?;
+            each(&event);
+        }
     }
 }
 

@@ -209,13 +209,6 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         bail!("{}", failed.join("; "));
     }
 
-    let mut events = Vec::new();
-    for path in &event_files {
-        events.extend(read_events(path).await?);
-        if !args.keep {
-            let _ = tokio::fs::remove_file(path).await;
-        }
-    }
     let bound = args.staleness_bound.unwrap_or(if args.disable_notify || args.no_local {
         args.local_ttl + Duration::from_secs(1)
     } else {
@@ -228,7 +221,19 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         slack: 20_000_000,
         origin: start,
     };
-    let checked = check::check(&events, params);
+    // The events stream from the files, one line at a time, into the analysis and the checker.
+    let mut analysis = Analysis::default();
+    let mut checker = check::Checker::new(params);
+    for path in &event_files {
+        events::read_file(path, |event| {
+            analysis.add(event);
+            checker.add(event);
+        })?;
+        if !args.keep {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+    }
+    let checked = checker.finish();
     let config = serde_json::json!({
         "processes": args.processes, "tasks": args.tasks, "duration_s": duration.map(|d| d.as_secs_f64()),
         "ops": args.ops, "keys": args.keys, "zipf": args.zipf, "value_size": args.value_size,
@@ -238,7 +243,7 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         "disable_notify": args.disable_notify, "no_local": args.no_local, "unlogged": args.db.unlogged,
         "prefill": args.prefill, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
     });
-    let (mut report, histograms) = analyse(&events, config, wall, checked);
+    let (mut report, histograms) = analysis.finish(config, wall, checked);
     report.worker_peak_rss_kb = worker_peak_rss_kb;
     if !args.quiet_report {
         print_report(&report, &args.out);
@@ -273,41 +278,37 @@ fn progress_bar(args: &LoadArgs, duration: Option<Duration>) -> ProgressBar {
     bar
 }
 
-async fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
-    let text = tokio::fs::read_to_string(path).await.with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| Event::parse(l).with_context(|| format!("{}: bad line {l:?}", path.display())))
-        .collect()
+/// The report's figures, gathered one event at a time (bounded by the number of probe writes, not of
+/// operations).
+#[derive(Default)]
+struct Analysis {
+    ops: BTreeMap<&'static str, Latency>,
+    paths: BTreeMap<&'static str, Latency>,
+    errors: BTreeMap<&'static str, u64>,
+    gets: u64,
+    get_hits: u64,
+    gos: u64,
+    gos_local: u64,
+    probe_writes: BTreeMap<u64, u64>,
+    seen: Vec<(u32, u64, u64)>,
 }
 
-/// Builds the report from the events; also returns the per-path histograms for the chart.
-fn analyse(
-    events: &[Event],
-    config: serde_json::Value,
-    wall_ns: u64,
-    check: check::Outcome,
-) -> (LoadReport, Vec<(String, Latency)>) {
-    let mut ops: BTreeMap<&'static str, Latency> = BTreeMap::new();
-    let mut paths: BTreeMap<&'static str, Latency> = BTreeMap::new();
-    let mut errors: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut gets, mut get_hits, mut gos, mut gos_local) = (0u64, 0u64, 0u64, 0u64);
-    let mut probe_writes: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut seen: Vec<(u32, u64, u64)> = Vec::new();
-    for event in events {
+impl Analysis {
+    fn add(&mut self, event: &Event) {
+        let (ops, paths) = (&mut self.ops, &mut self.paths);
         let mut record = |op: Op, path: &'static str, start: u64, end: u64| {
             ops.entry(op.name()).or_default().record(end.saturating_sub(start));
             paths.entry(path).or_default().record(end.saturating_sub(start));
         };
         match *event {
             Event::Read { start, end, seen, .. } => {
-                gets += 1;
-                get_hits += u64::from(seen.is_some());
+                self.gets += 1;
+                self.get_hits += u64::from(seen.is_some());
                 record(Op::Get, if seen.is_some() { "get_hit" } else { "get_miss" }, start, end);
             }
             Event::GetOrSet { start, end, via, .. } => {
-                gos += 1;
-                gos_local += u64::from(via == Via::Local);
+                self.gos += 1;
+                self.gos_local += u64::from(via == Via::Local);
                 let path = match via {
                     Via::Local => "l1_hit",
                     Via::Shared => "l2_hit",
@@ -318,45 +319,55 @@ fn analyse(
             }
             Event::Write { start, end, .. } => record(Op::Set, "set", start, end),
             Event::Delete { start, end, .. } => record(Op::Delete, "delete", start, end),
-            Event::Error { op, .. } => *errors.entry(op.name()).or_default() += 1,
+            Event::Error { op, .. } => *self.errors.entry(op.name()).or_default() += 1,
             Event::ProbeWrite { seq, end, .. } => {
-                probe_writes.insert(seq, end);
+                self.probe_writes.insert(seq, end);
             }
-            Event::ProbeSeen { process, seq, at } => seen.push((process, seq, at)),
+            Event::ProbeSeen { process, seq, at } => self.seen.push((process, seq, at)),
         }
     }
-    let mut delay = Latency::new();
-    let readers: std::collections::BTreeSet<u32> = seen.iter().map(|(p, _, _)| *p).collect();
-    for &(_, seq, at) in &seen {
-        if let Some(&acked) = probe_writes.get(&seq) {
-            // Seen before the writer got its acknowledgement: count as 0 (the commit preceded both).
-            delay.record(at.saturating_sub(acked));
+
+    /// Builds the report; also returns the per-path histograms for the chart.
+    fn finish(
+        self,
+        config: serde_json::Value,
+        wall_ns: u64,
+        check: check::Outcome,
+    ) -> (LoadReport, Vec<(String, Latency)>) {
+        let Self { ops, paths, errors, gets, get_hits, gos, gos_local, probe_writes, seen } = self;
+        let mut delay = Latency::new();
+        let readers: std::collections::BTreeSet<u32> = seen.iter().map(|(p, _, _)| *p).collect();
+        for &(_, seq, at) in &seen {
+            if let Some(&acked) = probe_writes.get(&seq) {
+                // Seen before the writer got its acknowledgement: count as 0 (the commit preceded both).
+                delay.record(at.saturating_sub(acked));
+            }
         }
+        let expected = probe_writes.len() as u64 * readers.len() as u64;
+        let total: u64 = ops.values().map(Latency::len).sum::<u64>() + errors.values().sum::<u64>();
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let chart: Vec<(String, Latency)> = paths.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        let report = LoadReport {
+            config,
+            wall_seconds: wall_ns as f64 / 1e9,
+            ops_total: total,
+            throughput_ops_per_s: ratio(total, wall_ns) * 1e9,
+            ops: ops.iter().map(|(k, v)| (*k, v.summary())).collect(),
+            paths: paths.iter().map(|(k, v)| (*k, v.summary())).collect(),
+            l1_hit_ratio: ratio(gos_local, gos),
+            get_hit_ratio: ratio(get_hits, gets),
+            invalidation: Invalidation {
+                probe_writes: probe_writes.len() as u64,
+                samples: delay.len(),
+                unseen: expected.saturating_sub(delay.len()),
+                delay: delay.summary(),
+            },
+            errors,
+            check,
+            worker_peak_rss_kb: Vec::new(),
+        };
+        (report, chart)
     }
-    let expected = probe_writes.len() as u64 * readers.len() as u64;
-    let total: u64 = ops.values().map(Latency::len).sum::<u64>() + errors.values().sum::<u64>();
-    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    let chart: Vec<(String, Latency)> = paths.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
-    let report = LoadReport {
-        config,
-        wall_seconds: wall_ns as f64 / 1e9,
-        ops_total: total,
-        throughput_ops_per_s: ratio(total, wall_ns) * 1e9,
-        ops: ops.iter().map(|(k, v)| (*k, v.summary())).collect(),
-        paths: paths.iter().map(|(k, v)| (*k, v.summary())).collect(),
-        l1_hit_ratio: ratio(gos_local, gos),
-        get_hit_ratio: ratio(get_hits, gets),
-        invalidation: Invalidation {
-            probe_writes: probe_writes.len() as u64,
-            samples: delay.len(),
-            unseen: expected.saturating_sub(delay.len()),
-            delay: delay.summary(),
-        },
-        errors,
-        check,
-        worker_peak_rss_kb: Vec::new(),
-    };
-    (report, chart)
 }
 
 fn print_report(r: &LoadReport, out: &Path) {

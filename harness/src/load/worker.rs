@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::events::{decode_value, encode_value, key_name, now_ns, Event, Op, Via, WriteId};
+use super::events::{decode_value, encode_value, key_name, now_ns, Event, EventFile, EventSink, Op, Via, WriteId};
 
 /// Everything a worker needs, passed by the coordinator as JSON.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -57,19 +57,21 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_nanos(start.saturating_sub(now_ns()))).await;
 
     let config = Arc::new(config);
+    let file = EventFile::create(&config.events)?;
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for task in 0..config.tasks {
-        tasks.push(tokio::spawn(client_task(cache.clone(), Arc::clone(&config), task, end, Arc::clone(&done))));
+        let (cache, config, done) = (cache.clone(), Arc::clone(&config), Arc::clone(&done));
+        tasks.push(tokio::spawn(client_task(cache, config, task, end, done, file.sink())));
     }
     // With `--ops` there is no end time: the probe runs until this process's client tasks are done.
     let (stop_probe, stopped) = tokio::sync::watch::channel(false);
     let mut probe = None;
     if !config.probe_interval.is_zero() && config.processes > 1 {
         probe = Some(if config.index == 0 {
-            tokio::spawn(probe_writer(cache.clone(), config.probe_interval, end, stopped))
+            tokio::spawn(probe_writer(cache.clone(), config.probe_interval, end, stopped, file.sink()))
         } else {
-            tokio::spawn(probe_reader(cache.clone(), config.index, end, stopped))
+            tokio::spawn(probe_reader(cache.clone(), config.index, end, stopped, file.sink()))
         });
     }
     let reporter = {
@@ -85,20 +87,15 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
             }
         })
     };
-    let mut text = String::new();
     for task in tasks {
-        for event in task.await? {
-            event.write_line(&mut text);
-        }
+        task.await?;
     }
     let _ = stop_probe.send(true);
     if let Some(probe) = probe {
-        for event in probe.await? {
-            event.write_line(&mut text);
-        }
+        probe.await?;
     }
     reporter.abort();
-    tokio::fs::write(&config.events, text).await.with_context(|| format!("writing {}", config.events.display()))?;
+    file.finish(&config.events).await?;
     cache.close().await;
     let peak_kb = peak_rss_kb().unwrap_or(0);
     stdout.write_all(format!("done {} {peak_kb}\n", done.load(Ordering::Relaxed)).as_bytes()).await?;
@@ -120,7 +117,8 @@ async fn client_task(
     task: u32,
     end: u64,
     done: Arc<AtomicU64>,
-) -> Vec<Event> {
+    mut sink: EventSink,
+) {
     let writer = config.index * 65_536 + task + 1;
     let mut rng = SmallRng::seed_from_u64(config.seed ^ (u64::from(writer) << 20));
     // Zipf ranks start at 1; an exponent of 0 is uniform.
@@ -128,7 +126,7 @@ async fn client_task(
     let total: u32 = config.mix.iter().sum();
     let ttl = Ttl::from(config.ttl);
     let mut seq = 0u64;
-    let mut events = Vec::new();
+    let mut errors = 0u64;
     let mut ops = 0u64;
     loop {
         match config.ops_per_task {
@@ -200,14 +198,15 @@ async fn client_task(
             }
         };
         if let Event::Error { op, .. } = &event {
-            if events.iter().filter(|e| matches!(e, Event::Error { .. })).count() < 3 {
+            errors += 1;
+            if errors <= 3 {
                 eprintln!("worker {} task {task}: {} failed", config.index, op.name());
             }
         }
-        events.push(event);
+        sink.push(&event).await;
         done.fetch_add(1, Ordering::Relaxed);
     }
-    events
+    sink.flush().await;
 }
 
 /// The write a value came from; an undecodable value or one of another key maps to an id nobody wrote.
@@ -219,36 +218,34 @@ fn seen_id(key: u64, value: &[u8]) -> WriteId {
 }
 
 /// Process 0 writes the probe key every `interval`, until `end` or until `stop` turns true.
-async fn probe_writer(cache: PostgresCache, interval: Duration, end: u64, mut stop: Stop) -> Vec<Event> {
-    let mut events = Vec::new();
+async fn probe_writer(cache: PostgresCache, interval: Duration, end: u64, mut stop: Stop, mut sink: EventSink) {
     let mut seq = 0;
     while now_ns() < end && !*stop.borrow() {
         seq += 1;
         let start = now_ns();
         let value = Bytes::from(format!("{seq}"));
         if cache.set_entry(PROBE_KEY, value, &SetOptions::ttl(Ttl::Never)).await.is_ok() {
-            events.push(Event::ProbeWrite { seq, start, end: now_ns() });
+            sink.push(&Event::ProbeWrite { seq, start, end: now_ns() }).await;
         }
         pause(interval, &mut stop).await;
     }
-    events
+    sink.flush().await;
 }
 
 /// The other processes poll the probe key (an L1 hit until the invalidation evicts it), until `end` or `stop`.
-async fn probe_reader(cache: PostgresCache, process: u32, end: u64, mut stop: Stop) -> Vec<Event> {
-    let mut events = Vec::new();
+async fn probe_reader(cache: PostgresCache, process: u32, end: u64, mut stop: Stop, mut sink: EventSink) {
     let mut last = 0u64;
     while now_ns() < end && !*stop.borrow() {
         if let Ok(Some(entry)) = cache.get_entry(PROBE_KEY).await {
             let seq = std::str::from_utf8(&entry.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
             if seq > last {
                 last = seq;
-                events.push(Event::ProbeSeen { process, seq, at: now_ns() });
+                sink.push(&Event::ProbeSeen { process, seq, at: now_ns() }).await;
             }
         }
         pause(PROBE_POLL, &mut stop).await;
     }
-    events
+    sink.flush().await;
 }
 
 /// Turns true when the probe must stop (its process's client tasks are done).
