@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgcache_core::prelude::*;
-use pgcache_core::{Error, Fill, LoadError};
+use pgcache_core::{Error, Fill, LoadError, Source};
 use pgcache_tests::{
     advisory_lock_holder, blocking, connect, entries_table, eventually, login_role, settings_for, settings_on,
     sql_client, with_dbname, with_options, with_user, TestCluster,
@@ -191,7 +191,12 @@ async fn get_or_set_reports_a_refused_write() -> anyhow::Result<()> {
     let load = cache.get_or_load("k2", || async { Ok::<_, Error>(Fill::new("x", Ttl::Default)) }).await;
     eprintln!("in a read-only session: get_or_set {outcome:?}; get_or_load {load:?}");
     assert!(matches!(&outcome, Err(e) if !e.is_unavailable()), "expected the server's error, got {outcome:?}");
-    assert!(matches!(&load, Err(LoadError::Cache(e)) if !e.is_unavailable()), "{load:?}");
+    // get_or_load serves what its loader produced, and says why it was not stored.
+    let load = load?;
+    assert_eq!((load.source, load.stored, load.unavailable), (Source::Loaded, false, false));
+    assert_eq!(load.value, "x");
+    let why = load.store_error.ok_or_else(|| anyhow::anyhow!("no store_error on an unstored value"))?;
+    assert!(why.to_string().contains("read-only"), "the server's reason: {why}");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the loader ran once; its value could not be stored");
     for key in ["k", "k2"] {
         assert_eq!(advisory_lock_holder(&admin, cache.lock_key(key)).await?, None, "{key}'s lock is released");
@@ -219,7 +224,8 @@ async fn connect_lazy_starts_without_a_server_and_connects_when_it_is_back() -> 
     let write = cache.set("k", &"v", None).await;
     let took = start.elapsed();
     match &write {
-        Err(Error::ConnectBackoff { retry_in, last_error }) => {
+        Err(Error::ConnectBackoff { retry_in, last_error, outage }) => {
+            assert!(*outage, "a stopped server is an outage");
             eprintln!(
                 "set during the back-off: answered in {took:?}: {}",
                 write.as_ref().err().map(ToString::to_string).unwrap_or_default()

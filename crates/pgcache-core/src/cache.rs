@@ -81,8 +81,8 @@ struct Shared {
     settings: CacheSettings,
     /// The connected instance: set by `connect`, or on first use after `connect_lazy`.
     node: OnceCell<Node>,
-    /// When the last lazy connection attempt failed, and why.
-    last_failure: Mutex<Option<(Instant, String)>>,
+    /// The last failed lazy connection attempt.
+    last_failure: Mutex<Option<ConnectFailure>>,
     closed: AtomicBool,
 }
 
@@ -95,6 +95,39 @@ struct Node {
     default_ttl: Duration,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// `Err(ConnectBackoff)` within a second of a failed lazy connection attempt.
+    fn backoff(&self) -> Result<()> {
+        let recent = self.last_failure.lock().ok().and_then(|failure| failure.clone());
+        match recent {
+            Some(failure) if failure.at.elapsed() < RETRY_CONNECT_AFTER => Err(Error::ConnectBackoff {
+                retry_in: RETRY_CONNECT_AFTER.saturating_sub(failure.at.elapsed()),
+                last_error: failure.error,
+                outage: failure.outage,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed lazy connection attempt.
+    fn failed(&self, err: &Error) {
+        tracing::warn!(target: "pgcache::cache", error = %err, "could not connect; retrying on a later call");
+        if let Ok(mut failure) = self.last_failure.lock() {
+            *failure =
+                Some(ConnectFailure { at: Instant::now(), error: err.to_string(), outage: err.is_unavailable() });
+        }
+    }
+}
+
+/// A failed lazy connection attempt.
+#[derive(Clone)]
+struct ConnectFailure {
+    at: Instant,
+    error: String,
+    /// Whether it failed because the database is out of reach (reads then fail open), not a set-up error.
+    outage: bool,
 }
 
 impl Drop for Node {
@@ -377,17 +410,11 @@ impl<C> PostgresCache<C> {
         validate::key(key, self.shared.settings.max_key_bytes)
     }
 
-    /// Whether a loaded fill may be stored: bad tags are an error; a value over `max_value_bytes` is served
-    /// to its caller but not stored (the loader's work is not lost), and logged.
-    fn storable<T>(&self, key: &str, fill: &Fill<T>) -> Result<bool> {
-        validate::tags(&fill.options.tags)?;
-        match validate::value(key, fill.value.len(), self.shared.settings.max_value_bytes) {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                tracing::warn!(target: "pgcache::cache", error = %e, "serving the loaded value uncached");
-                Ok(false)
-            }
-        }
+    /// Why a loaded fill cannot be stored (bad tags, a value over `max_value_bytes`), if it cannot.
+    fn unstorable<T>(&self, key: &str, fill: &Fill<T>) -> Option<Error> {
+        validate::tags(&fill.options.tags)
+            .and_then(|()| validate::value(key, fill.value.len(), self.shared.settings.max_value_bytes))
+            .err()
     }
 
     /// The connected instance, connecting first after `connect_lazy`.
@@ -400,24 +427,21 @@ impl<C> PostgresCache<C> {
     }
 
     async fn connect_now(&self) -> Result<&Node> {
-        let recent = self.shared.last_failure.lock().ok().and_then(|failure| failure.clone());
-        if let Some((at, last_error)) = recent {
-            let since = at.elapsed();
-            if since < RETRY_CONNECT_AFTER {
-                return Err(Error::ConnectBackoff { retry_in: RETRY_CONNECT_AFTER - since, last_error });
-            }
+        let shared = &self.shared;
+        // Checked again inside the initialiser: tasks queued behind a failed attempt each run one of their
+        // own, and must meet the back-off instead of connecting one after another.
+        shared.backoff()?;
+        let start = || async {
+            shared.backoff()?;
+            Node::start(&shared.settings).await.inspect_err(|e| shared.failed(e))
+        };
+        let node = shared.node.get_or_try_init(start).await?;
+        if shared.closed.load(Ordering::SeqCst) {
+            // Closed while this attempt was connecting: stop what it started.
+            node.stop().await;
+            return Err(Error::Closed);
         }
-        let settings = &self.shared.settings;
-        match self.shared.node.get_or_try_init(|| Node::start(settings)).await {
-            Ok(node) => Ok(node),
-            Err(e) => {
-                tracing::warn!(target: "pgcache::cache", error = %e, "could not connect; retrying on a later call");
-                if let Ok(mut failure) = self.shared.last_failure.lock() {
-                    *failure = Some((Instant::now(), e.to_string()));
-                }
-                Err(e)
-            }
-        }
+        Ok(node)
     }
 
     /// A read of the local then the shared cache that fails open.
@@ -434,12 +458,20 @@ impl<C> PostgresCache<C> {
 
     /// Turns a read error into `fallback` when failing open and the database is out of reach.
     fn read_failed<T>(&self, err: Error, fallback: T) -> Result<T> {
-        if self.shared.settings.fail_open && err.is_unavailable() {
-            tracing::warn!(target: "pgcache::cache", error = %err, "shared cache unavailable; treating as a miss");
+        if self.fails_open(&err) {
             Ok(fallback)
         } else {
             Err(err)
         }
+    }
+
+    /// Whether a read that failed with `err` fails open (logged when it does).
+    fn fails_open(&self, err: &Error) -> bool {
+        let open = self.shared.settings.fail_open && err.is_unavailable();
+        if open {
+            tracing::warn!(target: "pgcache::cache", error = %err, "shared cache unavailable; treating as a miss");
+        }
+        open
     }
 
     // ---- get_or_load: the in-process half, then the cross-process half ----
@@ -449,10 +481,8 @@ impl<C> PostgresCache<C> {
         self.check_key(key)?;
         let node = match self.node().await {
             Ok(node) => node,
-            Err(e) => {
-                self.read_failed(e, ())?;
-                return self.load_uncached(key, loader).await;
-            }
+            Err(e) if self.fails_open(&e) => return self.load_uncached(key, loader, e).await,
+            Err(e) => return Err(e.into()),
         };
         if let Some(hit) = node.coherence.hit_entry(key).await {
             return Ok(Loaded::found(hit, Source::Local));
@@ -470,10 +500,8 @@ impl<C> PostgresCache<C> {
         let loaded = match node.read_shared(key).await {
             Ok(Some(row)) => Loaded::found(row, if flight.waited { Source::Collapsed } else { Source::Shared }),
             Ok(None) => self.fill_across_processes(node, key, loader, snapshot).await?,
-            Err(e) => {
-                self.read_failed(e, ())?;
-                self.load_uncached(key, loader).await?
-            }
+            Err(e) if self.fails_open(&e) => self.load_uncached(key, loader, e).await?,
+            Err(e) => return Err(e.into()),
         };
         flight.land(loaded.entry(), snapshot);
         Ok(loaded)
@@ -525,11 +553,11 @@ impl<C> PostgresCache<C> {
         }
         // No lock (timed out, or the database is out of reach): load anyway and try to store.
         let fill = loader.run().await.map_err(LoadError::Loader)?;
-        if !self.storable(key, &fill)? {
-            return Ok(self.loaded_by_loader(fill, None, false));
-        }
-        let version = self.stored(node.write_pooled(key, &fill.value, &fill.options, snapshot).await)?;
-        Ok(self.loaded_by_loader(fill, version, true))
+        let written = match self.unstorable(key, &fill) {
+            Some(e) => Err(e),
+            None => node.write_pooled(key, &fill.value, &fill.options, snapshot).await,
+        };
+        Ok(self.loaded_by_loader(fill, written))
     }
 
     /// Holding the lock: re-check the table, run the loader, write on the lock's connection, unlock.
@@ -550,70 +578,51 @@ impl<C> PostgresCache<C> {
                 return Ok(Loaded::found(row, Source::Collapsed));
             }
         }
-        let loaded = async {
-            let fill = loader.run().await.map_err(LoadError::Loader)?;
-            let storable = self.storable(key, &fill)?;
-            Ok::<_, LoadError<DynOutput>>((fill, storable))
-        };
-        let fill = match loaded.await {
-            Ok((fill, true)) => fill,
-            Ok((fill, false)) => {
-                guard.release().await;
-                return Ok(self.loaded_by_loader(fill, None, false));
-            }
+        let fill = match loader.run().await {
+            Ok(fill) => fill,
             Err(e) => {
                 guard.release().await;
-                return Err(e);
+                return Err(LoadError::Loader(e));
             }
         };
-        let mut version = None;
-        if let Some(conn) = guard.conn() {
-            match node.write(conn, key, &fill.value, &fill.options, snapshot).await {
-                Ok(v) => version = Some(v),
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; retrying through the pool")
-                }
-                Err(e) => {
-                    // The server refused the write (e.g. a read-only session): not an outage, say so.
-                    guard.release().await;
-                    return Err(e.into());
-                }
-            }
-        }
+        let written = match (self.unstorable(key, &fill), guard.conn()) {
+            (Some(e), _) => Err(e),
+            (None, Some(conn)) => node.write(conn, key, &fill.value, &fill.options, snapshot).await,
+            (None, None) => node.write_pooled(key, &fill.value, &fill.options, snapshot).await,
+        };
         guard.release().await;
-        if version.is_none() {
-            // The lock's connection broke (e.g. terminated): try once through the pool.
-            version = self.stored(node.write_pooled(key, &fill.value, &fill.options, snapshot).await)?;
-        }
-        Ok(self.loaded_by_loader(fill, version, true))
-    }
-
-    /// The database is out of reach (fail open): the loader runs, nothing is stored.
-    async fn load_uncached(&self, key: &str, loader: DynLoader) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
-        let fill = loader.run().await.map_err(LoadError::Loader)?;
-        self.storable(key, &fill)?;
-        Ok(self.loaded_by_loader(fill, None, true))
-    }
-
-    /// The version a loaded value was stored with, or `None` when the database is out of reach and the
-    /// cache fails open; a write the server refused is an error.
-    fn stored(&self, written: Result<i64>) -> Result<Option<i64>> {
-        match written {
-            Ok(version) => Ok(Some(version)),
-            Err(e) if self.shared.settings.fail_open && e.is_unavailable() => {
-                tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; serving it uncached");
-                Ok(None)
+        let written = match written {
+            Err(e) if e.is_unavailable() => {
+                // The lock's connection broke (e.g. terminated): try once through the pool.
+                tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; retrying through the pool");
+                node.write_pooled(key, &fill.value, &fill.options, snapshot).await
             }
-            Err(e) => Err(e),
-        }
+            written => written,
+        };
+        Ok(self.loaded_by_loader(fill, written))
     }
 
-    /// The answer of a caller that ran the loader; `version` is `None` when it was not stored, and then
-    /// `tried` says whether storing was attempted (and so failed: the database is out of reach).
-    fn loaded_by_loader(&self, fill: Fill<DynOutput>, version: Option<i64>, tried: bool) -> Loaded<DynOutput> {
+    /// The database is out of reach (`cause`, failing open): the loader runs, nothing is stored.
+    async fn load_uncached(
+        &self,
+        key: &str,
+        loader: DynLoader,
+        cause: Error,
+    ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
+        let fill = loader.run().await.map_err(LoadError::Loader)?;
+        let why = self.unstorable(key, &fill).unwrap_or(cause);
+        Ok(self.loaded_by_loader(fill, Err(why)))
+    }
+
+    /// The answer of a caller that ran the loader, whether or not its value could be stored: once the
+    /// loader has run its value is served, with the reason it was not stored.
+    fn loaded_by_loader(&self, fill: Fill<DynOutput>, written: Result<i64>) -> Loaded<DynOutput> {
         let expiry = fill.options.ttl.expiry(self.shared.settings.default_ttl);
-        let unavailable = tried && version.is_none();
-        Loaded::by_loader(fill, version, expiry, unavailable)
+        let written = written.map_err(|e| {
+            tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; serving it uncached");
+            Some(e)
+        });
+        Loaded::by_loader(fill, written, expiry)
     }
 }
 
@@ -718,8 +727,13 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
     async fn delete(&self, key: &str) -> Result<bool> {
         self.check_key(key)?;
         let node = self.node().await?;
-        let conn = node.db.conn().await?;
-        let result = conn.bounded(store::delete(conn.client()?, &node.sql, key)).await;
+        let delete = async {
+            let conn = node.db.conn().await?;
+            conn.bounded(store::delete(conn.client()?, &node.sql, key)).await
+        };
+        // Evicted locally whatever happened: a delete that may not have reached the table must not leave
+        // this node serving the old value.
+        let result = delete.await;
         node.coherence.evict(key).await;
         result
     }
@@ -729,8 +743,11 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             self.check_key(key)?;
         }
         let node = self.node().await?;
-        let conn = node.db.conn().await?;
-        let result = conn.bounded(store::delete_many(conn.client()?, &node.sql, keys)).await;
+        let delete = async {
+            let conn = node.db.conn().await?;
+            conn.bounded(store::delete_many(conn.client()?, &node.sql, keys)).await
+        };
+        let result = delete.await;
         for key in keys {
             node.coherence.evict(key).await;
         }
@@ -741,10 +758,14 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         self.check_open()?;
         validate::tags(tags)?;
         let node = self.node().await?;
-        let conn = node.db.conn().await?;
-        let result = conn.bounded(store::delete_tags(conn.client()?, &node.sql, tags)).await;
-        // Which keys carried the tags is only known to the database; the trigger tells the other nodes.
-        if result.as_ref().is_ok_and(|n| *n > 0) {
+        let delete = async {
+            let conn = node.db.conn().await?;
+            conn.bounded(store::delete_tags(conn.client()?, &node.sql, tags)).await
+        };
+        let result = delete.await;
+        // Which keys carried the tags is only known to the database (the trigger tells the other nodes):
+        // flush this node's copies unless the delete is known to have removed nothing.
+        if !matches!(result, Ok(0)) {
             node.coherence.evict_all();
         }
         result
@@ -752,8 +773,11 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
 
     async fn clear(&self) -> Result<u64> {
         let node = self.node().await?;
-        let conn = node.db.conn().await?;
-        let result = conn.bounded(store::clear(conn.client()?, &node.sql)).await;
+        let clear = async {
+            let conn = node.db.conn().await?;
+            conn.bounded(store::clear(conn.client()?, &node.sql)).await
+        };
+        let result = clear.await;
         node.coherence.evict_all();
         result
     }
@@ -768,9 +792,12 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
     async fn touch(&self, key: &str, ttl: Ttl) -> Result<bool> {
         self.check_key(key)?;
         let node = self.node().await?;
-        let conn = node.db.conn().await?;
         let ttl_ms = ttl.to_sql_millis(node.default_ttl);
-        let result = conn.bounded(store::touch(conn.client()?, &node.sql, key, ttl_ms)).await;
+        let touch = async {
+            let conn = node.db.conn().await?;
+            conn.bounded(store::touch(conn.client()?, &node.sql, key, ttl_ms)).await
+        };
+        let result = touch.await;
         node.coherence.evict(key).await;
         result
     }
@@ -826,10 +853,6 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
 
     fn default_ttl(&self) -> Duration {
         self.shared.settings.default_ttl
-    }
-
-    fn max_value_bytes(&self) -> usize {
-        self.shared.settings.max_value_bytes
     }
 }
 

@@ -100,7 +100,7 @@ pub enum Source {
 }
 
 /// The answer of [`CacheStore::get_or_load`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct Loaded<T = ()> {
     /// The value.
@@ -119,6 +119,10 @@ pub struct Loaded<T = ()> {
     pub expiry: Expiry,
     /// The loader's [`Fill::output`]: `Some` exactly when this caller ran the loader.
     pub output: Option<T>,
+    /// Why the value this caller loaded was not stored, when storing it failed: the database is out of
+    /// reach ([`Error::is_unavailable`]), the server refused the write, or the value is over
+    /// `max_value_bytes`. The value is served all the same: the loader's work is not lost.
+    pub store_error: Option<Error>,
 }
 
 impl<T> Loaded<T> {
@@ -132,19 +136,26 @@ impl<T> Loaded<T> {
             version: entry.version,
             expiry: entry.expiry,
             output: None,
+            store_error: None,
         }
     }
 
-    /// An answer this caller loaded; `version` is `Some` when it was stored.
-    pub(crate) fn by_loader(fill: Fill<T>, version: Option<i64>, expiry: Expiry, unavailable: bool) -> Self {
+    /// An answer this caller loaded: stored as `version`, or not stored because of `store_error` (or, with
+    /// neither, by design: a [`NullCache`](crate::NullCache)).
+    pub(crate) fn by_loader(fill: Fill<T>, stored: Result<i64, Option<Error>>, expiry: Expiry) -> Self {
+        let (version, store_error) = match stored {
+            Ok(version) => (Some(version), None),
+            Err(error) => (None, error),
+        };
         Self {
             value: fill.value,
             source: Source::Loaded,
             stored: version.is_some(),
-            unavailable,
+            unavailable: store_error.as_ref().is_some_and(Error::is_unavailable),
             version: version.unwrap_or(0),
             expiry,
             output: Some(fill.output),
+            store_error,
         }
     }
 
@@ -162,6 +173,7 @@ impl<T> Loaded<T> {
             version: self.version,
             expiry: self.expiry,
             output: self.output.and_then(f),
+            store_error: self.store_error,
         }
     }
 }
@@ -391,8 +403,10 @@ pub trait CacheStore: Send + Sync + 'static {
     /// ran the loader also gets the fill's typed [`output`](Fill::output) in [`Loaded::output`].
     ///
     /// Loader errors come back typed as [`LoadError::Loader`] and are never cached; the next call retries.
-    /// If the database is unreachable the loader runs anyway (fail open). A value over
-    /// [`max_value_bytes`](Self::max_value_bytes) is returned but not stored (`stored: false`).
+    /// If the database is unreachable the loader runs anyway (fail open). Once the loader has run, its
+    /// value is returned even when it cannot be stored (`stored: false`, with the reason in
+    /// [`Loaded::store_error`]): the database went away, refused the write, or the value is over
+    /// `max_value_bytes`.
     ///
     /// ```no_run
     /// # async fn demo(cache: pgcache_core::PostgresCache) -> Result<(), Box<dyn std::error::Error>> {
@@ -452,10 +466,4 @@ pub trait CacheStore: Send + Sync + 'static {
 
     /// The TTL that [`Ttl::Default`] stands for.
     fn default_ttl(&self) -> Duration;
-
-    /// The largest value this cache stores, in bytes (`max_value_bytes`). A larger value that a
-    /// [`get_or_load`](Self::get_or_load) loader returns is served to its caller but not stored.
-    fn max_value_bytes(&self) -> usize {
-        usize::MAX
-    }
 }

@@ -94,6 +94,9 @@ pub enum Error {
         retry_in: Duration,
         /// Why the last attempt failed.
         last_error: String,
+        /// Whether it failed because the database is out of reach (an outage: reads fail open), rather
+        /// than a set-up error such as a wrong password or a missing schema (which surfaces).
+        outage: bool,
     },
     /// An operation took longer than its configured timeout.
     #[error("{what} timed out after {after:?}")]
@@ -184,10 +187,8 @@ impl Error {
         match self {
             Error::Postgres(e) => is_outage(e),
             Error::Pool(deadpool_postgres::PoolError::Backend(e)) => is_outage(e),
-            Error::Pool(_)
-            | Error::Timeout { .. }
-            | Error::TooManyConnections { .. }
-            | Error::ConnectBackoff { .. } => true,
+            Error::Pool(_) | Error::Timeout { .. } | Error::TooManyConnections { .. } => true,
+            Error::ConnectBackoff { outage, .. } => *outage,
             _ => false,
         }
     }

@@ -41,18 +41,20 @@ impl AdvisoryLock {
     }
 
     /// Unlocks on the same connection and returns it to the pool; on failure the connection is discarded.
+    ///
+    /// The connection stays in the guard until the unlock has succeeded: if this future is dropped while
+    /// the unlock is in flight, the guard's `Drop` closes the connection, lock or not.
     pub(crate) async fn release(mut self) {
-        let Some(conn) = self.conn.take() else { return };
+        let Some(conn) = self.conn.as_ref() else { return };
         let unlocked = match conn.client() {
             Ok(client) => conn.bounded(store::advisory_unlock(client, self.key)).await,
             Err(e) => Err(e),
         };
         match unlocked {
-            Ok(_) => drop(conn),
-            Err(e) => {
-                tracing::warn!(target: "pgcache::lock", error = %e, "unlock failed; closing the connection");
-                conn.discard();
-            }
+            // Unlocked: the connection may go back to the pool.
+            Ok(_) => drop(self.conn.take()),
+            // Drop discards the connection, which frees the lock.
+            Err(e) => tracing::warn!(target: "pgcache::lock", error = %e, "unlock failed; closing the connection"),
         }
     }
 }

@@ -123,7 +123,7 @@ impl<C: Send + Sync + 'static> CacheStore for NullCache<C> {
         self.check(key)?;
         let fill = loader.run().await.map_err(LoadError::Loader)?;
         let expiry = fill.options.ttl.expiry(self.default_ttl);
-        Ok(Loaded::by_loader(fill, None, expiry, false))
+        Ok(Loaded::by_loader(fill, Err(None), expiry))
     }
 
     fn status(&self) -> CacheStatus {

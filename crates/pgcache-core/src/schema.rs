@@ -40,6 +40,11 @@ fn render(sql: &str, settings: &CacheSettings) -> String {
         .replace("__CHANNEL__", &settings.notify_channel)
 }
 
+/// Function source compared as text, whatever line endings the files were checked out with.
+fn same_text(source: &str) -> String {
+    source.replace("\r\n", "\n")
+}
+
 /// The body of the first `$fn$ ... $fn$` function in a rendered file: what `pg_proc.prosrc` holds.
 fn function_body(rendered: &str) -> Option<&str> {
     let start = rendered.find("$fn$")? + "$fn$".len();
@@ -163,16 +168,27 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
             problems.push(format!("{kind} {object} is missing"));
         }
     }
-    let triggers: Vec<String> = client
+    // The triggers that fire for ordinary sessions ('O'rigin, 'A'lways), with the function each calls:
+    // found through the table, so a schema elsewhere on the search_path is inspected where it is.
+    let rows = client
         .query(
-            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgenabled <> 'D'",
+            "SELECT t.tgname::text, p.proname::text, p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+             WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')",
             &[&table],
         )
         .await
-        .map_err(Error::from_pg)?
-        .iter()
-        .filter_map(|row| row.try_get(0).ok())
-        .collect();
+        .map_err(Error::from_pg)?;
+    let mut triggers = Vec::with_capacity(rows.len());
+    let mut functions = std::collections::HashMap::new();
+    for row in &rows {
+        let (trigger, function, source): (String, String, String) = (
+            row.try_get(0).map_err(Error::from_pg)?,
+            row.try_get(1).map_err(Error::from_pg)?,
+            row.try_get(2).map_err(Error::from_pg)?,
+        );
+        triggers.push(trigger);
+        functions.insert(function, source);
+    }
     for trigger in TRIGGERS {
         let name = format!("{prefix}{trigger}");
         if !triggers.contains(&name) {
@@ -181,18 +197,12 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
     }
     for (function, file) in FUNCTIONS {
         let name = format!("{prefix}{function}");
-        let source: Option<String> = client
-            .query_opt(
-                "SELECT prosrc FROM pg_proc WHERE proname = $1 AND pronamespace = current_schema()::regnamespace",
-                &[&name],
-            )
-            .await
-            .map_err(Error::from_pg)?
-            .and_then(|row| row.try_get(0).ok());
         let rendered = render(file, settings);
-        match source {
-            None => problems.push(format!("function \"{name}\" is missing")),
-            Some(src) if Some(src.as_str()) != function_body(&rendered) => problems
+        let expected = function_body(&rendered).map(same_text);
+        match functions.get(&name) {
+            // Its triggers are reported missing above.
+            None => {}
+            Some(src) if Some(same_text(src)) != expected => problems
                 .push(format!("function \"{name}\" differs from this library's (another channel, or changed by hand)")),
             Some(_) => {}
         }

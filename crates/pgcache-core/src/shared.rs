@@ -182,10 +182,6 @@ impl<C: Send + Sync + 'static> CacheStore for SharedCache<C> {
     fn default_ttl(&self) -> Duration {
         self.store.default_ttl()
     }
-
-    fn max_value_bytes(&self) -> usize {
-        self.store.max_value_bytes()
-    }
 }
 
 impl<C: Codec + Clone> TypedCache for SharedCache<C> {

@@ -9,7 +9,6 @@ use crate::cache_store::{CacheStore, Fill, LoadError};
 use crate::codec::Codec;
 use crate::error::{excerpt, BoxError, Error, Result};
 use crate::ttl::Ttl;
-use crate::validate;
 
 /// Typed values through a [`Codec`] (JSON by default). Import it (or `pgcache_core::prelude::*`) to call
 /// `get`, `set` and `get_or_set` on a [`PostgresCache`](crate::PostgresCache) or [`NullCache`](crate::NullCache).
@@ -120,14 +119,11 @@ pub trait TypedCache: CacheStore + Sized {
         let ttl = ttl.into();
         let codec = self.codec().clone();
         let owned_key = key.to_owned();
-        let max_value_bytes = self.max_value_bytes();
         async move {
-            let loaded = self
+            let mut loaded = self
                 .get_or_load(key, move || async move {
                     let value = loader().await.map_err(|e| Error::Loader(e.into()))?;
                     let bytes = encode(&codec, &owned_key, &value)?;
-                    // Strict, as `set` is: a value that cannot be stored is an error here.
-                    validate::value(&owned_key, bytes.len(), max_value_bytes)?;
                     // The value goes back to this caller as it is, so it is not decoded again.
                     Ok::<_, Error>(Fill::new(bytes, ttl).with_output(value))
                 })
@@ -135,6 +131,13 @@ pub trait TypedCache: CacheStore + Sized {
                 .map_err(|e| match e {
                     LoadError::Loader(e) | LoadError::Cache(e) => e,
                 })?;
+            // Strict, as `set` is: a value the server refused or that is over `max_value_bytes` is an error
+            // here; one that could not be stored because the database is out of reach is served (fail open).
+            if let Some(e) = loaded.store_error.take() {
+                if !e.is_unavailable() {
+                    return Err(e);
+                }
+            }
             match loaded.output {
                 Some(value) => Ok(value),
                 None => decode(self.codec(), key, &loaded.value),

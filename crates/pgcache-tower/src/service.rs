@@ -172,6 +172,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_miss_behind_a_concurrency_limit_of_one_does_not_deadlock() {
+        // The fill calls a clone of the inner service: the clone `poll_ready` reserved a permit on must not
+        // still hold it then.
+        let limited = tower::limit::ConcurrencyLimit::new(service_fn(echo_method), 1);
+        let svc = PgCacheLayer::new(NullCache::new()).layer(limited);
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), svc.oneshot(req("GET"))).await;
+        let resp = answered.expect("the miss deadlocked behind the concurrency limit").unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "GET");
+    }
+
+    #[tokio::test]
     async fn inner_errors_are_returned_unchanged() {
         let failing =
             service_fn(|_req: Request<Body>| async { Err::<Response<Full<Bytes>>, _>(std::io::Error::other("boom")) });

@@ -54,7 +54,13 @@ where
     B: ReplayBody,
     RB: ResBody,
 {
-    pub(super) fn new(shared: Arc<Shared>, inner: S, ctx: Ctx) -> Self {
+    /// `ready` is the service `poll_ready` answered for. The flow keeps a fresh clone instead and drops
+    /// `ready` at once: every call it makes polls readiness itself (`inner::call`), and a ready service
+    /// that holds a reservation (a concurrency limit, a buffer slot) while a loader's clone waits for
+    /// another would deadlock behind a limit of one.
+    pub(super) fn new(shared: Arc<Shared>, ready: S, ctx: Ctx) -> Self {
+        let inner = ready.clone();
+        drop(ready);
         Self { shared, inner, ctx: Arc::new(ctx), _types: PhantomData }
     }
 
