@@ -117,6 +117,9 @@ pub(crate) struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Events the checker holds in memory at once; above it, it checks a range of keys at a time (for tests).
+    #[arg(long, default_value_t = 4_000_000, hide = true)]
+    pub(crate) check_budget: u64,
     /// Do not print the report (used when another command runs `load`).
     #[arg(skip)]
     pub(crate) quiet_report: bool,

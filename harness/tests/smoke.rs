@@ -29,14 +29,16 @@ fn load_runs_clean_and_writes_parsable_json() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-/// `--ops` with two processes (so the invalidation probe runs) ends once the operations are done.
+/// `--ops` with two processes (so the invalidation probe runs) ends once the operations are done; the check
+/// runs a key range at a time and finds nothing.
 #[test]
 fn ops_run_with_two_processes_ends() {
     let dsn = pgcache_tests::test_dsn();
     let out = std::env::temp_dir().join(format!("pgcache-harness-ops-{}", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgcache-harness"))
         .args(["load", "--processes", "2", "--tasks", "2", "--ops", "400", "--keys", "50", "--quiet"])
-        .args(["--probe-interval", "20ms", "--out"])
+        // A small check budget makes the checker split the keys into ranges (scratch files).
+        .args(["--probe-interval", "20ms", "--check-budget", "100", "--out"])
         .arg(&out)
         .env("PGCACHE_DSN", &dsn)
         .spawn()
@@ -58,6 +60,9 @@ fn ops_run_with_two_processes_ends() {
     let report: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
     assert_eq!(report["check"]["violations_total"], 0, "{json}");
     assert_eq!(report["ops_total"].as_u64(), Some(400), "{json}");
+    assert!(report["check"]["reads_checked"].as_u64().unwrap_or(0) > 0, "{json}");
+    let left: Vec<_> = std::fs::read_dir(&out).expect("read --out").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 2, "only results.json and latency.svg stay: {left:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -11,8 +11,12 @@
 //! - **duplicate load**: two stored `get_or_set` loader runs for one key with no delete or expiry that
 //!   could have emptied it between them (expected: exactly one loader run per fill).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use super::events::{Event, Via, WriteId};
 
@@ -154,6 +158,124 @@ impl Checker {
             check_key(key, &mut log, &params, &mut outcome);
         }
         outcome
+    }
+}
+
+/// The key an event counts for in the check (`None`: the check ignores it).
+fn checked_key(event: &Event) -> Option<u64> {
+    match *event {
+        Event::Write { key, .. }
+        | Event::Delete { key, .. }
+        | Event::Read { key, .. }
+        | Event::GetOrSet { key, .. } => Some(key),
+        _ => None,
+    }
+}
+
+/// Events per key, counted in a first pass over the files so the check can split the keys into ranges.
+#[derive(Default)]
+pub(crate) struct KeyCounts(BTreeMap<u64, u64>);
+
+impl KeyCounts {
+    pub(crate) fn add(&mut self, event: &Event) {
+        if let Some(key) = checked_key(event) {
+            *self.0.entry(key).or_default() += 1;
+        }
+    }
+
+    /// First keys of contiguous key ranges holding at most `budget` events each (a key above the budget
+    /// gets a range of its own).
+    fn ranges(&self, budget: u64) -> Vec<u64> {
+        let mut starts = Vec::new();
+        let mut held = 0u64;
+        for (&key, &n) in &self.0 {
+            if starts.is_empty() || held + n > budget {
+                starts.push(key);
+                held = 0;
+            }
+            held += n;
+        }
+        starts
+    }
+}
+
+/// Checks the events in `files` keeping at most about `budget` events in memory (or one key's, if more):
+/// the keys are split into contiguous ranges by `counts`; with more than one range the events are first
+/// sorted into one scratch file per range in the directory `scratch` (removed afterwards), and the ranges are checked in key
+/// order, so the outcome is the same as checking everything at once.
+pub(crate) fn check_files(
+    files: &[PathBuf],
+    counts: &KeyCounts,
+    params: Params,
+    scratch: &Path,
+    budget: u64,
+) -> anyhow::Result<Outcome> {
+    let starts = counts.ranges(budget.max(1));
+    if starts.len() <= 1 {
+        let mut checker = Checker::new(params);
+        for path in files {
+            super::events::read_file(path, |e| checker.add(e))?;
+        }
+        return Ok(checker.finish());
+    }
+    std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let parts: Vec<PathBuf> = (0..starts.len()).map(|i| scratch.join(format!("check-part-{i}.log"))).collect();
+    let result = check_parts(files, &starts, &parts, params);
+    for part in &parts {
+        let _ = std::fs::remove_file(part);
+    }
+    // Only if it is empty now (it may be a directory of the caller's).
+    let _ = std::fs::remove_dir(scratch);
+    result
+}
+
+fn check_parts(files: &[PathBuf], starts: &[u64], parts: &[PathBuf], params: Params) -> anyhow::Result<Outcome> {
+    let mut writers = Vec::with_capacity(parts.len());
+    for part in parts {
+        let file = std::fs::File::create(part).with_context(|| format!("creating {}", part.display()))?;
+        writers.push(std::io::BufWriter::with_capacity(64 * 1024, file));
+    }
+    let mut line = String::new();
+    let mut failed = None;
+    for path in files {
+        super::events::read_file(path, |event| {
+            let Some(key) = checked_key(event) else { return };
+            let range = starts.partition_point(|&s| s <= key).saturating_sub(1);
+            line.clear();
+            event.write_line(&mut line);
+            if let Some(out) = writers.get_mut(range) {
+                if let Err(e) = out.write_all(line.as_bytes()) {
+                    failed.get_or_insert(e);
+                }
+            }
+        })?;
+    }
+    if let Some(e) = failed {
+        return Err(e).context("writing the check's scratch files");
+    }
+    for (out, part) in writers.iter_mut().zip(parts) {
+        out.flush().with_context(|| format!("writing {}", part.display()))?;
+    }
+    drop(writers);
+    let mut outcome = Outcome::default();
+    for part in parts {
+        let mut checker = Checker::new(params);
+        super::events::read_file(part, |e| checker.add(e))?;
+        outcome.absorb(checker.finish());
+    }
+    Ok(outcome)
+}
+
+impl Outcome {
+    /// Adds the outcome of later keys.
+    fn absorb(&mut self, later: Outcome) {
+        self.reads_checked += later.reads_checked;
+        self.loader_runs += later.loader_runs;
+        self.keys_loaded += later.keys_loaded;
+        self.duplicate_loads += later.duplicate_loads;
+        self.violations_total += later.violations_total;
+        let room = KEEP.saturating_sub(self.violations.len());
+        self.violations.extend(later.violations.into_iter().take(room));
     }
 }
 
@@ -441,6 +563,36 @@ mod tests {
         assert_eq!(outcome.duplicate_loads, 0);
         assert_eq!(outcome.loader_runs, 2);
         assert_eq!(outcome.violations_total, 0);
+    }
+
+    #[test]
+    fn split_check_matches_the_whole() {
+        let mut events = Vec::new();
+        for key in 0..6 {
+            events.extend([w(key, 1, 0, 1), r(key, 2, Some(1)), w(key, 2, 10, 11), r(key, 500, Some(1))]);
+            events.extend([r(key, 600, None), d(key, 3, 700, 701), r(key, 800, Some(9))]);
+        }
+        let dir = std::env::temp_dir().join(format!("pgcache-check-split-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("events.log");
+        let mut text = String::new();
+        let mut counts = KeyCounts::default();
+        for e in &events {
+            e.write_line(&mut text);
+            counts.add(e);
+        }
+        std::fs::write(&file, text).unwrap();
+        let whole = check(&events, params());
+        for budget in [1, 7, 15, 1_000] {
+            let split = check_files(std::slice::from_ref(&file), &counts, params(), &dir, budget).unwrap();
+            assert_eq!(split.violations_total, whole.violations_total, "budget {budget}");
+            assert_eq!(split.reads_checked, whole.reads_checked);
+            let summary =
+                |o: &Outcome| o.violations.iter().map(|v| (v.key, v.kind, v.detail.clone())).collect::<Vec<_>>();
+            assert_eq!(summary(&split), summary(&whole), "budget {budget}");
+        }
+        assert!(whole.violations_total >= 18);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

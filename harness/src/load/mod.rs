@@ -221,19 +221,24 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         slack: 20_000_000,
         origin: start,
     };
-    // The events stream from the files, one line at a time, into the analysis and the checker.
+    // The events stream from the files, one line at a time: into the analysis and the per-key counts, then
+    // into the checker, a range of keys at a time.
     let mut analysis = Analysis::default();
-    let mut checker = check::Checker::new(params);
+    let mut counts = check::KeyCounts::default();
     for path in &event_files {
         events::read_file(path, |event| {
             analysis.add(event);
-            checker.add(event);
+            counts.add(event);
         })?;
-        if !args.keep {
+    }
+    let scratch = args.out.join(format!("check-{run_id}"));
+    let checked = check::check_files(&event_files, &counts, params, &scratch, args.check_budget);
+    if !args.keep {
+        for path in &event_files {
             let _ = tokio::fs::remove_file(path).await;
         }
     }
-    let checked = checker.finish();
+    let checked = checked?;
     let config = serde_json::json!({
         "processes": args.processes, "tasks": args.tasks, "duration_s": duration.map(|d| d.as_secs_f64()),
         "ops": args.ops, "keys": args.keys, "zipf": args.zipf, "value_size": args.value_size,
