@@ -246,7 +246,7 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         "ttl_s": args.ttl.0.map(|d| d.as_secs_f64()), "local_ttl_s": args.local_ttl.as_secs_f64(),
         "staleness_bound_s": bound.as_secs_f64(), "pool_size": args.pool_size,
         "disable_notify": args.disable_notify, "no_local": args.no_local, "unlogged": args.db.unlogged,
-        "prefill": args.prefill, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "prefill": args.prefill, "check_budget": args.check_budget, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
     });
     let (mut report, histograms) = analysis.finish(config, wall, checked);
     report.worker_peak_rss_kb = worker_peak_rss_kb;
