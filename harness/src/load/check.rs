@@ -566,14 +566,14 @@ mod tests {
     }
 
     #[test]
-    fn split_check_matches_the_whole() {
+    fn split_check_matches_the_whole() -> anyhow::Result<()> {
         let mut events = Vec::new();
         for key in 0..6 {
             events.extend([w(key, 1, 0, 1), r(key, 2, Some(1)), w(key, 2, 10, 11), r(key, 500, Some(1))]);
             events.extend([r(key, 600, None), d(key, 3, 700, 701), r(key, 800, Some(9))]);
         }
         let dir = std::env::temp_dir().join(format!("pgcache-check-split-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir)?;
         let file = dir.join("events.log");
         let mut text = String::new();
         let mut counts = KeyCounts::default();
@@ -581,10 +581,10 @@ mod tests {
             e.write_line(&mut text);
             counts.add(e);
         }
-        std::fs::write(&file, text).unwrap();
+        std::fs::write(&file, text)?;
         let whole = check(&events, params());
         for budget in [1, 7, 15, 1_000] {
-            let split = check_files(std::slice::from_ref(&file), &counts, params(), &dir, budget).unwrap();
+            let split = check_files(std::slice::from_ref(&file), &counts, params(), &dir, budget)?;
             assert_eq!(split.violations_total, whole.violations_total, "budget {budget}");
             assert_eq!(split.reads_checked, whole.reads_checked);
             let summary =
@@ -593,6 +593,7 @@ mod tests {
         }
         assert!(whole.violations_total >= 18);
         let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 
     #[test]
