@@ -146,7 +146,7 @@ pub(crate) async fn open_one_shot(settings: &CacheSettings) -> Result<tokio_post
 }
 
 /// A deadpool pool with every timeout set (deadpool's default is to wait forever).
-fn build_pool(settings: &CacheSettings, name: &'static str, dsn: &str, max_size: usize) -> Result<Pool> {
+pub(crate) fn build_pool(settings: &CacheSettings, name: &'static str, dsn: &str, max_size: usize) -> Result<Pool> {
     let mut config = pg_config(settings, name, dsn)?;
     let tls = tls(settings, &mut config)?;
     let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
@@ -221,7 +221,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(object: Object, bound: Duration) -> Self {
+    pub(crate) fn new(object: Object, bound: Duration) -> Self {
         Self { object: Some(object), bound, overran: AtomicBool::new(false) }
     }
 

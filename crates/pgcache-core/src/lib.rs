@@ -15,6 +15,7 @@ mod local;
 mod lock;
 mod lock_key;
 mod null;
+mod refresh;
 mod schema;
 mod settings;
 mod shared;

@@ -15,10 +15,14 @@ use crate::lock_key::lock_key;
 use crate::settings::CacheSettings;
 
 /// The schema version this library writes and expects.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
 /// The table, its version sequence and the version trigger.
 const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
+/// Migration 2: the `refresh_at` column.
+const REFRESH_AT_SQL: &str = include_str!("../sql/refresh_at.sql");
+/// Columns added after migration 1, each checked by `inspect`.
+const ADDED_COLUMNS: [&str; 1] = ["refresh_at"];
 /// The notification function and its triggers.
 const NOTIFY_SQL: &str = include_str!("../sql/notify_function.sql");
 
@@ -83,6 +87,7 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
     if found < SCHEMA_VERSION || !problems.is_empty() {
         let apply = async {
             batch(&tx, &render(ENTRIES_SQL, settings)).await?;
+            batch(&tx, &render(REFRESH_AT_SQL, settings)).await?;
             batch(&tx, &render(NOTIFY_SQL, settings)).await?;
             let record = format!("INSERT INTO {version_table} (version) VALUES ($1) ON CONFLICT (version) DO NOTHING");
             tx.execute(&record, &[&SCHEMA_VERSION]).await.map_err(Error::from_pg)
@@ -166,6 +171,18 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
         let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[object]).await.map_err(Error::from_pg)?;
         if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
             problems.push(format!("{kind} {object} is missing"));
+        }
+    }
+    for column in ADDED_COLUMNS {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped",
+                &[&table, &column],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        if row.try_get::<_, i64>(0).map_err(Error::from_pg)? == 0 {
+            problems.push(format!("column {column} of {table} is missing"));
         }
     }
     // The triggers that fire for ordinary sessions ('O'rigin, 'A'lways), with the function each calls:

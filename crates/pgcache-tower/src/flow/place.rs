@@ -103,7 +103,7 @@ impl Placement<'_> {
     /// belong to `key` itself and returns the value (and options) for `key`.
     pub(crate) async fn place(&self, key: &str, stored: &Stored) -> (Bytes, SetOptions) {
         let tags = key::response_tags(self.namespace, self.keys, &stored.headers);
-        let options = SetOptions { ttl: Ttl::After(stored.freshness.keep_for()), tags };
+        let options = SetOptions::ttl(Ttl::After(stored.freshness.keep_for())).tags(tags);
         let record = encode_stored(stored);
         let primary = self.keys.primary.as_str();
         if stored.vary.is_empty() {
@@ -114,7 +114,7 @@ impl Placement<'_> {
         }
         let vkey = key::variant(primary, &stored.vary);
         let index = Record::Variants(stored.vary_names()).encode();
-        let index_options = SetOptions { ttl: options.ttl, tags: self.keys.base_tags() };
+        let index_options = SetOptions::ttl(options.ttl).tags(self.keys.base_tags());
         if key == primary {
             self.write(&vkey, record, &options).await;
             return (index, index_options);
@@ -129,7 +129,7 @@ impl Placement<'_> {
     /// A hit-for-pass marker for `ttl`: requests go straight to the handler, in parallel, until it
     /// expires. `reason` is kept for the waiters' `Cache-Status`.
     pub(crate) fn pass_marker(&self, reason: &str, ttl: Duration) -> (Bytes, SetOptions) {
-        let options = SetOptions { ttl: Ttl::After(ttl), tags: self.keys.base_tags() };
+        let options = SetOptions::ttl(Ttl::After(ttl)).tags(self.keys.base_tags());
         (Record::Pass(reason.to_owned()).encode(), options)
     }
 
