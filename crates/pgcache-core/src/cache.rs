@@ -261,10 +261,15 @@ impl Node {
         Ok(row)
     }
 
-    /// Reads the row `get_or_load` may use (live, or within its stale window) on a pooled connection,
-    /// installing a live one locally.
+    /// Reads the row `get_or_load` may use (live, or within its stale window), installing a live one
+    /// locally. On a pooled connection when one is free at once, else on the lock session (pipelined):
+    /// a burst of misses never queues for the pool, so unrelated traffic keeps it.
     async fn read_for_load(&self, key: &str, snapshot: Snapshot) -> Result<Option<LoadRow>> {
-        let conn = self.db.conn().await?;
+        let conn = match self.db.conn_if_free().await {
+            Ok(conn) => Arc::new(conn),
+            Err(e) if e.is_pool_busy() => self.locks.conn().await?,
+            Err(e) => return Err(e),
+        };
         let row = conn.bounded(store::get_for_load(conn.client()?, &self.sql, key)).await?;
         if let Some(row) = &row {
             self.found_for_load(key, row, snapshot).await;
@@ -564,8 +569,6 @@ impl<C> PostgresCache<C> {
                 Loaded::found(row.entry, if flight.waited { Source::Collapsed } else { Source::Shared })
             }
             Ok(row) => self.fill_across_processes(node, key, loader, snapshot, row.map(|r| r.entry)).await?,
-            // Every pooled connection is busy: the lock session re-reads the table under the lock.
-            Err(e) if e.is_pool_busy() => self.fill_across_processes(node, key, loader, snapshot, None).await?,
             Err(e) if self.shared.fails_open(&e) => self.load_uncached(key, loader, e).await?,
             Err(e) => return Err(e.into()),
         };

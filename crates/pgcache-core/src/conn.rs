@@ -186,6 +186,15 @@ impl Db {
         Ok(Conn::new(object, self.statement_bound))
     }
 
+    /// A pooled connection if one is free right now, without queueing behind other callers
+    /// ([`Error::is_pool_busy`] otherwise).
+    pub(crate) async fn conn_if_free(&self) -> Result<Conn> {
+        let mut timeouts = self.pool.timeouts();
+        timeouts.wait = Some(Duration::ZERO);
+        let object = self.pool.timeout_get(&timeouts).await.map_err(Error::from_pool)?;
+        Ok(Conn::new(object, self.statement_bound))
+    }
+
     /// A pooled connection for advisory locks.
     pub(crate) async fn lock_conn(&self) -> Result<Conn> {
         let object = self.lock_pool.get().await.map_err(Error::from_pool)?;

@@ -99,8 +99,9 @@ impl LockSession {
         self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The current connection, opening one when there is none or it broke.
-    async fn conn(&self) -> Result<Arc<Conn>> {
+    /// The current connection, opening one when there is none or it broke; for statements that need no
+    /// lock (a `get_or_load` read when every pooled connection is busy).
+    pub(crate) async fn conn(&self) -> Result<Arc<Conn>> {
         let mut current = self.current.lock().await;
         if let Some(conn) = current.as_ref() {
             if conn.client().is_ok_and(|client| !client.is_closed()) {
