@@ -36,8 +36,6 @@ const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
 /// First and longest pause of a `get_or_load` caller waiting for another caller's fill (woken early by
 /// the listener when the key is written).
 const FILL_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(50));
-/// Longest stored window (stale or refresh) in milliseconds: 100 years, like TTLs.
-const MAX_WINDOW_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
 
 /// A PostgreSQL-backed cache: cheap to clone (an `Arc` inside), `Send + Sync`.
 ///
@@ -298,12 +296,12 @@ impl Node {
         compute: Option<Duration>,
     ) -> Result<i64> {
         let ttl_ms = options.ttl.to_sql_millis(self.default_ttl);
-        let window = |d: Duration| millis(d).unwrap_or(MAX_WINDOW_MS).min(MAX_WINDOW_MS);
         let compute = compute.filter(|_| options.early_refresh);
         let meta = WriteMeta {
-            stale_ms: ttl_ms.zip(options.stale_for).map(|(ttl, stale)| ttl.saturating_add(window(stale))),
+            // Windows are clamped like TTLs (to 2^31 s).
+            stale_ms: ttl_ms.zip(options.stale_for).map(|(ttl, stale)| ttl.saturating_add(millis(stale))),
             compute_ms: compute.map(|d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1)),
-            refresh_ms: options.refresh_after.map(window),
+            refresh_ms: options.refresh_after.map(millis),
         };
         let upsert = store::upsert(conn.client()?, &self.sql, key, value, ttl_ms, &options.tags, meta);
         let version = conn.bounded(upsert).await?;
