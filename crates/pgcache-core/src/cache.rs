@@ -651,16 +651,20 @@ impl<C> PostgresCache<C> {
                 stale
             }
         };
-        let mut fill = tokio::spawn(Shared::fill(Arc::clone(&self.shared), key.to_owned(), loader, snapshot, guard));
+        let fill = tokio::spawn(Shared::fill(Arc::clone(&self.shared), key.to_owned(), loader, snapshot, guard));
+        // A caller that goes away cancels its fill (the lock is released and a waiter takes over), except
+        // past the soft timeout, where the fill goes on for the callers to come.
+        let mut fill = CancelOnDrop(Some(fill));
         let filled = match (&stale, self.shared.settings.loader_soft_timeout) {
-            (Some(fallback), Some(soft)) => match tokio::time::timeout(soft, &mut fill).await {
+            (Some(fallback), Some(soft)) => match tokio::time::timeout(soft, fill.join()).await {
                 Ok(filled) => filled,
                 Err(_) => {
                     tracing::debug!(target: "pgcache::cache", key, "loader past its soft timeout; serving the stale value");
+                    fill.detach();
                     return Ok(Loaded::found(fallback.clone(), Source::Stale));
                 }
             },
-            _ => fill.await,
+            _ => fill.join().await,
         };
         let filled =
             filled.unwrap_or_else(|e| Err(LoadError::Cache(Error::Loader(format!("the loader panicked: {e}").into()))));
@@ -695,6 +699,36 @@ impl<C> PostgresCache<C> {
         let fill = loader.run().await.map_err(LoadError::Loader)?;
         let why = self.shared.unstorable(key, &fill).unwrap_or(cause);
         Ok(self.shared.loaded_by_loader(fill, Err(why)))
+    }
+}
+
+/// A spawned fill that is aborted if its caller's future is dropped before it finishes.
+struct CancelOnDrop<T>(Option<JoinHandle<T>>);
+
+impl<T> CancelOnDrop<T> {
+    /// Waits for the fill (a fill that panicked is reported as `Err`).
+    async fn join(&mut self) -> std::result::Result<T, tokio::task::JoinError> {
+        match self.0.as_mut() {
+            Some(task) => {
+                let done = task.await;
+                self.0 = None;
+                done
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Lets the fill go on without its caller.
+    fn detach(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<T> Drop for CancelOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
