@@ -508,13 +508,20 @@ pub trait CacheStore: Send + Sync + 'static {
     /// # Ok(()) }
     /// ```
     ///
+    /// Fail-safe and early refresh: an entry written with [`SetOptions::stale_for`] is answered stale
+    /// ([`Source::Stale`]) when the loader fails or is slow; one written with
+    /// [`SetOptions::refresh_after`] or [`SetOptions::early_refresh`] is refreshed in the background by one
+    /// hit (this `loader` then runs after this call has returned with the current value).
+    ///
     /// # Errors
-    /// [`LoadError::Loader`] with the loader's error; [`LoadError::Cache`] for a bad key or bad tags, or
-    /// database errors when configured to fail closed.
+    /// [`LoadError::Loader`] with the loader's error; [`LoadError::Cache`] for a bad key or bad tags,
+    /// [`Error::LockTimeout`] when another caller's fill did not finish within `lock_wait_timeout`,
+    /// [`Error::LoaderTimeout`] past `loader_hard_timeout`, or database errors when configured to fail
+    /// closed. With a fail-safe value at hand, the loader's failures and timeouts answer with it instead.
     ///
     /// # Cancel safety
-    /// Dropping the future releases the advisory lock (by closing its connection if need be); other
-    /// waiters then load or read the value.
+    /// Dropping the future cancels this caller's fill and releases the advisory lock; other waiters then
+    /// load or read the value. Past `loader_soft_timeout` (the caller was answered stale) the fill goes on.
     fn get_or_load<T, E, F, Fut>(
         &self,
         key: &str,

@@ -1,8 +1,9 @@
 //! The schema: installing and repairing it (`init_db`), and checking what `connect` relies on.
 //!
 //! The SQL is in `sql/` (shipped inside this crate): `001_init.sql` creates the table, the version
-//! sequence and the version trigger; `notify_function.sql` the notification function (it names the
-//! channel) and its triggers. Both are idempotent. `init_db` does not trust the version row alone: it
+//! sequence and the version trigger; `refresh_at.sql` (version 2) adds the `refresh_at` column;
+//! `notify_function.sql` the notification function (it names the
+//! channel) and its triggers. All are idempotent. `init_db` does not trust the version row alone: it
 //! inspects the objects and re-applies the files when anything is missing or differs (a table or trigger
 //! dropped by hand, a function changed, another channel), so running it again repairs the schema.
 //! Identifiers are validated by [`CacheSettings::validate`] before they are formatted into SQL.
