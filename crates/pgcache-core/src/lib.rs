@@ -20,6 +20,7 @@ mod settings;
 mod shared;
 mod store;
 mod sweeper;
+pub mod telemetry;
 mod ttl;
 mod typed;
 mod validate;

@@ -18,6 +18,7 @@ use tokio_postgres::AsyncMessage;
 use crate::coherence::{Coherence, Lease};
 use crate::conn::{bounded, statement_bound};
 use crate::settings::CacheSettings;
+use crate::telemetry::ListenerMetrics;
 
 /// A notification payload, as built by `sql/notify_function.sql`.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -29,18 +30,26 @@ pub(crate) struct Event {
     /// (key, version) pairs.
     #[serde(default)]
     pub(crate) keys: Vec<(String, i64)>,
+    /// When the writing statement's trigger ran: epoch milliseconds by the database's clock
+    /// (`clock_timestamp()`), for the invalidation lag. Absent from payloads of older schemas.
+    #[serde(default)]
+    pub(crate) t: Option<i64>,
 }
 
 /// Applies one notification to the local cache. Unknown payloads flush, to stay on the safe side.
-pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str) {
+pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str, metrics: &ListenerMetrics) {
     match serde_json::from_str::<Event>(payload) {
         Ok(event) if event.p != prefix => {}
-        Ok(event) if event.op == "flush" => local.evict_all(),
+        Ok(event) if event.op == "flush" => {
+            local.evict_all();
+            metrics.invalidated(true, event.t);
+        }
         Ok(event) => {
             let deleted = event.op == "delete";
             for (key, version) in event.keys {
                 local.evict_notified(&key, version, deleted).await;
             }
+            metrics.invalidated(false, event.t);
         }
         Err(e) => {
             tracing::warn!(target: "pgcache::listener", error = %e, "unreadable notification; flushing local cache");
@@ -63,12 +72,14 @@ pub(crate) async fn run(
     let lease = &coherence.lease;
     let mut backoff = Duration::from_millis(50);
     let mut first = Some(first);
+    let mut metrics = ListenerMetrics::new(&settings.schema_prefix);
     loop {
         let outcome = tokio::select! {
-            outcome = session(&settings, &coherence, &mut first) => outcome,
+            outcome = session(&settings, &coherence, &mut first, &mut metrics) => outcome,
             _ = shutdown.changed() => { lease.set_listening(false); return; }
         };
         lease.set_listening(false);
+        metrics.down();
         match outcome {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(reason) => tracing::warn!(target: "pgcache::listener", %reason, retry_in = ?backoff, "listener down"),
@@ -91,7 +102,12 @@ fn report(first: &mut FirstReport, outcome: crate::Result<()>) {
 }
 
 /// One connection's life. Returns `Err` with the reason it ended.
-async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut FirstReport) -> Result<(), String> {
+async fn session(
+    settings: &CacheSettings,
+    coherence: &Coherence,
+    first: &mut FirstReport,
+    metrics: &mut ListenerMetrics,
+) -> Result<(), String> {
     let lease: &Lease = &coherence.lease;
     let dsn = settings.listen_dsn.as_deref().unwrap_or(&settings.dsn);
     let (client, mut messages) = match crate::conn::open(settings, "listen_dsn", dsn).await {
@@ -128,6 +144,7 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
         coherence.evict_all();
         lease.renew(Instant::now());
         lease.set_listening(true);
+        metrics.listening();
         report(first, Ok(()));
         tracing::info!(target: "pgcache::listener", channel = %settings.notify_channel, "listening");
         let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -136,7 +153,7 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
             // Not `biased`: a steady stream of notifications must not starve the heartbeat.
             tokio::select! {
                 payload = notifications.recv() => match payload {
-                    Some(payload) => apply(coherence, prefix, &payload).await,
+                    Some(payload) => apply(coherence, prefix, &payload, metrics).await,
                     None => return Err("notification stream ended".to_owned()),
                 },
                 _ = heartbeat.tick() => {
@@ -146,7 +163,7 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
                         Ok(_) => {
                             // Notifications sent before the reply are already queued: apply them first.
                             while let Ok(payload) = notifications.try_recv() {
-                                apply(coherence, prefix, &payload).await;
+                                apply(coherence, prefix, &payload, metrics).await;
                             }
                             lease.renew(sent);
                         }
