@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pgcache_core::prelude::*;
-use pgcache_core::{Expiry, SetOptions};
+use pgcache_core::{Expiry, Fill, SetOptions};
 use pgcache_tests::{connect, entries_table, eventually, node, row_count, settings_for, sql_client};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -150,6 +150,31 @@ async fn ttl_is_independent_of_the_session_time_zone() -> anyhow::Result<()> {
     assert!(left.is_some_and(|d| d > Duration::from_secs(110) && d <= Duration::from_secs(120)), "{left:?}");
     cache.close().await;
     utc.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn far_future_ttls_are_clamped_to_2_pow_31_seconds() -> anyhow::Result<()> {
+    // RFC 9111 §1.2.2: a lifetime beyond what the cache represents counts as 2^31 seconds. Every write
+    // path binds it into SQL; none may fail with "interval out of range".
+    let cache = connect(&settings_for("rt_far_ttl")).await?;
+    let limit = Duration::from_secs(1 << 31);
+    let near = |left: Option<Duration>| left.is_some_and(|d| d <= limit && d > limit - Duration::from_secs(60));
+    let options = SetOptions { ttl: Ttl::After(Duration::MAX), tags: vec!["far".into()] };
+    cache.set_entry("far", Bytes::from_static(b"v"), &options).await?;
+    let entry = cache.get_entry("far").await?.expect("stored");
+    assert_eq!(entry.value, Bytes::from_static(b"v"));
+    assert!(near(cache.ttl("far").await?.and_then(Expiry::remaining)), "{:?}", cache.ttl("far").await?);
+    cache.set("far_typed", &1, Some(Duration::from_secs(u64::MAX))).await?;
+    assert!(near(cache.ttl("far_typed").await?.and_then(Expiry::remaining)));
+    let loaded = cache
+        .get_or_load("far_loaded", || async {
+            Ok::<_, std::convert::Infallible>(Fill::new(Bytes::from_static(b"l"), Ttl::After(Duration::MAX)))
+        })
+        .await?;
+    assert!(loaded.stored, "the far-future fill was written");
+    assert!(near(cache.ttl("far_loaded").await?.and_then(Expiry::remaining)));
+    cache.close().await;
     Ok(())
 }
 

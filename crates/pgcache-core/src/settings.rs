@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest accepted `local_ttl`: one year.
 const MAX_LOCAL_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Longest accepted `default_ttl`: 36,600 days (~100 years), the largest TTL the SQL layer binds exactly.
-const MAX_DEFAULT_TTL: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+/// Longest accepted `default_ttl`: 2^31 seconds (~68 years), the longest TTL the cache gives an entry.
+const MAX_DEFAULT_TTL: Duration = crate::ttl::MAX_TTL;
 /// Longest accepted `sweeper_interval`: one day.
 const MAX_SWEEPER_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Largest accepted `max_key_bytes` (see the field's docs for why).
@@ -115,7 +115,7 @@ pub struct CacheSettings {
     #[serde(with = "duration_format")]
     pub local_ttl: Duration,
     /// TTL used when a call passes `Ttl::Default` (or `None`). Default: 300 s.
-    /// Accepted: greater than zero, at most 36,600 days (~100 years, the largest TTL bound into SQL exactly).
+    /// Accepted: greater than zero, at most 2^31 seconds (~68 years, the longest TTL an entry gets).
     #[serde(with = "duration_format")]
     pub default_ttl: Duration,
     /// Connections opened at start-up. Default: 1. Accepted: at most `max_pool_size`.
@@ -901,7 +901,7 @@ mod tests {
     fn duration_bounds() -> Vec<Bound> {
         vec![
             ("local_ttl", CacheSettings::local_ttl, Duration::ZERO, Duration::from_secs(365 * 86_400)),
-            ("default_ttl", CacheSettings::default_ttl, Duration::from_nanos(1), Duration::from_secs(36_600 * 86_400)),
+            ("default_ttl", CacheSettings::default_ttl, Duration::from_nanos(1), Duration::from_secs(1 << 31)),
             ("pool_timeout", CacheSettings::pool_timeout, Duration::from_nanos(1), Duration::from_secs(3600)),
             (
                 "statement_timeout",
@@ -994,10 +994,9 @@ mod tests {
         let now = std::time::Instant::now();
         assert!(now.checked_add(max("lock_wait_timeout")).is_some());
         assert!(now.checked_add(max("heartbeat_interval") * 2).is_some());
-        // The largest default_ttl is the largest the SQL layer binds exactly; one millisecond more is not.
+        // The largest default_ttl is bound into SQL exactly.
         let ttl = max("default_ttl");
-        assert!(crate::ttl::millis(ttl).is_some());
-        assert!(crate::ttl::millis(ttl + Duration::from_millis(1)).is_none());
+        assert_eq!(crate::ttl::millis(ttl), (1 << 31) * 1000);
     }
 
     #[tokio::test]

@@ -22,7 +22,8 @@ pub enum Ttl {
     /// The cache's configured `default_ttl`.
     #[default]
     Default,
-    /// Expires this long after the write commits (by the database clock).
+    /// Expires this long after the write commits (by the database clock). Longer than 2^31 seconds
+    /// (about 68 years, up to `Duration::MAX`) counts as 2^31 seconds, as RFC 9111 §1.2.2 does.
     After(Duration),
     /// Never expires; only a delete removes it.
     Never,
@@ -42,14 +43,10 @@ impl From<Duration> for Ttl {
 
 impl Ttl {
     /// The TTL in whole milliseconds to bind into SQL (`NULL` = never), with `Default` resolved.
-    /// Sub-millisecond TTLs round up to 1 ms so they never mean "never"; absurdly large ones saturate.
+    /// Sub-millisecond TTLs round up to 1 ms so they never mean "never"; longer ones than [`MAX_TTL`]
+    /// are clamped to it.
     pub(crate) fn to_sql_millis(self, default: Duration) -> Option<i64> {
-        let d = match self {
-            Ttl::Default => default,
-            Ttl::After(d) => d,
-            Ttl::Never => return None,
-        };
-        Some(millis(d).unwrap_or(i64::MAX / 1000).max(1))
+        self.resolve(default).map(|d| millis(d).max(1))
     }
 
     /// The expiry of an entry written now with this TTL.
@@ -57,11 +54,11 @@ impl Ttl {
         self.resolve(default).map_or(Expiry::Never, Expiry::In)
     }
 
-    /// The duration this TTL stands for, `None` for never.
+    /// The duration this TTL stands for, clamped to [`MAX_TTL`]; `None` for never.
     pub(crate) fn resolve(self, default: Duration) -> Option<Duration> {
         match self {
-            Ttl::Default => Some(default),
-            Ttl::After(d) => Some(d),
+            Ttl::Default => Some(default.min(MAX_TTL)),
+            Ttl::After(d) => Some(d.min(MAX_TTL)),
             Ttl::Never => None,
         }
     }
@@ -102,12 +99,16 @@ impl Expiry {
     }
 }
 
-/// Whole milliseconds of `d`, rounded up, if they fit a PostgreSQL interval comfortably.
-pub(crate) fn millis(d: Duration) -> Option<i64> {
-    // Cap at ~100 years: PostgreSQL intervals and timestamps are fine far beyond that, overflow is not.
-    const MAX_MS: u128 = 100 * 366 * 24 * 3600 * 1000;
-    let ms = d.as_nanos().div_ceil(1_000_000);
-    i64::try_from(ms).ok().filter(|_| ms <= MAX_MS)
+/// The longest TTL an entry gets: 2^31 seconds (about 68 years), the value RFC 9111 §1.2.2 tells a cache
+/// to use for any larger delta-seconds. Longer TTLs (up to `Duration::MAX`) are clamped to it, so that
+/// `now() + ttl` always fits a PostgreSQL interval and timestamp.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(1 << 31);
+
+/// Whole milliseconds of `d`, rounded up, clamped to [`MAX_TTL`].
+pub(crate) fn millis(d: Duration) -> i64 {
+    let ms = d.min(MAX_TTL).as_nanos().div_ceil(1_000_000);
+    // MAX_TTL is 2^31 * 1000 ms, far below i64::MAX.
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -122,7 +123,10 @@ mod tests {
         assert_eq!(Ttl::After(Duration::from_micros(1)).to_sql_millis(default), Some(1));
         assert_eq!(Ttl::After(Duration::ZERO).to_sql_millis(default), Some(1));
         assert_eq!(Ttl::After(Duration::from_millis(1500)).to_sql_millis(default), Some(1500));
-        assert!(Ttl::After(Duration::MAX).to_sql_millis(default).is_some());
+        let max_ms = (1_i64 << 31) * 1000;
+        assert_eq!(Ttl::After(Duration::MAX).to_sql_millis(default), Some(max_ms));
+        assert_eq!(Ttl::Default.to_sql_millis(Duration::MAX), Some(max_ms));
+        assert_eq!(Ttl::After(Duration::MAX).expiry(default), Expiry::In(MAX_TTL));
     }
 
     #[test]
@@ -133,9 +137,10 @@ mod tests {
     }
 
     #[test]
-    fn millis_rounds_up_and_caps() {
-        assert_eq!(millis(Duration::from_nanos(1)), Some(1));
-        assert_eq!(millis(Duration::from_secs(1)), Some(1000));
-        assert_eq!(millis(Duration::MAX), None);
+    fn millis_rounds_up_and_clamps_to_2_pow_31_seconds() {
+        assert_eq!(millis(Duration::from_nanos(1)), 1);
+        assert_eq!(millis(Duration::from_secs(1)), 1000);
+        assert_eq!(millis(MAX_TTL), (1 << 31) * 1000);
+        assert_eq!(millis(Duration::MAX), (1 << 31) * 1000);
     }
 }

@@ -92,9 +92,9 @@ where
             Some(rest) => {
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + buffered);
+                hint.set_lower(inner.lower().saturating_add(buffered));
                 if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + buffered);
+                    hint.set_upper(upper.saturating_add(buffered));
                 }
                 hint
             }

@@ -47,7 +47,7 @@ impl Stored {
             Some(left) => Duration::from_millis(self.keep_ms).saturating_sub(left),
             None => Duration::from_millis(now_ms().saturating_sub(self.stored_at_ms)),
         };
-        self.freshness.initial_age + resident
+        crate::policy::add(self.freshness.initial_age, resident)
     }
 
     /// Whether a request with these headers selects this response (the values of its `Vary` fields).

@@ -35,7 +35,7 @@ impl CacheControl {
         for value in headers.get_all(name) {
             let Ok(text) = value.to_str() else { continue };
             for (directive, arg) in directives(text) {
-                let seconds = || arg.map_or(0, |a| a.parse::<u64>().unwrap_or(0));
+                let seconds = || arg.and_then(delta_seconds).unwrap_or(0);
                 let min = |slot: &mut Option<u64>, v: u64| *slot = Some(slot.map_or(v, |old| old.min(v)));
                 match directive.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
@@ -57,6 +57,28 @@ impl CacheControl {
         }
         cc
     }
+}
+
+/// The largest delta-seconds value this cache represents: 2^31, which RFC 9111 §1.2.2 says any larger
+/// value (or any overflowing calculation) counts as.
+pub(crate) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// The largest duration this cache computes with (2^31 seconds); every sum of lifetimes saturates here.
+pub(crate) const MAX_DELTA: Duration = Duration::from_secs(MAX_DELTA_SECONDS);
+
+/// A delta-seconds value (RFC 9111 §1.2.2: `1*DIGIT`), clamped to 2^31; `None` when it is not one.
+pub(crate) fn delta_seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: the only way `parse` fails is overflow, which counts as the maximum.
+    Some(text.parse::<u64>().unwrap_or(MAX_DELTA_SECONDS).min(MAX_DELTA_SECONDS))
+}
+
+/// `a + b`, saturating at [`MAX_DELTA`] (RFC 9111 §1.2.2: an overflowing calculation counts as 2^31 s).
+pub(crate) fn add(a: Duration, b: Duration) -> Duration {
+    a.saturating_add(b).min(MAX_DELTA)
 }
 
 /// Splits a directive list into `(name, argument)` pairs, honouring quoted strings.
@@ -143,7 +165,7 @@ impl Freshness {
     /// How long the entry is kept in the store: until the last moment it may still be used.
     pub(crate) fn keep_for(&self) -> Duration {
         let stale = self.stale_while_revalidate.max(self.stale_if_error);
-        (self.lifetime + stale).saturating_sub(self.initial_age).max(Duration::from_millis(1))
+        add(self.lifetime, stale).saturating_sub(self.initial_age).max(Duration::from_millis(1))
     }
 }
 
@@ -227,7 +249,8 @@ pub(crate) fn decide(rules: &Rules, req: RequestFacts, status: StatusCode, heade
         || !freshness.stale_while_revalidate.is_zero()
         || !freshness.stale_if_error.is_zero();
     if !usable
-        || freshness.initial_age >= freshness.lifetime + freshness.stale_while_revalidate.max(freshness.stale_if_error)
+        || freshness.initial_age
+            >= add(freshness.lifetime, freshness.stale_while_revalidate.max(freshness.stale_if_error))
     {
         return Decision::Pass("no-ttl");
     }
@@ -249,15 +272,13 @@ fn explicit_lifetime(cc: &CacheControl, headers: &HeaderMap) -> Option<Duration>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .unwrap_or_else(SystemTime::now);
-    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO).min(MAX_DELTA))
 }
 
+/// The `Age` of a response (RFC 9111 §5.1): the first member when the field is a list, clamped to
+/// 2^31 s; zero when absent or invalid.
 fn age_header(headers: &HeaderMap) -> Duration {
-    headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs)
+    list_values(headers, &header::AGE).next().and_then(delta_seconds).map_or(Duration::ZERO, Duration::from_secs)
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -585,5 +606,133 @@ mod tests {
         assert!(is_unstored_header(&HeaderName::from_static("x-foo"), &listed));
         assert!(is_unstored_header(&header::TRANSFER_ENCODING, &listed));
         assert!(!is_unstored_header(&header::ETAG, &listed));
+    }
+
+    #[test]
+    fn overflowing_values_count_as_2_pow_31_seconds() {
+        let d = decide_h(&[("cache-control", "max-age=1, stale-while-revalidate=18446744073709551615")]);
+        let Decision::Store { freshness, .. } = d else { panic!("{d:?}") };
+        assert_eq!(freshness.stale_while_revalidate, MAX_DELTA);
+        assert_eq!(freshness.keep_for(), MAX_DELTA);
+        assert_eq!(lifetime(decide_h(&[("cache-control", "max-age=99999999999999999999999")])), Some(1 << 31));
+        assert_eq!(delta_seconds(" 12 "), Some(12));
+        assert_eq!(delta_seconds("-1"), None);
+        assert_eq!(delta_seconds("1.5"), None);
+        assert_eq!(add(MAX_DELTA, Duration::MAX), MAX_DELTA);
+    }
+
+    #[test]
+    fn age_uses_the_first_member_of_a_list() {
+        let d = decide_h(&[("cache-control", "max-age=3600"), ("age", "7200, 0")]);
+        assert_eq!(d, Decision::Pass("no-ttl"));
+        let d = decide_h(&[("cache-control", "max-age=3600"), ("age", "60, 7200")]);
+        let Decision::Store { freshness, .. } = d else { panic!("{d:?}") };
+        assert_eq!(freshness.initial_age, Duration::from_secs(60));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Header values as they come off the wire: any visible ASCII and spaces, with the tokens and
+        /// numbers the parsers look for mixed in.
+        fn value() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                "[ -~]{0,12}",
+                Just("max-age=".to_owned()),
+                Just("s-maxage=".to_owned()),
+                Just("stale-while-revalidate=".to_owned()),
+                Just("stale-if-error=".to_owned()),
+                Just("no-cache".to_owned()),
+                Just("must-revalidate".to_owned()),
+                Just("public".to_owned()),
+                Just("\"".to_owned()),
+                Just(",".to_owned()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                Just("18446744073709551616".to_owned()),
+                Just("Sun, 06 Nov 1994 08:49:37 GMT".to_owned()),
+                Just("W/\"a\"".to_owned()),
+                Just("*".to_owned()),
+            ];
+            proptest::collection::vec(piece, 0..8).prop_map(|parts| parts.concat())
+        }
+
+        fn header_map(fields: Vec<(&'static str, String)>) -> HeaderMap {
+            let mut h = HeaderMap::new();
+            for (name, v) in fields {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.append(HeaderName::from_static(name), v);
+                }
+            }
+            h
+        }
+
+        fn response_headers() -> impl Strategy<Value = HeaderMap> {
+            let name = prop_oneof![
+                Just("cache-control"),
+                Just("pgcache-control"),
+                Just("age"),
+                Just("expires"),
+                Just("date"),
+                Just("vary"),
+                Just("etag"),
+                Just("last-modified"),
+            ];
+            proptest::collection::vec((name, value()), 0..8).prop_map(header_map)
+        }
+
+        fn any_rules() -> impl Strategy<Value = Rules> {
+            let d =
+                prop_oneof![Just(Duration::ZERO), Just(Duration::MAX), (0u64..1_000_000).prop_map(Duration::from_secs)];
+            (proptest::option::of(d.clone()), d.clone(), proptest::option::of(d.clone()), d.clone(), d).prop_map(
+                |(default_ttl, min_ttl, max_ttl, stale_while_revalidate, stale_if_error)| Rules {
+                    default_ttl,
+                    min_ttl,
+                    max_ttl,
+                    stale_while_revalidate,
+                    stale_if_error,
+                },
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn storage_decisions_never_panic_and_stay_within_bounds(
+                rules in any_rules(),
+                headers in response_headers(),
+                status in 100u16..1000,
+                authorization in any::<bool>(),
+            ) {
+                let Ok(status) = StatusCode::from_u16(status) else { return Ok(()) };
+                let facts = RequestFacts { authorization, grpc: false };
+                match decide(&rules, facts, status, &headers) {
+                    Decision::Store { freshness, vary } => {
+                        prop_assert!(!status.is_informational());
+                        prop_assert!(freshness.keep_for() <= MAX_DELTA);
+                        prop_assert!(freshness.keep_for() >= Duration::from_millis(1));
+                        prop_assert!(freshness.initial_age <= MAX_DELTA);
+                        let cc = CacheControl::parse(&headers, &header::CACHE_CONTROL);
+                        let targeted = CacheControl::parse(&headers, &PGCACHE_CONTROL);
+                        prop_assert!(!(headers.contains_key(&PGCACHE_CONTROL) && targeted.no_store));
+                        prop_assert!(headers.contains_key(&PGCACHE_CONTROL) || !cc.no_store);
+                        prop_assert!(vary.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+                    }
+                    Decision::Pass(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+
+            #[test]
+            fn parsers_never_panic(text in value(), other in value()) {
+                let h = header_map(vec![("cache-control", text.clone()), ("if-none-match", other.clone())]);
+                let cc = CacheControl::parse(&h, &header::CACHE_CONTROL);
+                prop_assert!(cc.max_age.is_none_or(|s| s <= MAX_DELTA_SECONDS));
+                prop_assert!(cc.stale_while_revalidate.is_none_or(|s| s <= MAX_DELTA_SECONDS));
+                prop_assert!(age_header(&header_map(vec![("age", text.clone())])) <= MAX_DELTA);
+                let stored = header_map(vec![("etag", text.clone()), ("last-modified", text.clone())]);
+                let _ = not_modified(&h, &stored);
+                let _ = vary_names(&header_map(vec![("vary", text)]));
+                let _ = freshen(&stored, &h);
+            }
+        }
     }
 }

@@ -160,7 +160,7 @@ where
             let status = CacheStatusMember::hit().ttl(ttl_left(&stored, age));
             return Ok(self.respond(&stored, age, status));
         }
-        if !must_validate && age < f.lifetime + f.stale_while_revalidate {
+        if !must_validate && age < policy::add(f.lifetime, f.stale_while_revalidate) {
             self.clone().spawn_refresh(key, stored.clone(), entry.version);
             let status = CacheStatusMember::hit().ttl(ttl_left(&stored, age)).detail("stale-while-revalidate");
             return Ok(self.respond(&stored, age, status));
@@ -349,7 +349,7 @@ where
         age: Duration,
     ) -> Result<Resp<RB>, S::Error> {
         let f = stored.freshness;
-        let stale_ok = age < f.lifetime + f.stale_if_error && !f.stale_if_error.is_zero();
+        let stale_ok = age < policy::add(f.lifetime, f.stale_if_error) && !f.stale_if_error.is_zero();
         let loader = {
             let (flow, key, old) = (self.clone(), key.clone(), stored.clone());
             move || flow.refresh(key, old)
