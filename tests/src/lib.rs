@@ -111,13 +111,17 @@ pub async fn backends(client: &tokio_postgres::Client, app: &str) -> Result<Vec<
 /// The backend of the cache's listener connection (application name `app`), if connected.
 ///
 /// PostgreSQL does not show which session listens on what, so the listener is recognised by its
-/// statements: it only ever runs `LISTEN "channel"` and its heartbeat `SELECT 1`, which the pooled
-/// connections never do (they run prepared statements).
+/// statements: it only ever runs `LISTEN "channel"`, its heartbeat (which reads the incarnation through
+/// `pg_control_system()`) and the reconcile read of versions, which the pooled connections never do.
 pub async fn listener_pid(client: &tokio_postgres::Client, app: &str) -> Result<Option<i32>> {
     let pids: Vec<i32> = backends(client, app)
         .await?
         .into_iter()
-        .filter(|(_, query)| query.starts_with("LISTEN ") || query == "SELECT 1")
+        .filter(|(_, query)| {
+            query.starts_with("LISTEN ")
+                || query.contains("pg_control_system()")
+                || query.starts_with("SELECT key, version FROM")
+        })
         .map(|(pid, _)| pid)
         .collect();
     if pids.len() > 1 {
@@ -371,6 +375,15 @@ impl TestCluster {
     /// `pg_ctl` failed.
     pub fn stop(&self) -> Result<()> {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
+    }
+
+    /// Crashes the server (`pg_ctl stop -m immediate`: no shutdown checkpoint, so the next start runs crash
+    /// recovery, which empties every `UNLOGGED` table).
+    ///
+    /// # Errors
+    /// `pg_ctl` failed.
+    pub fn crash(&self) -> Result<()> {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
     }
 
     /// Starts the server again on the same port.
