@@ -192,13 +192,20 @@ pub async fn terminate(client: &tokio_postgres::Client, pid: i32) -> Result<bool
 pub async fn login_role(admin_dsn: &str, name: &str, connection_limit: i32) -> Result<String> {
     let admin = sql_client(admin_dsn).await?;
     let role = name.trim_end_matches('_');
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE \"{role}\" LOGIN PASSWORD 'pgcache_test' CONNECTION LIMIT {connection_limit}; \
-             GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{role}\"; \
-             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO \"{role}\";"
-        ))
-        .await?;
+    let create = format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD 'pgcache_test' CONNECTION LIMIT {connection_limit}; \
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{role}\"; \
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO \"{role}\";"
+    );
+    // One implicit transaction: a GRANT racing another test's DDL ("tuple concurrently updated", a table
+    // dropped meanwhile) rolls it all back, so it is simply tried again.
+    let mut attempts = 0;
+    while let Err(e) = admin.batch_execute(&create).await {
+        attempts += 1;
+        if attempts >= 5 {
+            return Err(e.into());
+        }
+    }
     with_user(admin_dsn, role, "pgcache_test")
 }
 

@@ -21,6 +21,7 @@ mod shared;
 mod store;
 mod sweeper;
 pub mod telemetry;
+mod transaction;
 mod ttl;
 mod typed;
 mod validate;
@@ -35,6 +36,7 @@ pub use lock_key::lock_key;
 pub use null::NullCache;
 pub use settings::CacheSettings;
 pub use shared::SharedCache;
+pub use transaction::{CacheTx, Pending};
 pub use ttl::{Expiry, Ttl};
 pub use typed::TypedCache;
 
