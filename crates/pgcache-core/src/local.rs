@@ -86,6 +86,12 @@ impl LocalCache {
         self.cache.invalidate(key).await;
     }
 
+    /// `(key, version)` of every entry held now (a weakly consistent walk: entries inserted meanwhile may
+    /// be missed, which the caller tolerates).
+    pub(crate) fn versions(&self) -> Vec<(Arc<str>, i64)> {
+        self.cache.iter().map(|(key, entry)| (Arc::clone(&*key), entry.version)).collect()
+    }
+
     pub(crate) fn clear(&self) {
         self.cache.invalidate_all();
     }

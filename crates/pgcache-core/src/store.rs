@@ -188,6 +188,80 @@ pub(crate) async fn advisory_unlock(client: &Client, key: i64) -> Result<bool> {
     pg(pg(client.query_one(&stmt, &[&key]).await)?.try_get(0))
 }
 
+// ---- Coherence (issue 11): reconcile after a reconnect, the incarnation of L2 ----
+//
+// Kept apart from the entry operations above: these run on the listener's own connection (or any
+// client), never on the hot path.
+
+/// SQL text of the coherence statements, formatted once per cache with validated names.
+#[derive(Debug)]
+pub(crate) struct CoherenceStatements {
+    /// `(key, version)` of the live rows among `$1`.
+    pub(crate) versions: String,
+    /// The incarnation row, the table's current oid, the server's system identifier and start time.
+    pub(crate) incarnation: String,
+}
+
+impl CoherenceStatements {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let t = format!("\"{prefix}cache_entries\"");
+        let incarnation = format!("\"{prefix}cache_incarnation\"");
+        Self {
+            versions: format!("SELECT key, version FROM {t} WHERE key = ANY($1) AND {LIVE}"),
+            incarnation: format!(
+                "SELECT (SELECT id FROM {incarnation} WHERE entries = to_regclass('{t}')::oid), \
+                 to_regclass('{t}')::oid::bigint, \
+                 (SELECT system_identifier FROM pg_control_system()), \
+                 (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::bigint"
+            ),
+        }
+    }
+}
+
+/// The identity of the shared table's current life, as read by [`incarnation`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Incarnation {
+    /// The recorded id of this table's life (`None`: no row names the current table, e.g. it was
+    /// recreated by hand and `init_db` has not run since).
+    pub(crate) id: Option<String>,
+    /// The entries table's oid (`None`: the table is gone).
+    pub(crate) table: Option<i64>,
+    /// The cluster's system identifier.
+    pub(crate) system: Option<i64>,
+    /// The server's start time, in microseconds since the epoch.
+    pub(crate) started: Option<i64>,
+}
+
+/// Prepares one of the coherence statements on a connection that lives as long as it is used (the
+/// listener's: prepared once per session, not per call).
+pub(crate) async fn prepare(client: &tokio_postgres::Client, text: &str) -> Result<tokio_postgres::Statement> {
+    pg(client.prepare(text).await)
+}
+
+/// Versions of the live rows among `keys`, in one round trip (`stmt`: [`CoherenceStatements::versions`]).
+pub(crate) async fn versions(
+    client: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+    keys: &[&str],
+) -> Result<Vec<(String, i64)>> {
+    let rows = pg(client.query(stmt, &[&keys]).await)?;
+    rows.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
+}
+
+/// The incarnation of the shared table (`stmt`: [`CoherenceStatements::incarnation`]).
+pub(crate) async fn incarnation(
+    client: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+) -> Result<Incarnation> {
+    let row = pg(client.query_one(stmt, &[]).await)?;
+    Ok(Incarnation {
+        id: pg(row.try_get(0))?,
+        table: pg(row.try_get(1))?,
+        system: pg(row.try_get(2))?,
+        started: pg(row.try_get(3))?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
