@@ -26,6 +26,7 @@ use crate::lock::AdvisoryLock;
 use crate::lock_key::lock_key;
 use crate::settings::CacheSettings;
 use crate::store::{self, Statements};
+use crate::transaction::CacheTx;
 use crate::ttl::{Expiry, Ttl};
 use crate::typed::TypedCache;
 use crate::{listener, schema, sweeper, validate};
@@ -367,6 +368,56 @@ impl<C> PostgresCache<C> {
         match self.shared.node.get() {
             Some(node) => node.coherence.usage().await,
             None => (0, 0),
+        }
+    }
+
+    /// Cache writes on the caller's open transaction (anything that implements tokio-postgres'
+    /// `GenericClient`): they commit or roll back with it. See [`CacheTx`] for the guarantees.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: pgcache_core::PostgresCache, mut client: tokio_postgres::Client)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let tx = client.transaction().await?;
+    /// let mut cached = cache.in_transaction(&tx);
+    /// cached.set("order:42", &"paid", None).await?;
+    /// let pending = cached.finish();
+    /// tx.commit().await?;
+    /// pending.committed().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn in_transaction<'a, G: tokio_postgres::GenericClient + Sync>(&self, client: &'a G) -> CacheTx<C, &'a G>
+    where
+        C: Clone,
+    {
+        CacheTx::new(self.clone(), client)
+    }
+
+    // ---- what writes in the caller's transaction (transaction.rs) need ----
+
+    /// The codec for typed values.
+    pub(crate) fn codec_ref(&self) -> &C {
+        &self.codec
+    }
+
+    /// Checks a key and a value length for a write.
+    pub(crate) fn check_write(&self, key: &str, len: usize) -> Result<()> {
+        self.check_key(key)?;
+        validate::value(key, len, self.shared.settings.max_value_bytes)
+    }
+
+    /// The statements of this cache's table, connecting first after `connect_lazy`.
+    pub(crate) async fn statements(&self) -> Result<Arc<Statements>> {
+        Ok(Arc::clone(&self.node().await?.sql))
+    }
+
+    /// A transaction that wrote `keys` (or deleted by tag: `flush`) committed: evicts this node's copies.
+    pub(crate) async fn evict_committed(&self, keys: &[String], flush: bool) {
+        let Some(node) = self.shared.node.get() else { return };
+        if flush {
+            node.coherence.evict_all();
+        }
+        for key in keys {
+            node.coherence.evict(key).await;
         }
     }
 

@@ -20,6 +20,7 @@ mod settings;
 mod shared;
 mod store;
 mod sweeper;
+mod transaction;
 mod ttl;
 mod typed;
 mod validate;
@@ -34,6 +35,7 @@ pub use lock_key::lock_key;
 pub use null::NullCache;
 pub use settings::CacheSettings;
 pub use shared::SharedCache;
+pub use transaction::{CacheTx, Pending};
 pub use ttl::{Expiry, Ttl};
 pub use typed::TypedCache;
 
