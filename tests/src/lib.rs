@@ -113,13 +113,17 @@ pub async fn backends(client: &tokio_postgres::Client, app: &str) -> Result<Vec<
 /// The backend of the cache's listener connection (application name `app`), if connected.
 ///
 /// PostgreSQL does not show which session listens on what, so the listener is recognised by its
-/// statements: it only ever runs `LISTEN "channel"` and its heartbeat `SELECT 1`, which the pooled
-/// connections never do (they run prepared statements).
+/// statements: it only ever runs `LISTEN "channel"`, its heartbeat (which reads the incarnation through
+/// `pg_control_system()`) and the reconcile read of versions, which the pooled connections never do.
 pub async fn listener_pid(client: &tokio_postgres::Client, app: &str) -> Result<Option<i32>> {
     let pids: Vec<i32> = backends(client, app)
         .await?
         .into_iter()
-        .filter(|(_, query)| query.starts_with("LISTEN ") || query == "SELECT 1")
+        .filter(|(_, query)| {
+            query.starts_with("LISTEN ")
+                || query.contains("pg_control_system()")
+                || query.starts_with("SELECT key, version FROM")
+        })
         .map(|(pid, _)| pid)
         .collect();
     if pids.len() > 1 {
@@ -190,13 +194,20 @@ pub async fn terminate(client: &tokio_postgres::Client, pid: i32) -> Result<bool
 pub async fn login_role(admin_dsn: &str, name: &str, connection_limit: i32) -> Result<String> {
     let admin = sql_client(admin_dsn).await?;
     let role = name.trim_end_matches('_');
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE \"{role}\" LOGIN PASSWORD 'pgcache_test' CONNECTION LIMIT {connection_limit}; \
-             GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{role}\"; \
-             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO \"{role}\";"
-        ))
-        .await?;
+    let create = format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD 'pgcache_test' CONNECTION LIMIT {connection_limit}; \
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{role}\"; \
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO \"{role}\";"
+    );
+    // One implicit transaction: a GRANT racing another test's DDL ("tuple concurrently updated", a table
+    // dropped meanwhile) rolls it all back, so it is simply tried again.
+    let mut attempts = 0;
+    while let Err(e) = admin.batch_execute(&create).await {
+        attempts += 1;
+        if attempts >= 5 {
+            return Err(e.into());
+        }
+    }
     with_user(admin_dsn, role, "pgcache_test")
 }
 
@@ -373,6 +384,15 @@ impl TestCluster {
     /// `pg_ctl` failed.
     pub fn stop(&self) -> Result<()> {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
+    }
+
+    /// Crashes the server (`pg_ctl stop -m immediate`: no shutdown checkpoint, so the next start runs crash
+    /// recovery, which empties every `UNLOGGED` table).
+    ///
+    /// # Errors
+    /// `pg_ctl` failed.
+    pub fn crash(&self) -> Result<()> {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"])
     }
 
     /// Starts the server again on the same port.

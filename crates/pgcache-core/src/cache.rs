@@ -27,9 +27,11 @@ use crate::lock_key::lock_key;
 use crate::refresh::Plans;
 use crate::settings::CacheSettings;
 use crate::store::{self, LoadRow, Statements, WriteMeta};
-use crate::ttl::{millis, Expiry, Ttl};
+use crate::telemetry::{LockWait, Op, Outcome, Telemetry};
+use crate::transaction::CacheTx;
+use crate::ttl::{Expiry, Ttl};
 use crate::typed::TypedCache;
-use crate::{listener, schema, sweeper, validate};
+use crate::{listener, schema, sweeper, telemetry, validate};
 
 /// How long a lazily connected cache waits after a failed connection attempt before the next one.
 const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -88,6 +90,7 @@ struct Shared {
     /// The last failed lazy connection attempt.
     last_failure: Mutex<Option<ConnectFailure>>,
     closed: AtomicBool,
+    telemetry: Telemetry,
 }
 
 /// A connected cache instance: pools, the coherent local cache, the background tasks.
@@ -208,6 +211,12 @@ impl Node {
             tasks.push(tokio::spawn(Arc::clone(&self.coherence.lease).watch(self.shutdown.subscribe())));
             first_listen = Some(rx);
         }
+        tasks.push(tokio::spawn(telemetry::sample_usage(
+            telemetry::UsageGauges::new(&settings.schema_prefix),
+            Arc::clone(&self.db),
+            Arc::clone(&self.coherence),
+            self.shutdown.subscribe(),
+        )));
         if let Some(interval) = settings.sweeper_interval {
             tasks.push(tokio::spawn(sweeper::run(
                 Arc::clone(&self.db),
@@ -296,18 +305,12 @@ impl Node {
         compute: Option<Duration>,
     ) -> Result<i64> {
         let ttl_ms = options.ttl.to_sql_millis(self.default_ttl);
-        let compute = compute.filter(|_| options.early_refresh);
-        let meta = WriteMeta {
-            // Windows are clamped like TTLs (to 2^31 s).
-            stale_ms: ttl_ms.zip(options.stale_for).map(|(ttl, stale)| ttl.saturating_add(millis(stale))),
-            compute_ms: compute.map(|d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1)),
-            refresh_ms: options.refresh_after.map(millis),
-        };
+        let meta = WriteMeta::new(ttl_ms, options, compute);
         let upsert = store::upsert(conn.client()?, &self.sql, key, value, ttl_ms, &options.tags, meta);
         let version = conn.bounded(upsert).await?;
         let expiry = options.ttl.expiry(self.default_ttl);
         self.coherence.install(key, value.clone(), version, expiry, snapshot).await;
-        self.plans.record(key, version, compute, options.refresh_after, expiry);
+        self.plans.record(key, version, meta.compute(), options.refresh_after, expiry);
         Ok(version)
     }
 
@@ -327,7 +330,10 @@ impl Node {
 
 /// The coherent local cache the settings ask for.
 fn coherence_for(settings: &CacheSettings) -> Coherence {
-    let local = settings.local_enabled().then(|| LocalCache::new(settings.local_max_entries, settings.local_max_bytes));
+    let evictions = telemetry::Evictions::new(&settings.schema_prefix);
+    let local = settings.local_enabled().then(|| {
+        LocalCache::new(settings.local_max_entries, settings.local_max_bytes, move |cause| evictions.removed(cause))
+    });
     let lease = Lease::new(settings.listener_enabled(), settings.heartbeat_interval.saturating_mul(2));
     Coherence::new(local, settings.local_ttl, lease)
 }
@@ -418,8 +424,14 @@ impl PostgresCache<JsonCodec> {
     }
 
     fn unconnected(settings: CacheSettings) -> Self {
-        let shared =
-            Shared { settings, node: OnceCell::new(), last_failure: Mutex::new(None), closed: AtomicBool::new(false) };
+        let telemetry = Telemetry::new(&settings.schema_prefix);
+        let shared = Shared {
+            settings,
+            node: OnceCell::new(),
+            last_failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            telemetry,
+        };
         Self { shared: Arc::new(shared), codec: JsonCodec }
     }
 }
@@ -449,6 +461,56 @@ impl<C> PostgresCache<C> {
         }
     }
 
+    /// Cache writes on the caller's open transaction (anything that implements tokio-postgres'
+    /// `GenericClient`): they commit or roll back with it. See [`CacheTx`] for the guarantees.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: pgcache_core::PostgresCache, mut client: tokio_postgres::Client)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let tx = client.transaction().await?;
+    /// let mut cached = cache.in_transaction(&tx);
+    /// cached.set("order:42", &"paid", None).await?;
+    /// let pending = cached.finish();
+    /// tx.commit().await?;
+    /// pending.committed().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn in_transaction<'a, G: tokio_postgres::GenericClient + Sync>(&self, client: &'a G) -> CacheTx<C, &'a G>
+    where
+        C: Clone,
+    {
+        CacheTx::new(self.clone(), client)
+    }
+
+    // ---- what writes in the caller's transaction (transaction.rs) need ----
+
+    /// The codec for typed values.
+    pub(crate) fn codec_ref(&self) -> &C {
+        &self.codec
+    }
+
+    /// Checks a key and a value length for a write.
+    pub(crate) fn check_write(&self, key: &str, len: usize) -> Result<()> {
+        self.check_key(key)?;
+        validate::value(key, len, self.shared.settings.max_value_bytes)
+    }
+
+    /// The statements of this cache's table, connecting first after `connect_lazy`.
+    pub(crate) async fn statements(&self) -> Result<Arc<Statements>> {
+        Ok(Arc::clone(&self.node().await?.sql))
+    }
+
+    /// A transaction that wrote `keys` (or deleted by tag: `flush`) committed: evicts this node's copies.
+    pub(crate) async fn evict_committed(&self, keys: &[String], flush: bool) {
+        let Some(node) = self.shared.node.get() else { return };
+        if flush {
+            node.coherence.evict_all();
+        }
+        for key in keys {
+            node.coherence.evict(key).await;
+        }
+    }
+
     /// Stops the listener and sweeper and closes every connection. Later calls return [`Error::Closed`].
     /// Other clones of this cache are closed too.
     pub async fn close(&self) {
@@ -465,10 +527,12 @@ impl<C> PostgresCache<C> {
     ///
     /// # Errors
     /// Bad key; database errors only when the cache is configured to fail closed.
+    #[tracing::instrument(name = "pgcache.get", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "get", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         self.check_key(key)?;
         if let Some(node) = self.shared.node.get() {
             if let Some(hit) = node.coherence.hit(key).await {
+                self.shared.telemetry.read(Op::Get, Outcome::L1Hit, 1);
                 return Ok(Some(hit.value.clone()));
             }
         }
@@ -518,13 +582,20 @@ impl<C> PostgresCache<C> {
 
     /// A read of the local then the shared cache that fails open.
     async fn get_shared(&self, key: &str) -> Result<Option<Entry>> {
-        let node = match self.node().await {
-            Ok(node) => node,
-            Err(e) => return self.shared.read_failed(e, None),
+        let read = match self.node().await {
+            Ok(node) => node.read_shared(key).await,
+            Err(e) => Err(e),
         };
-        match node.read_shared(key).await {
-            Ok(row) => Ok(row),
-            Err(e) => self.shared.read_failed(e, None),
+        match read {
+            Err(e) => {
+                let answer = self.shared.read_failed(e, None);
+                self.shared.telemetry.get_failed(&answer);
+                answer
+            }
+            read => {
+                self.shared.telemetry.get(&read);
+                read
+            }
         }
     }
 
@@ -592,20 +663,30 @@ impl<C> PostgresCache<C> {
         let settings = &self.shared.settings;
         let lock = self.lock_key(key);
         let written = settings.listener_enabled().then(|| node.coherence.fills.subscribe(key));
-        let deadline = Instant::now() + settings.lock_wait_timeout;
+        let waiting = Instant::now();
+        let deadline = waiting + settings.lock_wait_timeout;
         let mut backoff = FILL_POLL.0;
+        let waited = |how| self.shared.telemetry.lock_waited(waiting, how);
         loop {
             match node.locks.try_lock(lock).await {
-                Ok(Some(guard)) => return self.fill_under_lock(node, key, loader, snapshot, guard, stale).await,
+                Ok(Some(guard)) => {
+                    return self.fill_under_lock(node, key, loader, snapshot, (guard, waiting), stale).await;
+                }
                 Ok(None) => {}
-                Err(e) if self.shared.fails_open(&e) => return self.load_uncached(key, loader, e).await,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    waited(LockWait::Failed);
+                    if self.shared.fails_open(&e) {
+                        return self.load_uncached(key, loader, e).await;
+                    }
+                    return Err(e.into());
+                }
             }
             if let Some(stale) = stale {
                 return Ok(Loaded::found(stale, Source::Stale));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                waited(LockWait::TimedOut);
                 tracing::warn!(target: "pgcache::cache", key, waited = ?settings.lock_wait_timeout, "gave up waiting for another caller's fill");
                 return Err(LoadError::Cache(Error::LockTimeout {
                     key: excerpt(key),
@@ -621,7 +702,8 @@ impl<C> PostgresCache<C> {
         }
     }
 
-    /// Holding the lock: re-check the table on the lock session, then run the fill in a task of its own
+    /// Holding the lock (`guard`, taken after waiting since `waiting`): re-check the table on the lock
+    /// session, then run the fill in a task of its own
     /// (so it completes, and unlocks, whatever happens to this caller). The caller waits for it, or, when
     /// the entry has a stale value, at most `loader_soft_timeout`, and gets the stale value when the loader
     /// fails or overruns.
@@ -631,7 +713,7 @@ impl<C> PostgresCache<C> {
         key: &str,
         loader: DynLoader,
         snapshot: Snapshot,
-        guard: KeyLock,
+        (guard, waiting): (KeyLock, Instant),
         stale: Option<Entry>,
     ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
         // Another caller may have filled the key between our read and our lock.
@@ -641,11 +723,15 @@ impl<C> PostgresCache<C> {
         };
         let stale = match recheck {
             Ok(Some(row)) if row.fresh => {
+                self.shared.telemetry.lock_waited(waiting, LockWait::Filled);
                 guard.release().await;
                 node.found_for_load(key, &row, snapshot).await;
                 return Ok(Loaded::found(row.entry, Source::Collapsed));
             }
-            Ok(row) => row.map(|row| row.entry),
+            Ok(row) => {
+                self.shared.telemetry.lock_waited(waiting, LockWait::Acquired);
+                row.map(|row| row.entry)
+            }
             Err(e) => {
                 guard.failed(&e).await;
                 stale
@@ -696,7 +782,7 @@ impl<C> PostgresCache<C> {
         loader: DynLoader,
         cause: Error,
     ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
-        let fill = loader.run().await.map_err(LoadError::Loader)?;
+        let fill = self.shared.telemetry.load(loader.run()).await.map_err(LoadError::Loader)?;
         let why = self.shared.unstorable(key, &fill).unwrap_or(cause);
         Ok(self.shared.loaded_by_loader(fill, Err(why)))
     }
@@ -760,7 +846,7 @@ impl Shared {
             return Err(LoadError::Cache(Error::Closed));
         };
         let started = Instant::now();
-        let run = loader.run();
+        let run = shared.telemetry.load(loader.run());
         let ran = match shared.settings.loader_hard_timeout {
             Some(after) => match tokio::time::timeout(after, run).await {
                 Ok(ran) => ran,
@@ -858,10 +944,12 @@ impl Shared {
 
 #[async_trait]
 impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
+    #[tracing::instrument(name = "pgcache.get", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "get", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
         self.check_key(key)?;
         if let Some(node) = self.shared.node.get() {
             if let Some(hit) = node.coherence.hit_entry(key).await {
+                self.shared.telemetry.read(Op::Get, Outcome::L1Hit, 1);
                 return Ok(Some(hit));
             }
         }
@@ -873,13 +961,15 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         PostgresCache::get_bytes(self, key).await
     }
 
+    #[tracing::instrument(name = "pgcache.get_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "get_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         for key in keys {
             self.check_key(key)?;
         }
+        let telemetry = &self.shared.telemetry;
         let node = match self.node().await {
             Ok(node) => node,
-            Err(e) => return self.shared.read_failed(e, vec![None; keys.len()]),
+            Err(e) => return telemetry.get_many_failed(self.shared.read_failed(e, vec![None; keys.len()])),
         };
         let mut out = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
@@ -890,6 +980,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             }
             out.push(hit);
         }
+        telemetry.read(Op::GetMany, Outcome::L1Hit, (keys.len() - missing.len()) as u64);
         if missing.is_empty() {
             return Ok(out);
         }
@@ -901,9 +992,11 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         };
         let rows = match read.await {
             Ok(rows) => rows,
-            Err(e) => return self.shared.read_failed(e, out),
+            Err(e) => return telemetry.get_many_failed(self.shared.read_failed(e, out)),
         };
         let found: HashMap<String, Entry> = rows.into_iter().collect();
+        telemetry.read(Op::GetMany, Outcome::L2Hit, found.len() as u64);
+        telemetry.read(Op::GetMany, Outcome::Miss, missing.len().saturating_sub(found.len()) as u64);
         for (slot, (key, snapshot)) in missing.iter().zip(wanted.iter().zip(snapshots)) {
             if let (Some(row), Some(out)) = (found.get(*key), out.get_mut(*slot)) {
                 node.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
@@ -913,6 +1006,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         Ok(out)
     }
 
+    #[tracing::instrument(name = "pgcache.set", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "set", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn set_entry(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
         self.check_key(key)?;
         validate::value(key, value.len(), self.shared.settings.max_value_bytes)?;
@@ -922,6 +1016,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         node.write_pooled(key, &value, options, snapshot, None).await
     }
 
+    #[tracing::instrument(name = "pgcache.set_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "set_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn set_many_bytes(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
         let mut latest: Vec<(&str, &[u8])> = Vec::with_capacity(items.len());
         let mut seen = HashMap::with_capacity(items.len());
@@ -954,6 +1049,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result.map(drop)
     }
 
+    #[tracing::instrument(name = "pgcache.delete", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "delete", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn delete(&self, key: &str) -> Result<bool> {
         self.check_key(key)?;
         let node = self.node().await?;
@@ -968,6 +1064,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.delete_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "delete_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         for key in keys {
             self.check_key(key)?;
@@ -984,6 +1081,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.delete_tags", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "delete_tags", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn delete_tags(&self, tags: &[&str]) -> Result<u64> {
         self.check_open()?;
         validate::tags(tags)?;
@@ -1001,6 +1099,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.clear", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "clear", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn clear(&self) -> Result<u64> {
         let node = self.node().await?;
         let clear = async {
@@ -1012,6 +1111,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.ttl", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "ttl", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn ttl(&self, key: &str) -> Result<Option<Expiry>> {
         self.check_key(key)?;
         let node = self.node().await?;
@@ -1019,6 +1119,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         conn.bounded(store::ttl(conn.client()?, &node.sql, key)).await
     }
 
+    #[tracing::instrument(name = "pgcache.touch", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "touch", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn touch(&self, key: &str, ttl: Ttl) -> Result<bool> {
         self.check_key(key)?;
         let node = self.node().await?;
@@ -1032,18 +1133,22 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.cleanup_expired", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "cleanup_expired", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn cleanup_expired(&self) -> Result<u64> {
         let node = self.node().await?;
         let settings = &self.shared.settings;
         sweeper::sweep(&node.db, &node.sql, &settings.schema_prefix, settings.cleanup_batch_size).await
     }
 
+    #[tracing::instrument(name = "pgcache.get_or_load", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "get_or_load", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn get_or_load_dyn(
         &self,
         key: &str,
         loader: DynLoader,
     ) -> std::result::Result<Loaded<DynOutput>, LoadError<DynOutput>> {
-        self.load(key, loader).await
+        let answer = self.load(key, loader).await;
+        self.shared.telemetry.loaded(&answer);
+        answer
     }
 
     fn status(&self) -> CacheStatus {
@@ -1056,6 +1161,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
                 pool_size: 0,
                 pool_available: 0,
                 pool_max_size: self.shared.settings.max_pool_size,
+                pool_waiting: 0,
                 local_entries: 0,
                 local_bytes: 0,
                 closed,
@@ -1075,6 +1181,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             pool_size: pool.size,
             pool_available: pool.available,
             pool_max_size: pool.max_size,
+            pool_waiting: pool.waiting,
             local_entries,
             local_bytes,
             closed,

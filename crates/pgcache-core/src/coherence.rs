@@ -6,6 +6,10 @@
 //! listener reconnect); a filler takes a [`Snapshot`] before reading, inserts, then re-checks the
 //! snapshot and removes its own insert if an invalidation came in between.
 //!
+//! After a listener reconnect the local entries are not thrown away: their versions are checked against
+//! the shared table ([`Coherence::reconcile`]) and only those that changed or vanished are evicted. When
+//! the shared table itself was replaced (see `listener.rs`, the incarnation), everything is.
+//!
 //! Local entries are only served while the listener holds a [`Lease`]: it is renewed by every heartbeat
 //! answered through the listener's connection and withdrawn when none came within twice the heartbeat
 //! interval, so a dead or frozen listener cannot leave stale copies in service.
@@ -292,7 +296,33 @@ impl Coherence {
         local.remove(key).await;
     }
 
-    /// Evicts everything (flush notification, listener reconnect, clear).
+    /// Makes every fill that started before now stale, without touching what is held: the listener
+    /// reconnected, and what was read while it was away may have missed an invalidation.
+    pub(crate) fn distrust_fills(&self) {
+        self.epochs.bump_all();
+    }
+
+    /// `(key, version)` of every local entry, for [`reconcile`](Self::reconcile).
+    pub(crate) fn held_versions(&self) -> Vec<(Arc<str>, i64)> {
+        self.local.as_ref().map_or_else(Vec::new, LocalCache::versions)
+    }
+
+    /// Evicts each of `held` whose key the shared table no longer holds at that version (`current`: the
+    /// live versions of those keys). Runs while the lease is withdrawn, so nothing is installed meanwhile.
+    /// Returns how many entries were evicted.
+    pub(crate) async fn reconcile(&self, held: &[(Arc<str>, i64)], current: &HashMap<String, i64>) -> usize {
+        let Some(local) = &self.local else { return 0 };
+        let mut evicted = 0;
+        for (key, version) in held {
+            if current.get(&**key) != Some(version) {
+                local.remove(key).await;
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Evicts everything (flush notification, a replaced shared table, clear).
     pub(crate) fn evict_all(&self) {
         self.epochs.bump_all();
         if let Some(local) = &self.local {
@@ -319,7 +349,7 @@ mod tests {
     use super::*;
 
     fn coherence() -> Coherence {
-        let local = LocalCache::new(100, 1 << 20);
+        let local = LocalCache::new(100, 1 << 20, drop);
         Coherence::new(Some(local), Duration::from_secs(60), Lease::new(false, Duration::from_secs(2)))
     }
 
@@ -370,7 +400,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_lease_serves_nothing() {
-        let local = LocalCache::new(100, 1 << 20);
+        let local = LocalCache::new(100, 1 << 20, drop);
         let c = Coherence::new(Some(local), Duration::from_secs(60), Lease::new(true, Duration::from_secs(2)));
         c.lease.set_listening(true);
         c.lease.renew(Instant::now());

@@ -21,6 +21,8 @@ mod settings;
 mod shared;
 mod store;
 mod sweeper;
+pub mod telemetry;
+mod transaction;
 mod ttl;
 mod typed;
 mod validate;
@@ -35,6 +37,7 @@ pub use lock_key::lock_key;
 pub use null::NullCache;
 pub use settings::CacheSettings;
 pub use shared::SharedCache;
+pub use transaction::{CacheTx, Pending};
 pub use ttl::{Expiry, Ttl};
 pub use typed::TypedCache;
 

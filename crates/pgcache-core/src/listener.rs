@@ -4,20 +4,26 @@
 //! tokio-postgres delivers notifications only through `Connection::poll_message`, so this module drives
 //! the connection itself instead of spawning it as a plain future. The connection never opens a
 //! transaction (that would pin the server's notification queue). While the listener is not confirmed
-//! alive the local cache is not trusted (see [`Lease`]), and after every (re)connect the local cache is
-//! emptied before it is trusted again, since notifications sent while it was away are lost.
+//! alive the local cache is not trusted (see [`Lease`]). After every (re)connect, notifications sent
+//! while it was away are lost, so the local cache is checked against the shared table before it is
+//! trusted again: reconciled key by key, or emptied when the table's incarnation (its recorded id, its
+//! oid, the server's system identifier and start time) changed, i.e. L2 itself was replaced. The
+//! heartbeat reads the incarnation too.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::AsyncMessage;
+use tokio_postgres::{AsyncMessage, Client, Statement};
 
 use crate::coherence::{Coherence, Lease};
 use crate::conn::{bounded, statement_bound};
 use crate::settings::CacheSettings;
+use crate::store::{self, CoherenceStatements, Incarnation};
+use crate::telemetry::ListenerMetrics;
 
 /// A notification payload, as built by `sql/notify_function.sql`.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -29,18 +35,26 @@ pub(crate) struct Event {
     /// (key, version) pairs.
     #[serde(default)]
     pub(crate) keys: Vec<(String, i64)>,
+    /// When the writing statement's trigger ran: epoch milliseconds by the database's clock
+    /// (`clock_timestamp()`), for the invalidation lag. Absent from payloads of older schemas.
+    #[serde(default)]
+    pub(crate) t: Option<i64>,
 }
 
 /// Applies one notification to the local cache. Unknown payloads flush, to stay on the safe side.
-pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str) {
+pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str, metrics: &ListenerMetrics) {
     match serde_json::from_str::<Event>(payload) {
         Ok(event) if event.p != prefix => {}
-        Ok(event) if event.op == "flush" => local.evict_all(),
+        Ok(event) if event.op == "flush" => {
+            local.evict_all();
+            metrics.invalidated(true, event.t);
+        }
         Ok(event) => {
             let deleted = event.op == "delete";
             for (key, version) in event.keys {
                 local.evict_notified(&key, version, deleted).await;
             }
+            metrics.invalidated(false, event.t);
         }
         Err(e) => {
             tracing::warn!(target: "pgcache::listener", error = %e, "unreadable notification; flushing local cache");
@@ -49,8 +63,30 @@ pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str) {
     }
 }
 
-/// Runs until `shutdown` flips: connect, LISTEN, flush, serve notifications and heartbeats; on any
-/// failure withdraw the lease and reconnect with back-off.
+/// The first reconnect delay, and the one after a session that was healthy.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// The longest reconnect delay.
+const LAST_RETRY: Duration = Duration::from_secs(2);
+/// Keys checked per statement when reconciling the local cache after a reconnect.
+const RECONCILE_BATCH: usize = 1000;
+
+/// How a listener session ended.
+struct Ended {
+    reason: String,
+    /// It was listening for at least a heartbeat interval: the back-off starts again from its first step.
+    healthy: bool,
+}
+
+impl Ended {
+    fn early(reason: String) -> Self {
+        Self { reason, healthy: false }
+    }
+}
+
+/// Runs until `shutdown` flips: connect, LISTEN, check the shared table's incarnation, reconcile (or
+/// flush) the local cache, serve notifications and heartbeats; on any failure withdraw the lease and
+/// reconnect with back-off. The back-off doubles from 50 ms up to 2 s while connecting fails, and starts
+/// again from 50 ms after a session that was healthy.
 ///
 /// `first` hears how the first connection attempt went (listening, or the error), so `connect` can
 /// report e.g. "too many connections" instead of starting with a listener that never comes up.
@@ -61,23 +97,27 @@ pub(crate) async fn run(
     first: oneshot::Sender<crate::Result<()>>,
 ) {
     let lease = &coherence.lease;
-    let mut backoff = Duration::from_millis(50);
+    let sql = CoherenceStatements::new(&settings.schema_prefix);
+    let mut known = None;
+    let mut backoff = FIRST_RETRY;
     let mut first = Some(first);
+    let mut metrics = ListenerMetrics::new(&settings.schema_prefix);
     loop {
-        let outcome = tokio::select! {
-            outcome = session(&settings, &coherence, &mut first) => outcome,
+        let ended = tokio::select! {
+            ended = session(&settings, &coherence, &sql, &mut known, &mut first, &mut metrics) => ended,
             _ = shutdown.changed() => { lease.set_listening(false); return; }
         };
         lease.set_listening(false);
-        match outcome {
-            Ok(()) => backoff = Duration::from_millis(50),
-            Err(reason) => tracing::warn!(target: "pgcache::listener", %reason, retry_in = ?backoff, "listener down"),
+        metrics.down();
+        if ended.healthy {
+            backoff = FIRST_RETRY;
         }
+        tracing::warn!(target: "pgcache::listener", reason = %ended.reason, retry_in = ?backoff, "listener down");
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(LAST_RETRY);
     }
 }
 
@@ -90,8 +130,64 @@ fn report(first: &mut FirstReport, outcome: crate::Result<()>) {
     }
 }
 
-/// One connection's life. Returns `Err` with the reason it ended.
-async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut FirstReport) -> Result<(), String> {
+/// Records the incarnation just read; true when it differs from the one known before (the shared table
+/// was replaced: recreated, emptied by a crash, failed over, restored).
+fn replaced(known: &mut Option<Incarnation>, now: Incarnation) -> bool {
+    let replaced = known.as_ref().is_some_and(|before| *before != now);
+    if replaced {
+        tracing::warn!(target: "pgcache::listener", before = ?known, now = ?now, "the shared table was replaced; flushing the local cache");
+    }
+    *known = Some(now);
+    replaced
+}
+
+/// The statements a session prepares on its connection.
+struct Prepared {
+    versions: Statement,
+    incarnation: Statement,
+}
+
+/// Brings the local cache in line with the shared table after a (re)connect: flushed when the table was
+/// replaced, else each held entry checked against its current version in batched `= ANY` reads and
+/// evicted only if it changed or vanished. Runs after LISTEN, so a change after the reads is notified.
+async fn resync(
+    settings: &CacheSettings,
+    client: &Client,
+    coherence: &Coherence,
+    prepared: &Prepared,
+    known: &mut Option<Incarnation>,
+) -> crate::Result<()> {
+    let bound = statement_bound(settings);
+    // Whatever a fill read while the listener was away may have missed an invalidation.
+    coherence.distrust_fills();
+    let now = bounded(bound, "reading the incarnation", store::incarnation(client, &prepared.incarnation)).await?;
+    if replaced(known, now) {
+        coherence.evict_all();
+        return Ok(());
+    }
+    let held = coherence.held_versions();
+    let mut current = HashMap::with_capacity(held.len());
+    for chunk in held.chunks(RECONCILE_BATCH) {
+        let keys: Vec<&str> = chunk.iter().map(|(key, _)| &**key).collect();
+        let rows = bounded(bound, "reconciling the local cache", store::versions(client, &prepared.versions, &keys));
+        current.extend(rows.await?);
+    }
+    let evicted = coherence.reconcile(&held, &current).await;
+    if !held.is_empty() {
+        tracing::info!(target: "pgcache::listener", held = held.len(), evicted, "reconciled the local cache");
+    }
+    Ok(())
+}
+
+/// One connection's life: why it ended, and whether it had been healthy.
+async fn session(
+    settings: &CacheSettings,
+    coherence: &Coherence,
+    sql: &CoherenceStatements,
+    known: &mut Option<Incarnation>,
+    first: &mut FirstReport,
+    metrics: &mut ListenerMetrics,
+) -> Ended {
     let lease: &Lease = &coherence.lease;
     let dsn = settings.listen_dsn.as_deref().unwrap_or(&settings.dsn);
     let (client, mut messages) = match crate::conn::open(settings, "listen_dsn", dsn).await {
@@ -99,7 +195,7 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
         Err(e) => {
             let reason = format!("connect: {e}");
             report(first, Err(e));
-            return Err(reason);
+            return Ended::early(reason);
         }
     };
     let (tx, mut notifications) = mpsc::unbounded_channel::<String>();
@@ -120,14 +216,28 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
     });
     let prefix = &settings.schema_prefix;
     let heartbeat_every = settings.heartbeat_interval;
+    let mut listening_since = None;
     let result = async {
+        let bound = statement_bound(settings);
         let listen = format!("LISTEN \"{}\"", settings.notify_channel);
         let listening = async { client.batch_execute(&listen).await.map_err(crate::Error::from_pg) };
-        bounded(statement_bound(settings), "LISTEN", listening).await.map_err(|e| e.to_string())?;
-        // Anything cached before this point may have missed notifications.
-        coherence.evict_all();
-        lease.renew(Instant::now());
+        bounded(bound, "LISTEN", listening).await.map_err(|e| e.to_string())?;
+        let prepare = async {
+            let versions = store::prepare(&client, &sql.versions).await?;
+            Ok(Prepared { versions, incarnation: store::prepare(&client, &sql.incarnation).await? })
+        };
+        let prepared =
+            bounded(bound, "preparing the listener's statements", prepare).await.map_err(|e| e.to_string())?;
+        let sent = Instant::now();
+        resync(settings, &client, coherence, &prepared, known).await.map_err(|e| e.to_string())?;
+        // Notifications of changes made during the resync: applied before anything local is served.
+        while let Ok(payload) = notifications.try_recv() {
+            apply(coherence, prefix, &payload, metrics).await;
+        }
+        lease.renew(sent);
         lease.set_listening(true);
+        metrics.listening();
+        listening_since = Some(Instant::now());
         report(first, Ok(()));
         tracing::info!(target: "pgcache::listener", channel = %settings.notify_channel, "listening");
         let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -136,17 +246,22 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
             // Not `biased`: a steady stream of notifications must not starve the heartbeat.
             tokio::select! {
                 payload = notifications.recv() => match payload {
-                    Some(payload) => apply(coherence, prefix, &payload).await,
+                    Some(payload) => apply(coherence, prefix, &payload, metrics).await,
                     None => return Err("notification stream ended".to_owned()),
                 },
                 _ = heartbeat.tick() => {
                     let sent = Instant::now();
-                    let beat = async { client.simple_query("SELECT 1").await.map_err(crate::Error::from_pg) };
+                    // The heartbeat reads the incarnation: a table replaced under a live connection
+                    // (dropped and recreated, say) is noticed within one interval.
+                    let beat = store::incarnation(&client, &prepared.incarnation);
                     match bounded(heartbeat_every, "heartbeat", beat).await {
-                        Ok(_) => {
+                        Ok(now) => {
+                            if replaced(known, now) {
+                                coherence.evict_all();
+                            }
                             // Notifications sent before the reply are already queued: apply them first.
                             while let Ok(payload) = notifications.try_recv() {
-                                apply(coherence, prefix, &payload).await;
+                                apply(coherence, prefix, &payload, metrics).await;
                             }
                             lease.renew(sent);
                         }
@@ -160,7 +275,11 @@ async fn session(settings: &CacheSettings, coherence: &Coherence, first: &mut Fi
     .await;
     lease.set_listening(false);
     driver.abort();
-    result
+    let reason = match result {
+        Ok(()) => "session ended".to_owned(),
+        Err(reason) => reason,
+    };
+    Ended { reason, healthy: listening_since.is_some_and(|since| since.elapsed() >= heartbeat_every) }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::Expiry as MokaExpiry;
 
 use crate::ttl::Expiry;
@@ -59,7 +60,12 @@ pub(crate) struct LocalCache {
 }
 
 impl LocalCache {
-    pub(crate) fn new(max_entries: u64, max_bytes: u64) -> Self {
+    /// A cache of at most `max_entries` and `max_bytes`; `removed` hears every removal's cause.
+    pub(crate) fn new(
+        max_entries: u64,
+        max_bytes: u64,
+        removed: impl Fn(RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
         // moka bounds by one capacity: the byte budget, with each entry weighing its bytes. The entry count
         // bound is enforced by giving each entry a floor weight of max_bytes / max_entries.
         let floor = (max_bytes / max_entries.max(1)).max(1);
@@ -70,6 +76,7 @@ impl LocalCache {
                 u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
             })
             .expire_after(EntryLifetime)
+            .eviction_listener(move |_, _, cause| removed(cause))
             .build();
         Self { cache }
     }
@@ -84,6 +91,12 @@ impl LocalCache {
 
     pub(crate) async fn remove(&self, key: &str) {
         self.cache.invalidate(key).await;
+    }
+
+    /// `(key, version)` of every entry held now (a weakly consistent walk: entries inserted meanwhile may
+    /// be missed, which the caller tolerates).
+    pub(crate) fn versions(&self) -> Vec<(Arc<str>, i64)> {
+        self.cache.iter().map(|(key, entry)| (Arc::clone(&*key), entry.version)).collect()
     }
 
     pub(crate) fn clear(&self) {
@@ -119,7 +132,7 @@ mod tests {
     #[tokio::test]
     async fn stays_within_byte_budget() {
         let budget = 64 * 1024;
-        let local = LocalCache::new(1_000_000, budget);
+        let local = LocalCache::new(1_000_000, budget, drop);
         for i in 0..1000 {
             local.insert(Arc::from(format!("key:{i}")), entry(640)).await;
         }
@@ -129,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn stays_within_entry_bound() {
-        let local = LocalCache::new(10, 1 << 20);
+        let local = LocalCache::new(10, 1 << 20, drop);
         for i in 0..100 {
             local.insert(Arc::from(format!("key:{i}")), entry(1)).await;
         }

@@ -1,9 +1,10 @@
 //! The schema: installing and repairing it (`init_db`), and checking what `connect` relies on.
 //!
 //! The SQL is in `sql/` (shipped inside this crate): `001_init.sql` creates the table, the version
-//! sequence and the version trigger; `refresh_at.sql` (version 2) adds the `refresh_at` column;
-//! `notify_function.sql` the notification function (it names the
-//! channel) and its triggers. All are idempotent. `init_db` does not trust the version row alone: it
+//! sequence and the version trigger; `002_incarnation.sql` the row naming the table's current life
+//! (a new one whenever the table is created); `003_refresh_at.sql` the `refresh_at` column of early
+//! refresh; `notify_function.sql` the notification function (it names the channel) and its triggers.
+//! All are idempotent. `init_db` does not trust the version row alone: it
 //! inspects the objects and re-applies the files when anything is missing or differs (a table or trigger
 //! dropped by hand, a function changed, another channel), so running it again repairs the schema.
 //! Identifiers are validated by [`CacheSettings::validate`] before they are formatted into SQL.
@@ -16,12 +17,14 @@ use crate::lock_key::lock_key;
 use crate::settings::CacheSettings;
 
 /// The schema version this library writes and expects.
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// The table, its version sequence and the version trigger.
 const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
-/// Migration 2: the `refresh_at` column.
-const REFRESH_AT_SQL: &str = include_str!("../sql/refresh_at.sql");
+/// The incarnation of the entries table (a new one whenever the table is created).
+const INCARNATION_SQL: &str = include_str!("../sql/002_incarnation.sql");
+/// Migration 3: the `refresh_at` column (early refresh).
+const REFRESH_AT_SQL: &str = include_str!("../sql/003_refresh_at.sql");
 /// Columns added after migration 1, each checked by `inspect`.
 const ADDED_COLUMNS: [&str; 1] = ["refresh_at"];
 /// The notification function and its triggers.
@@ -88,9 +91,13 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
     if found < SCHEMA_VERSION || !problems.is_empty() {
         let apply = async {
             batch(&tx, &render(ENTRIES_SQL, settings)).await?;
+            batch(&tx, &render(INCARNATION_SQL, settings)).await?;
             batch(&tx, &render(REFRESH_AT_SQL, settings)).await?;
             batch(&tx, &render(NOTIFY_SQL, settings)).await?;
-            let record = format!("INSERT INTO {version_table} (version) VALUES ($1) ON CONFLICT (version) DO NOTHING");
+            // One row per migration applied (a fresh install applies them all at once).
+            let record = format!(
+                "INSERT INTO {version_table} (version) SELECT generate_series(1, $1) ON CONFLICT (version) DO NOTHING"
+            );
             tx.execute(&record, &[&SCHEMA_VERSION]).await.map_err(Error::from_pg)
         };
         bounded(bound, "init_db: applying the schema", apply).await?;
@@ -174,6 +181,19 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
             problems.push(format!("{kind} {object} is missing"));
         }
     }
+    let incarnation = quoted(settings, "cache_incarnation");
+    let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&incarnation]).await.map_err(Error::from_pg)?;
+    if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+        problems.push(format!("table {incarnation} is missing"));
+    } else {
+        // The row must name the table as it is now: a table recreated by hand is a new life.
+        let sql = format!("SELECT count(*) FROM {incarnation} WHERE entries = to_regclass($1)::oid");
+        let named: i64 =
+            client.query_one(&sql, &[&table]).await.map_err(Error::from_pg)?.try_get(0).map_err(Error::from_pg)?;
+        if named == 0 {
+            problems.push(format!("no incarnation in {incarnation} names the current table {table}"));
+        }
+    }
     for column in ADDED_COLUMNS {
         let row = client
             .query_one(
@@ -238,6 +258,8 @@ mod tests {
         let out = render(ENTRIES_SQL, &s);
         assert!(!out.contains("__"), "placeholder left in migration");
         assert!(out.contains("CREATE UNLOGGED TABLE IF NOT EXISTS \"mk_cache_entries\""));
+        let incarnation = render(INCARNATION_SQL, &s);
+        assert!(!incarnation.contains("__PREFIX__") && incarnation.contains("\"mk_cache_incarnation\""));
         let notify = render(NOTIFY_SQL, &s);
         assert!(notify.contains("pg_notify('ev'"));
         assert!(!notify.contains("__CHANNEL__") && !notify.contains("__PREFIX__"));

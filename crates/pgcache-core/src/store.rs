@@ -10,6 +10,7 @@ use deadpool_postgres::Client;
 
 use crate::cache_store::Entry;
 use crate::error::{Error, Result};
+use crate::telemetry;
 use crate::ttl::Expiry;
 
 /// A live row: not expired by the database clock.
@@ -102,6 +103,7 @@ fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Entry> {
 
 /// `GET`: the live row for `key`.
 pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<Option<Entry>> {
+    let _timer = telemetry::statement("get");
     let stmt = pg(client.prepare_cached(&sql.get).await)?;
     match pg(client.query_opt(&stmt, &[&key]).await)? {
         Some(row) => row_of(&row, 0).map(Some),
@@ -111,6 +113,7 @@ pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<
 
 /// `GET` of many keys in one round trip; returns (key, row) pairs for the live ones.
 pub(crate) async fn get_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, Entry)>> {
+    let _timer = telemetry::statement("get_many");
     let stmt = pg(client.prepare_cached(&sql.get_many).await)?;
     let rows = pg(client.query(&stmt, &[&keys]).await)?;
     rows.iter().map(|row| Ok((pg(row.try_get::<_, String>(0))?, row_of(row, 1)?))).collect()
@@ -130,6 +133,7 @@ pub(crate) struct LoadRow {
 
 /// `GET` for `get_or_load`: the row for `key` if live or within its stale window.
 pub(crate) async fn get_for_load(client: &Client, sql: &Statements, key: &str) -> Result<Option<LoadRow>> {
+    let _timer = telemetry::statement("get_for_load");
     let stmt = pg(client.prepare_cached(&sql.get_for_load).await)?;
     let Some(row) = pg(client.query_opt(&stmt, &[&key]).await)? else { return Ok(None) };
     let compute: Option<i32> = pg(row.try_get(4))?;
@@ -154,6 +158,24 @@ pub(crate) struct WriteMeta {
     pub(crate) refresh_ms: Option<i64>,
 }
 
+impl WriteMeta {
+    /// The columns of a write of `options` with TTL `ttl_ms` (`None`: never expires); `compute` is the
+    /// loader's run time when a loader produced the value. Windows are clamped like TTLs (to 2^31 s).
+    pub(crate) fn new(ttl_ms: Option<i64>, options: &crate::SetOptions, compute: Option<std::time::Duration>) -> Self {
+        let compute = compute.filter(|_| options.early_refresh);
+        Self {
+            stale_ms: ttl_ms.zip(options.stale_for).map(|(ttl, stale)| ttl.saturating_add(crate::ttl::millis(stale))),
+            compute_ms: compute.map(|d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1)),
+            refresh_ms: options.refresh_after.map(crate::ttl::millis),
+        }
+    }
+
+    /// The loader run time stored, as a duration.
+    pub(crate) fn compute(&self) -> Option<std::time::Duration> {
+        self.compute_ms.map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    }
+}
+
 /// Upsert of one entry; returns its new version.
 pub(crate) async fn upsert(
     client: &Client,
@@ -164,6 +186,7 @@ pub(crate) async fn upsert(
     tags: &[String],
     meta: WriteMeta,
 ) -> Result<i64> {
+    let _timer = telemetry::statement("upsert");
     let stmt = pg(client.prepare_cached(&sql.upsert).await)?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
         [&key, &value, &ttl_ms, &tags, &meta.stale_ms, &meta.compute_ms, &meta.refresh_ms];
@@ -178,12 +201,14 @@ pub(crate) async fn upsert_many(
     values: &[&[u8]],
     ttl_ms: Option<i64>,
 ) -> Result<u64> {
+    let _timer = telemetry::statement("upsert_many");
     let stmt = pg(client.prepare_cached(&sql.upsert_many).await)?;
     pg(client.execute(&stmt, &[&keys, &values, &ttl_ms]).await)
 }
 
 /// Delete of one key; returns whether a live row existed.
 pub(crate) async fn delete(client: &Client, sql: &Statements, key: &str) -> Result<bool> {
+    let _timer = telemetry::statement("delete");
     let stmt = pg(client.prepare_cached(&sql.delete).await)?;
     match pg(client.query_opt(&stmt, &[&key]).await)? {
         Some(row) => pg(row.try_get(0)),
@@ -199,16 +224,19 @@ async fn count(client: &Client, text: &str, param: &(dyn tokio_postgres::types::
 
 /// Delete of many keys; returns how many live rows existed.
 pub(crate) async fn delete_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<u64> {
+    let _timer = telemetry::statement("delete_many");
     count(client, &sql.delete_many, &keys).await
 }
 
 /// Delete of every row carrying any of `tags`.
 pub(crate) async fn delete_tags(client: &Client, sql: &Statements, tags: &[&str]) -> Result<u64> {
+    let _timer = telemetry::statement("delete_tags");
     count(client, &sql.delete_tags, &tags).await
 }
 
 /// Delete of every row of the prefix.
 pub(crate) async fn clear(client: &Client, sql: &Statements) -> Result<u64> {
+    let _timer = telemetry::statement("clear");
     let stmt = pg(client.prepare_cached(&sql.clear).await)?;
     let n: i64 = pg(pg(client.query_one(&stmt, &[]).await)?.try_get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -216,6 +244,7 @@ pub(crate) async fn clear(client: &Client, sql: &Statements) -> Result<u64> {
 
 /// Remaining TTL of a live key.
 pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<Option<Expiry>> {
+    let _timer = telemetry::statement("ttl");
     let stmt = pg(client.prepare_cached(&sql.ttl).await)?;
     match pg(client.query_opt(&stmt, &[&key]).await)? {
         Some(row) => Ok(Some(Expiry::from_sql_millis(pg(row.try_get(0))?))),
@@ -225,26 +254,104 @@ pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<
 
 /// New TTL for a live key; returns whether it existed.
 pub(crate) async fn touch(client: &Client, sql: &Statements, key: &str, ttl_ms: Option<i64>) -> Result<bool> {
+    let _timer = telemetry::statement("touch");
     let stmt = pg(client.prepare_cached(&sql.touch).await)?;
     Ok(pg(client.execute(&stmt, &[&key, &ttl_ms]).await)? > 0)
 }
 
 /// Deletes up to `batch` expired rows, skipping rows locked by others; returns how many.
 pub(crate) async fn sweep_batch(client: &Client, sql: &Statements, batch: i64) -> Result<u64> {
+    let _timer = telemetry::statement("sweep_batch");
     let stmt = pg(client.prepare_cached(&sql.sweep).await)?;
     pg(client.execute(&stmt, &[&batch]).await)
 }
 
 /// `pg_try_advisory_lock`: true when this session now holds the lock.
 pub(crate) async fn try_advisory_lock(client: &Client, key: i64) -> Result<bool> {
+    let _timer = telemetry::statement("try_advisory_lock");
     let stmt = pg(client.prepare_cached("SELECT pg_try_advisory_lock($1)").await)?;
     pg(pg(client.query_one(&stmt, &[&key]).await)?.try_get(0))
 }
 
 /// `pg_advisory_unlock`: true when this session held the lock.
 pub(crate) async fn advisory_unlock(client: &Client, key: i64) -> Result<bool> {
+    let _timer = telemetry::statement("advisory_unlock");
     let stmt = pg(client.prepare_cached("SELECT pg_advisory_unlock($1)").await)?;
     pg(pg(client.query_one(&stmt, &[&key]).await)?.try_get(0))
+}
+
+// ---- Coherence (issue 11): reconcile after a reconnect, the incarnation of L2 ----
+//
+// Kept apart from the entry operations above: these run on the listener's own connection (or any
+// client), never on the hot path.
+
+/// SQL text of the coherence statements, formatted once per cache with validated names.
+#[derive(Debug)]
+pub(crate) struct CoherenceStatements {
+    /// `(key, version)` of the live rows among `$1`.
+    pub(crate) versions: String,
+    /// The incarnation row, the table's current oid, the server's system identifier and start time.
+    pub(crate) incarnation: String,
+}
+
+impl CoherenceStatements {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let t = format!("\"{prefix}cache_entries\"");
+        let incarnation = format!("\"{prefix}cache_incarnation\"");
+        Self {
+            versions: format!("SELECT key, version FROM {t} WHERE key = ANY($1) AND {LIVE}"),
+            incarnation: format!(
+                "SELECT (SELECT id FROM {incarnation} WHERE entries = to_regclass('{t}')::oid), \
+                 to_regclass('{t}')::oid::bigint, \
+                 (SELECT system_identifier FROM pg_control_system()), \
+                 (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::bigint"
+            ),
+        }
+    }
+}
+
+/// The identity of the shared table's current life, as read by [`incarnation`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Incarnation {
+    /// The recorded id of this table's life (`None`: no row names the current table, e.g. it was
+    /// recreated by hand and `init_db` has not run since).
+    pub(crate) id: Option<String>,
+    /// The entries table's oid (`None`: the table is gone).
+    pub(crate) table: Option<i64>,
+    /// The cluster's system identifier.
+    pub(crate) system: Option<i64>,
+    /// The server's start time, in microseconds since the epoch.
+    pub(crate) started: Option<i64>,
+}
+
+/// Prepares one of the coherence statements on a connection that lives as long as it is used (the
+/// listener's: prepared once per session, not per call).
+pub(crate) async fn prepare(client: &tokio_postgres::Client, text: &str) -> Result<tokio_postgres::Statement> {
+    pg(client.prepare(text).await)
+}
+
+/// Versions of the live rows among `keys`, in one round trip (`stmt`: [`CoherenceStatements::versions`]).
+pub(crate) async fn versions(
+    client: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+    keys: &[&str],
+) -> Result<Vec<(String, i64)>> {
+    let rows = pg(client.query(stmt, &[&keys]).await)?;
+    rows.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
+}
+
+/// The incarnation of the shared table (`stmt`: [`CoherenceStatements::incarnation`]).
+pub(crate) async fn incarnation(
+    client: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+) -> Result<Incarnation> {
+    let row = pg(client.query_one(stmt, &[]).await)?;
+    Ok(Incarnation {
+        id: pg(row.try_get(0))?,
+        table: pg(row.try_get(1))?,
+        system: pg(row.try_get(2))?,
+        started: pg(row.try_get(3))?,
+    })
 }
 
 #[cfg(test)]

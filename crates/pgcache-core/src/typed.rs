@@ -146,7 +146,7 @@ pub trait TypedCache: CacheStore + Sized {
     }
 }
 
-fn encode<C: Codec, T: Serialize + ?Sized>(codec: &C, key: &str, value: &T) -> Result<Bytes> {
+pub(crate) fn encode<C: Codec, T: Serialize + ?Sized>(codec: &C, key: &str, value: &T) -> Result<Bytes> {
     codec.encode(value).map_err(|source| Error::Codec { key: excerpt(key), source })
 }
 
