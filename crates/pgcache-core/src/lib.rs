@@ -21,6 +21,7 @@ mod settings;
 mod shared;
 mod store;
 mod sweeper;
+pub mod telemetry;
 mod transaction;
 mod ttl;
 mod typed;

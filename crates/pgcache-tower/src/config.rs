@@ -6,7 +6,9 @@ use std::time::Duration;
 use http::request::Parts;
 use pgcache_core::SharedCache;
 
-use crate::policy::Rules;
+use http::HeaderName;
+
+use crate::policy::{Rules, CDN_CACHE_CONTROL, PGCACHE_CONTROL};
 
 /// Computes the custom part of a request's cache key, or declines to cache the request.
 ///
@@ -103,6 +105,9 @@ pub(crate) struct Config {
     pub(crate) max_ttl: Option<Duration>,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
+    pub(crate) revalidate_for: Duration,
+    pub(crate) max_variants: usize,
+    pub(crate) targeted_field: HeaderName,
     pub(crate) hit_for_pass_ttl: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_request_body_bytes: usize,
@@ -130,6 +135,9 @@ impl Default for Config {
             max_ttl: None,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            revalidate_for: Duration::from_secs(3600),
+            max_variants: 32,
+            targeted_field: PGCACHE_CONTROL,
             hit_for_pass_ttl: Duration::from_secs(10),
             max_body_bytes: 1024 * 1024,
             max_request_body_bytes: 64 * 1024,
@@ -154,6 +162,8 @@ impl Config {
             max_ttl: self.max_ttl,
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
+            revalidate_for: self.revalidate_for,
+            targeted: vec![self.targeted_field.clone(), CDN_CACHE_CONTROL],
         }
     }
 }

@@ -10,7 +10,8 @@ use http::StatusCode;
 use crate::key;
 use crate::policy::Freshness;
 
-const MAGIC: &[u8; 4] = b"PGH1";
+/// Version 2 added the revalidation window; records of version 1 read as misses.
+const MAGIC: &[u8; 4] = b"PGH2";
 
 /// A stored value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,9 +19,17 @@ pub(crate) enum Record {
     /// A complete response.
     Response(Box<Stored>),
     /// The primary key's response varies on these request headers; each variant has its own key.
-    Variants(Vec<HeaderName>),
+    Variants(VariantIndex),
     /// Not storable (hit-for-pass): requests go straight to the handler until it expires.
     Pass(String),
+}
+
+/// The `Vary` index under a primary key: the request headers its responses vary on, and the variant
+/// keys stored so far, oldest first (what bounds the variants kept per URI).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct VariantIndex {
+    pub(crate) names: Vec<HeaderName>,
+    pub(crate) keys: Vec<String>,
 }
 
 /// A stored response and its cache metadata.
@@ -77,11 +86,15 @@ impl Record {
         out.put_slice(MAGIC);
         match self {
             Record::Response(s) => put_stored(&mut out, s),
-            Record::Variants(names) => {
+            Record::Variants(index) => {
                 out.put_u8(1);
-                out.put_u32(len32(names.len()));
-                for name in names {
+                out.put_u32(len32(index.names.len()));
+                for name in &index.names {
                     put_bytes(&mut out, name.as_str().as_bytes());
+                }
+                out.put_u32(len32(index.keys.len()));
+                for key in &index.keys {
+                    put_bytes(&mut out, key.as_bytes());
                 }
             }
             Record::Pass(reason) => {
@@ -109,6 +122,7 @@ impl Record {
                 let stale_while_revalidate = Duration::from_millis(get_u64(&mut r)?);
                 let stale_if_error = Duration::from_millis(get_u64(&mut r)?);
                 let no_cache = get_u8(&mut r)? == 1;
+                let revalidate = Duration::from_millis(get_u64(&mut r)?);
                 let n = get_u32(&mut r)?;
                 let mut vary = Vec::new();
                 for _ in 0..n {
@@ -125,7 +139,8 @@ impl Record {
                     1 => Some(get_headers(&mut r)?),
                     _ => None,
                 };
-                let freshness = Freshness { lifetime, initial_age, stale_while_revalidate, stale_if_error, no_cache };
+                let freshness =
+                    Freshness { lifetime, initial_age, stale_while_revalidate, stale_if_error, no_cache, revalidate };
                 Some(Record::Response(Box::new(Stored {
                     status,
                     headers,
@@ -143,7 +158,12 @@ impl Record {
                 for _ in 0..n {
                     names.push(HeaderName::from_bytes(&get_bytes(&mut r)?).ok()?);
                 }
-                Some(Record::Variants(names))
+                let n = get_u32(&mut r)?;
+                let mut keys = Vec::new();
+                for _ in 0..n {
+                    keys.push(String::from_utf8(get_bytes(&mut r)?.to_vec()).ok()?);
+                }
+                Some(Record::Variants(VariantIndex { names, keys }))
             }
             2 => Some(Record::Pass(String::from_utf8(get_bytes(&mut r)?.to_vec()).ok()?)),
             _ => None,
@@ -169,6 +189,7 @@ fn put_stored(out: &mut BytesMut, s: &Stored) {
         out.put_u64(millis(d));
     }
     out.put_u8(u8::from(f.no_cache));
+    out.put_u64(millis(f.revalidate));
     out.put_u32(len32(s.vary.len()));
     for (name, value) in &s.vary {
         put_bytes(out, name.as_str().as_bytes());
@@ -262,6 +283,7 @@ mod tests {
                 stale_while_revalidate: Duration::from_secs(10),
                 stale_if_error: Duration::ZERO,
                 no_cache: true,
+                revalidate: Duration::from_secs(3600),
             },
             vary: vec![
                 (HeaderName::from_static("accept"), Some(Bytes::from_static(b"a"))),
@@ -274,7 +296,10 @@ mod tests {
     fn round_trips() {
         for record in [
             Record::Response(Box::new(sample())),
-            Record::Variants(vec![HeaderName::from_static("accept-language")]),
+            Record::Variants(VariantIndex {
+                names: vec![HeaderName::from_static("accept-language")],
+                keys: vec!["p:v:1".into(), "p:v:2".into()],
+            }),
             Record::Pass("private".into()),
         ] {
             assert_eq!(Record::decode(&record.encode()), Some(record));

@@ -156,6 +156,47 @@ impl<K> PgCacheLayer<K> {
     }
 
     setter! {
+        /// How long a stale response that carries a validator (`ETag`, `Last-Modified`) is kept past its
+        /// freshness to be revalidated with a conditional request (RFC 9111 §4.3): a `304` refreshes it
+        /// and its stored body is served. Never served during this window without a successful
+        /// validation. Default: 1 hour; zero removes responses as soon as nothing allows their use.
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
+        /// let layer = layer.revalidate_for(Duration::from_secs(24 * 3600));
+        /// ```
+        revalidate_for: Duration
+    }
+
+    setter! {
+        /// The most variants (`Vary` selections) kept per URI: storing one more removes the variant stored
+        /// first, as shared caches bound variants. Concurrent fills on several nodes can overshoot it
+        /// briefly. Default: 32; at least 1.
+        ///
+        /// ```
+        /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
+        /// let layer = layer.max_variants(8);
+        /// ```
+        max_variants: usize
+    }
+
+    /// The targeted cache-control field (RFC 9213) this cache obeys first, ahead of `CDN-Cache-Control`
+    /// and then `Cache-Control`, and removes from every response it sends. The first of these fields
+    /// present with a valid value (a Structured Fields dictionary) governs the response alone:
+    /// `Cache-Control` and `Expires` are then ignored, in either direction. Default:
+    /// [`PGCACHE_CONTROL`](crate::PGCACHE_CONTROL) (`PgCache-Control`).
+    ///
+    /// ```
+    /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
+    /// let layer = layer.targeted_field(http::HeaderName::from_static("edge-cache-control"));
+    /// ```
+    pub fn targeted_field(mut self, name: http::HeaderName) -> Self {
+        self.config.targeted_field = name;
+        self
+    }
+
+    setter! {
         /// How long an uncacheable URL is remembered as such ("hit-for-pass"), so concurrent requests for
         /// it go to the handler in parallel instead of queueing behind the fill lock. Default: 10 s.
         ///

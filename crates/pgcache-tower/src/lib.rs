@@ -5,6 +5,7 @@
 
 mod body;
 mod config;
+mod date;
 mod entry;
 mod error;
 mod flow;

@@ -6,9 +6,16 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
-/// The targeted cache-control field (RFC 9213) this cache obeys instead of `Cache-Control` when present.
-/// It is removed from every response before it leaves the layer.
+use crate::date;
+
+/// The default targeted cache-control field (RFC 9213) of this cache: obeyed ahead of `CDN-Cache-Control`
+/// and `Cache-Control` when present and valid, and removed from every response before it leaves the
+/// layer. [`PgCacheLayer::targeted_field`](crate::PgCacheLayer::targeted_field) names another one.
 pub const PGCACHE_CONTROL: HeaderName = HeaderName::from_static("pgcache-control");
+
+/// `CDN-Cache-Control` (RFC 9213 §3): obeyed after this cache's own targeted field, ahead of
+/// `Cache-Control`, and passed on (caches further along may obey it too).
+pub(crate) const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// Parsed `Cache-Control` directives (request or response).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,6 +27,7 @@ pub(crate) struct CacheControl {
     pub(crate) must_revalidate: bool,
     pub(crate) proxy_revalidate: bool,
     pub(crate) only_if_cached: bool,
+    pub(crate) must_understand: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
     pub(crate) stale_while_revalidate: Option<u64>,
@@ -35,6 +43,10 @@ impl CacheControl {
         for value in headers.get_all(name) {
             let Ok(text) = value.to_str() else { continue };
             for (directive, arg) in directives(text) {
+                if arg == Some("?0") {
+                    // A Structured Fields `false` (targeted fields, RFC 9213 §2.1): the directive is absent.
+                    continue;
+                }
                 let seconds = || arg.and_then(delta_seconds).unwrap_or(0);
                 let min = |slot: &mut Option<u64>, v: u64| *slot = Some(slot.map_or(v, |old| old.min(v)));
                 match directive.to_ascii_lowercase().as_str() {
@@ -47,6 +59,7 @@ impl CacheControl {
                     "must-revalidate" => cc.must_revalidate = true,
                     "proxy-revalidate" => cc.proxy_revalidate = true,
                     "only-if-cached" => cc.only_if_cached = true,
+                    "must-understand" => cc.must_understand = true,
                     "max-age" => min(&mut cc.max_age, seconds()),
                     "s-maxage" => min(&mut cc.s_maxage, seconds()),
                     "stale-while-revalidate" => min(&mut cc.stale_while_revalidate, seconds()),
@@ -57,6 +70,82 @@ impl CacheControl {
         }
         cc
     }
+
+    /// The directives of a targeted field (RFC 9213 §2.1: a Structured Fields dictionary), or `None`
+    /// when the field is absent, empty or not a valid dictionary (the next field in line then applies).
+    pub(crate) fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut present = false;
+        for value in headers.get_all(name) {
+            let text = value.to_str().ok()?;
+            if !is_sf_dictionary(text) {
+                return None;
+            }
+            present |= !text.trim().is_empty();
+        }
+        present.then(|| Self::parse(headers, name))
+    }
+}
+
+/// The response directives that govern a response (RFC 9213 §2.2): the first present and valid targeted
+/// field in `targeted` order, else `Cache-Control`. The flag says a targeted field was used (then
+/// `Expires` is ignored too).
+pub(crate) fn response_directives(targeted: &[HeaderName], headers: &HeaderMap) -> (CacheControl, bool) {
+    for name in targeted {
+        if let Some(cc) = CacheControl::parse_targeted(headers, name) {
+            return (cc, true);
+        }
+    }
+    (CacheControl::parse(headers, &header::CACHE_CONTROL), false)
+}
+
+/// Whether `text` is a Structured Fields dictionary (RFC 8941 §3.2), checked leniently: each member a
+/// valid key, optionally `=` a bare item (integer, decimal, string, token, byte sequence, boolean), with
+/// parameters allowed. Hand-written: the check is small and the `sfv` crate would parse a second time.
+fn is_sf_dictionary(text: &str) -> bool {
+    split_outside_quotes(text, ',').into_iter().all(|member| {
+        let member = member.trim();
+        let item = split_outside_quotes(member, ';').into_iter().next().unwrap_or("");
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        };
+        let key_ok = key.starts_with(|c: char| c.is_ascii_lowercase() || c == '*')
+            && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
+        key_ok && value.is_none_or(is_sf_bare_item)
+    })
+}
+
+fn is_sf_bare_item(v: &str) -> bool {
+    let number = v.strip_prefix('-').unwrap_or(v);
+    let is_number = !number.is_empty()
+        && number.starts_with(|c: char| c.is_ascii_digit())
+        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && number.bytes().filter(|b| *b == b'.').count() <= 1;
+    let is_string = v.len() >= 2 && v.starts_with('"') && v.ends_with('"');
+    let is_token = v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '*')
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b));
+    let is_bytes = v.len() >= 2 && v.starts_with(':') && v.ends_with(':');
+    is_number || is_string || is_token || is_bytes || v == "?0" || v == "?1"
+}
+
+/// Splits at `sep` outside double quotes (with `\` escapes inside them).
+fn split_outside_quotes(text: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut in_quotes, mut escaped, mut start) = (false, false, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            c if c == sep && !in_quotes => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
 }
 
 /// The largest delta-seconds value this cache represents: 2^31, which RFC 9111 §1.2.2 says any larger
@@ -135,6 +224,10 @@ pub(crate) struct Rules {
     pub(crate) max_ttl: Option<Duration>,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
+    /// How long a stale response with a validator is kept to be revalidated (RFC 9111 §4.3).
+    pub(crate) revalidate_for: Duration,
+    /// The targeted fields obeyed ahead of `Cache-Control`, first match wins (RFC 9213 §2.2).
+    pub(crate) targeted: Vec<HeaderName>,
 }
 
 /// What the request contributes to the storage decision.
@@ -159,12 +252,15 @@ pub(crate) struct Freshness {
     pub(crate) stale_if_error: Duration,
     /// `no-cache`: stored, but every use is revalidated with the handler.
     pub(crate) no_cache: bool,
+    /// Window after expiry in which the response is kept to be revalidated with its validator (never
+    /// served without a successful validation); zero without a validator.
+    pub(crate) revalidate: Duration,
 }
 
 impl Freshness {
     /// How long the entry is kept in the store: until the last moment it may still be used.
     pub(crate) fn keep_for(&self) -> Duration {
-        let stale = self.stale_while_revalidate.max(self.stale_if_error);
+        let stale = self.stale_while_revalidate.max(self.stale_if_error).max(self.revalidate);
         add(self.lifetime, stale).saturating_sub(self.initial_age).max(Duration::from_millis(1))
     }
 }
@@ -181,16 +277,29 @@ pub(crate) enum Decision {
 /// The statuses a shared cache may store without explicit freshness (RFC 9110 §15.1 "heuristically
 /// cacheable"), minus 206 (this cache does not assemble ranges).
 const HEURISTIC: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
-/// Further final statuses stored only with explicit freshness information.
-const EXPLICIT_ONLY: [u16; 4] = [302, 303, 307, 501];
+
+/// The final statuses this cache understands (those RFC 9110 defines), for `must-understand`
+/// (RFC 9111 §5.2.2.3). 206 and 304 are not among them: this cache neither combines partial
+/// responses nor stores a 304.
+const UNDERSTOOD: [u16; 40] = [
+    200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409,
+    410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 426, 500, 501, 502, 503, 504, 505,
+];
 
 /// RFC 9111 §3 for a shared cache, with this layer's safer defaults (see the crate docs).
 pub(crate) fn decide(rules: &Rules, req: RequestFacts, status: StatusCode, headers: &HeaderMap) -> Decision {
     let code = status.as_u16();
-    let targeted = headers.contains_key(&PGCACHE_CONTROL);
-    let field = if targeted { PGCACHE_CONTROL } else { header::CACHE_CONTROL };
-    let cc = CacheControl::parse(headers, &field);
-    if cc.no_store {
+    // Final statuses only; 206 and 304 only when understood, which they are not (§3).
+    if status.is_informational() || code == 206 || code == 304 {
+        return Decision::Pass("status");
+    }
+    let (cc, targeted) = response_directives(&rules.targeted, headers);
+    if cc.must_understand {
+        // §5.2.2.3: stored only when the status is understood, and then `no-store` is ignored.
+        if !UNDERSTOOD.contains(&code) {
+            return Decision::Pass("must-understand");
+        }
+    } else if cc.no_store {
         return Decision::Pass("no-store");
     }
     if cc.private {
@@ -212,66 +321,70 @@ pub(crate) fn decide(rules: &Rules, req: RequestFacts, status: StatusCode, heade
     if req.grpc && headers.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0") {
         return Decision::Pass("grpc-status");
     }
-    let explicit = explicit_lifetime(&cc, headers);
-    let heuristic_ok = HEURISTIC.contains(&code);
-    if !(heuristic_ok || (explicit.is_some() && EXPLICIT_ONLY.contains(&code))) {
+    let explicit = explicit_lifetime(&cc, headers, targeted);
+    // Heuristic freshness (the layer's `default_ttl`) applies to heuristically cacheable statuses and to
+    // responses marked `public` (RFC 9111 §4.2.2); any other final status needs explicit freshness (§3).
+    let heuristic_ok = HEURISTIC.contains(&code) || cc.public;
+    if explicit.is_none() && !heuristic_ok {
         return Decision::Pass("status");
     }
-    let Some(mut lifetime) = explicit.or(rules.default_ttl) else {
-        return Decision::Pass("no-ttl");
+    let has_validator = headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    let mut lifetime = match explicit.or(rules.default_ttl) {
+        Some(lifetime) => lifetime.max(rules.min_ttl),
+        None => Duration::ZERO,
     };
-    if cc.no_cache && lifetime.is_zero() {
-        // Always revalidated anyway: keep it as long as a default says, so validators can be reused.
-        lifetime = rules.default_ttl.unwrap_or(Duration::ZERO);
-    }
-    lifetime = lifetime.max(rules.min_ttl);
     if let Some(max) = rules.max_ttl {
         lifetime = lifetime.min(max);
     }
-    // must-revalidate / proxy-revalidate forbid serving stale in a shared cache (RFC 9111 §4.2.4). The
-    // proxy-revalidate semantics implied by s-maxage do not cancel *explicit* stale-* directives.
-    let no_stale = cc.must_revalidate || cc.proxy_revalidate;
-    let window = |explicit: Option<u64>, default: Duration, implicit_ok: bool| match (no_stale, explicit) {
+    // must-revalidate / proxy-revalidate, s-maxage (which implies proxy-revalidate in a shared cache,
+    // §5.2.2.10) and no-cache (a successful validation before every use, §5.2.2.4) forbid serving stale;
+    // so does a stored error (5xx) response.
+    let no_stale =
+        cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache || status.is_server_error();
+    let window = |explicit: Option<u64>, default: Duration| match (no_stale, explicit) {
         (true, _) => Duration::ZERO,
         (false, Some(s)) => Duration::from_secs(s),
-        (false, None) if implicit_ok => default,
-        (false, None) => Duration::ZERO,
+        (false, None) => default,
     };
-    let implicit_ok = cc.s_maxage.is_none();
     let freshness = Freshness {
         lifetime,
         initial_age: age_header(headers),
-        stale_while_revalidate: window(cc.stale_while_revalidate, rules.stale_while_revalidate, implicit_ok),
-        stale_if_error: window(cc.stale_if_error, rules.stale_if_error, implicit_ok),
+        stale_while_revalidate: window(cc.stale_while_revalidate, rules.stale_while_revalidate),
+        stale_if_error: window(cc.stale_if_error, rules.stale_if_error),
         no_cache: cc.no_cache,
+        revalidate: if has_validator { rules.revalidate_for.min(MAX_DELTA) } else { Duration::ZERO },
     };
-    let usable = !freshness.lifetime.is_zero()
-        || !freshness.stale_while_revalidate.is_zero()
-        || !freshness.stale_if_error.is_zero();
-    if !usable
-        || freshness.initial_age
-            >= add(freshness.lifetime, freshness.stale_while_revalidate.max(freshness.stale_if_error))
-    {
+    let kept = freshness
+        .lifetime
+        .max(freshness.stale_while_revalidate)
+        .max(freshness.stale_if_error)
+        .max(freshness.revalidate);
+    let last_use = add(
+        freshness.lifetime,
+        freshness.stale_while_revalidate.max(freshness.stale_if_error).max(freshness.revalidate),
+    );
+    if kept.is_zero() || freshness.initial_age >= last_use {
         return Decision::Pass("no-ttl");
     }
     Decision::Store { freshness, vary }
 }
 
-/// `s-maxage` > `max-age` > `Expires - Date` (RFC 9111 §4.2.1).
-fn explicit_lifetime(cc: &CacheControl, headers: &HeaderMap) -> Option<Duration> {
+/// `s-maxage` > `max-age` > `Expires - Date` (RFC 9111 §4.2.1); `Expires` is ignored when a targeted
+/// field governs the response (RFC 9213 §2.2).
+fn explicit_lifetime(cc: &CacheControl, headers: &HeaderMap, targeted: bool) -> Option<Duration> {
     if let Some(s) = cc.s_maxage.or(cc.max_age) {
         return Some(Duration::from_secs(s));
     }
+    if targeted {
+        return None;
+    }
     let expires = headers.get(header::EXPIRES)?;
     // An invalid Expires (e.g. "0") means already expired.
-    let Some(expires) = expires.to_str().ok().and_then(|v| httpdate::parse_http_date(v).ok()) else {
+    let Some(expires) = expires.to_str().ok().and_then(date::parse) else {
         return Some(Duration::ZERO);
     };
-    let date = headers
-        .get(header::DATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-        .unwrap_or_else(SystemTime::now);
+    let date =
+        headers.get(header::DATE).and_then(|v| v.to_str().ok()).and_then(date::parse).unwrap_or_else(SystemTime::now);
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO).min(MAX_DELTA))
 }
 
@@ -329,8 +442,8 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     }
     let since = request.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok());
     let modified = stored.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok());
-    match (since.map(httpdate::parse_http_date), modified.map(httpdate::parse_http_date)) {
-        (Some(Ok(since)), Some(Ok(modified))) => modified <= since,
+    match (since.and_then(date::parse), modified.and_then(date::parse)) {
+        (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }
 }
@@ -410,6 +523,8 @@ mod tests {
             max_ttl: None,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            revalidate_for: Duration::from_secs(3600),
+            targeted: vec![PGCACHE_CONTROL, CDN_CACHE_CONTROL],
         }
     }
 
@@ -487,10 +602,11 @@ mod tests {
             (302, true),
             (206, false),
             (304, false),
-            (500, false),
-            (503, false),
+            (500, true),
+            (503, true),
             (501, true),
-            (201, false),
+            (201, true),
+            (599, true),
             (101, false),
         ] {
             let d = decide(&rules(), RequestFacts::default(), StatusCode::from_u16(code).unwrap(), &h);
@@ -531,7 +647,8 @@ mod tests {
         };
         assert_eq!(get("max-age=1, stale-while-revalidate=30, stale-if-error=60"), (30, 60));
         assert_eq!(get("max-age=1, must-revalidate, stale-while-revalidate=30"), (0, 0));
-        assert_eq!(get("s-maxage=1, stale-while-revalidate=30"), (30, 0));
+        assert_eq!(get("s-maxage=1, stale-while-revalidate=30"), (0, 0), "s-maxage implies proxy-revalidate");
+        assert_eq!(get("max-age=1, proxy-revalidate, stale-if-error=30"), (0, 0));
         assert!(matches!(
             decide_h(&[("cache-control", "max-age=0, stale-while-revalidate=30")]),
             Decision::Store { .. }
@@ -544,6 +661,81 @@ mod tests {
             }
             Decision::Pass(p) => panic!("{p}"),
         }
+    }
+
+    #[test]
+    fn stored_errors_are_never_served_stale() {
+        let r =
+            Rules { stale_if_error: Duration::from_secs(9), stale_while_revalidate: Duration::from_secs(9), ..rules() };
+        let h = headers(&[("cache-control", "max-age=5, stale-while-revalidate=60")]);
+        let Decision::Store { freshness, .. } =
+            decide(&r, RequestFacts::default(), StatusCode::SERVICE_UNAVAILABLE, &h)
+        else {
+            panic!()
+        };
+        assert_eq!((freshness.stale_while_revalidate, freshness.stale_if_error), (Duration::ZERO, Duration::ZERO));
+    }
+
+    #[test]
+    fn must_understand_stores_only_understood_statuses_and_overrides_no_store() {
+        let h = headers(&[("cache-control", "must-understand, no-store, max-age=60")]);
+        let d = |code: u16| decide(&rules(), RequestFacts::default(), StatusCode::from_u16(code).unwrap(), &h);
+        assert!(matches!(d(200), Decision::Store { .. }));
+        assert_eq!(d(299), Decision::Pass("must-understand"));
+        let plain = headers(&[("cache-control", "max-age=60")]);
+        let unknown = decide(&rules(), RequestFacts::default(), StatusCode::from_u16(299).unwrap(), &plain);
+        assert!(matches!(unknown, Decision::Store { .. }), "an unknown final status with explicit freshness is stored");
+    }
+
+    #[test]
+    fn responses_with_validators_are_kept_for_revalidation() {
+        let kept = |pairs: &[(&str, &str)]| match decide_h(pairs) {
+            Decision::Store { freshness, .. } => Some((freshness.lifetime.as_secs(), freshness.revalidate.as_secs())),
+            Decision::Pass(_) => None,
+        };
+        assert_eq!(kept(&[("cache-control", "max-age=10"), ("etag", "\"a\"")]), Some((10, 3600)));
+        assert_eq!(kept(&[("cache-control", "max-age=10")]), Some((10, 0)));
+        // No freshness at all, but a validator and a heuristically cacheable status: stored stale.
+        assert_eq!(kept(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]), Some((0, 3600)));
+        assert_eq!(kept(&[("cache-control", "max-age=0"), ("etag", "\"a\"")]), Some((0, 3600)));
+        assert_eq!(kept(&[]), None);
+        // A no-cache response without max-age is stored when it can be revalidated.
+        assert!(matches!(decide_h(&[("cache-control", "no-cache"), ("etag", "\"a\"")]), Decision::Store { .. }));
+        let r = Rules { revalidate_for: Duration::ZERO, ..rules() };
+        let h = headers(&[("cache-control", "max-age=0"), ("etag", "\"a\"")]);
+        assert_eq!(decide(&r, RequestFacts::default(), StatusCode::OK, &h), Decision::Pass("no-ttl"));
+    }
+
+    #[test]
+    fn cdn_cache_control_governs_ahead_of_cache_control_in_both_directions() {
+        assert_eq!(lifetime(decide_h(&[("cache-control", "no-store"), ("cdn-cache-control", "max-age=30")])), Some(30));
+        assert_eq!(
+            decide_h(&[("cache-control", "max-age=30"), ("cdn-cache-control", "no-store")]),
+            Decision::Pass("no-store")
+        );
+        assert_eq!(
+            decide_h(&[("cache-control", "max-age=30"), ("cdn-cache-control", "private")]),
+            Decision::Pass("private")
+        );
+        // Expires is ignored too when a targeted field governs.
+        let exp = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        assert_eq!(decide_h(&[("expires", &exp), ("cdn-cache-control", "no-cache")]), Decision::Pass("no-ttl"));
+        // Our own targeted field comes first.
+        assert_eq!(
+            lifetime(decide_h(&[("pgcache-control", "max-age=5"), ("cdn-cache-control", "max-age=30")])),
+            Some(5)
+        );
+        // An invalid targeted field is ignored: Cache-Control applies.
+        assert_eq!(
+            lifetime(decide_h(&[("cache-control", "max-age=30"), ("cdn-cache-control", "max-age=5, MAX-AGE")])),
+            Some(30)
+        );
+        assert_eq!(
+            lifetime(decide_h(&[("cache-control", "max-age=30"), ("cdn-cache-control", "max-age=\"5")])),
+            Some(30)
+        );
+        // A boolean false is no directive.
+        assert_eq!(lifetime(decide_h(&[("cdn-cache-control", "max-age=30, no-store=?0")])), Some(30));
     }
 
     #[test]
@@ -671,6 +863,7 @@ mod tests {
             let name = prop_oneof![
                 Just("cache-control"),
                 Just("pgcache-control"),
+                Just("cdn-cache-control"),
                 Just("age"),
                 Just("expires"),
                 Just("date"),
@@ -684,13 +877,16 @@ mod tests {
         fn any_rules() -> impl Strategy<Value = Rules> {
             let d =
                 prop_oneof![Just(Duration::ZERO), Just(Duration::MAX), (0u64..1_000_000).prop_map(Duration::from_secs)];
-            (proptest::option::of(d.clone()), d.clone(), proptest::option::of(d.clone()), d.clone(), d).prop_map(
-                |(default_ttl, min_ttl, max_ttl, stale_while_revalidate, stale_if_error)| Rules {
+            let windows = (d.clone(), d.clone(), d.clone());
+            (proptest::option::of(d.clone()), d.clone(), proptest::option::of(d), windows).prop_map(
+                |(default_ttl, min_ttl, max_ttl, (stale_while_revalidate, stale_if_error, revalidate_for))| Rules {
                     default_ttl,
                     min_ttl,
                     max_ttl,
                     stale_while_revalidate,
                     stale_if_error,
+                    revalidate_for,
+                    targeted: vec![PGCACHE_CONTROL, CDN_CACHE_CONTROL],
                 },
             )
         }
@@ -711,10 +907,10 @@ mod tests {
                         prop_assert!(freshness.keep_for() <= MAX_DELTA);
                         prop_assert!(freshness.keep_for() >= Duration::from_millis(1));
                         prop_assert!(freshness.initial_age <= MAX_DELTA);
-                        let cc = CacheControl::parse(&headers, &header::CACHE_CONTROL);
-                        let targeted = CacheControl::parse(&headers, &PGCACHE_CONTROL);
-                        prop_assert!(!(headers.contains_key(&PGCACHE_CONTROL) && targeted.no_store));
-                        prop_assert!(headers.contains_key(&PGCACHE_CONTROL) || !cc.no_store);
+                        let (cc, _) = response_directives(&rules.targeted, &headers);
+                        prop_assert!(!cc.no_store || cc.must_understand);
+                        prop_assert!(!cc.private);
+                        prop_assert!(!matches!(status.as_u16(), 206 | 304));
                         prop_assert!(vary.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
                     }
                     Decision::Pass(reason) => prop_assert!(!reason.is_empty()),

@@ -64,14 +64,14 @@ where
         Self { shared, inner, ctx: Arc::new(ctx), _types: PhantomData }
     }
 
-    /// The cache's name in `Cache-Status`.
-    fn name(&self) -> &str {
-        &self.shared.config.status_name
-    }
-
     /// Where this request's responses are stored.
     fn placement(&self) -> Placement<'_> {
-        Placement { store: &self.shared.store, namespace: &self.shared.config.namespace, keys: &self.ctx.keys }
+        Placement {
+            store: &self.shared.store,
+            namespace: &self.shared.config.namespace,
+            keys: &self.ctx.keys,
+            max_variants: self.shared.config.max_variants.max(1),
+        }
     }
 
     /// What the storage rules need.
@@ -86,19 +86,19 @@ where
 
     /// The finished answer from a stored response of this age.
     fn respond(&self, stored: &Stored, age: Duration, status: CacheStatusMember) -> Resp<RB> {
-        finish(from_stored(&self.ctx.parts, stored, age), &status, self.name(), false)
+        finish(from_stored(&self.ctx.parts, stored, age), &status, &self.shared.config, false)
     }
 
     /// A response of the inner service, finished (its body dropped for HEAD: fills are GETs).
     fn finish_fill(&self, resp: Resp<RB>, status: CacheStatusMember) -> Resp<RB> {
-        finish(resp, &status, self.name(), self.ctx.head)
+        finish(resp, &status, &self.shared.config, self.ctx.head)
     }
 
     /// The inner service answers as the client asked; nothing is stored.
     async fn forward(mut self, status: CacheStatusMember) -> Result<Resp<RB>, S::Error> {
         let resp = call(&mut self.inner, self.ctx.request(Mode::Forward)).await?;
         let status = status.fwd_status(resp.status().as_u16());
-        Ok(finish(resp.map(PgBody::passthrough), &status, self.name(), false))
+        Ok(finish(resp.map(PgBody::passthrough), &status, &self.shared.config, false))
     }
 
     /// Fail open: the cache failed, the inner service answers.
@@ -129,7 +129,7 @@ where
         match Record::decode(&entry.value) {
             Some(Record::Response(stored)) if self.ctx.selects(&stored) => self.serve(primary, stored, entry).await,
             Some(Record::Response(stored)) => self.variant(stored.vary_names()).await,
-            Some(Record::Variants(names)) => self.variant(names).await,
+            Some(Record::Variants(index)) => self.variant(index.names).await,
             Some(Record::Pass(_)) => self.forward(CacheStatusMember::fwd("uri-miss").detail("pass")).await,
             None => self.miss(primary, "uri-miss").await,
         }
@@ -166,7 +166,7 @@ where
             return Ok(self.respond(&stored, age, status));
         }
         if self.ctx.only_if_cached {
-            return Ok(only_if_cached(self.name()));
+            return Ok(only_if_cached(&self.shared.config));
         }
         self.revalidate(key, stored, entry.version, age).await
     }
@@ -199,7 +199,7 @@ where
     /// A miss on `key` (`fwd` says which: `uri-miss` or `vary-miss`).
     pub(super) async fn miss(self, key: String, fwd: &'static str) -> Result<Resp<RB>, S::Error> {
         if self.ctx.only_if_cached {
-            return Ok(only_if_cached(self.name()));
+            return Ok(only_if_cached(&self.shared.config));
         }
         if self.ctx.credentialed {
             return self.fill_direct(key, fwd).await;
@@ -270,7 +270,7 @@ where
                 return Ok(self.respond(&stored, age, status));
             }
             Some(Record::Response(stored)) => stored.vary_names(),
-            Some(Record::Variants(names)) => names,
+            Some(Record::Variants(index)) => index.names,
             Some(Record::Pass(_)) => {
                 // Not storable (hit-for-pass): everyone goes to the handler, in parallel.
                 let mut pass = CacheStatusMember::fwd(fwd).detail("pass");

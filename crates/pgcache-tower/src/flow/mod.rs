@@ -135,7 +135,7 @@ where
 {
     let resp = call(&mut inner, req).await?;
     let status = status.fwd_status(resp.status().as_u16());
-    Ok(finish(resp.map(PgBody::passthrough), &status, &shared.config.status_name, false))
+    Ok(finish(resp.map(PgBody::passthrough), &status, &shared.config, false))
 }
 
 /// An unsafe method: forward, then invalidate the URI on success (RFC 9111 §4.4, RFC 9875 §3).
@@ -160,7 +160,7 @@ where
             }
         };
     }
-    Ok(finish(resp.map(PgBody::passthrough), &status, &shared.config.status_name, false))
+    Ok(finish(resp.map(PgBody::passthrough), &status, &shared.config, false))
 }
 
 /// The URI, same-origin `Location`/`Content-Location` targets and `Cache-Group-Invalidation` groups.

@@ -11,7 +11,7 @@ use http_body::Body;
 use pgcache_core::{CacheStore, SetOptions, Ttl};
 
 use crate::body::{buffer, Buffered, PgBody};
-use crate::entry::{encode_stored, now_ms, Record, Stored};
+use crate::entry::{encode_stored, now_ms, Record, Stored, VariantIndex};
 use crate::key::{self, Keys};
 use crate::policy::{self, Decision, RequestFacts, Rules};
 
@@ -95,6 +95,8 @@ pub(crate) struct Placement<'a> {
     pub(crate) store: &'a dyn CacheStore,
     pub(crate) namespace: &'a str,
     pub(crate) keys: &'a Keys,
+    /// The most variant keys the `Vary` index keeps (at least 1).
+    pub(crate) max_variants: usize,
 }
 
 impl Placement<'_> {
@@ -113,17 +115,55 @@ impl Placement<'_> {
             return (record, options);
         }
         let vkey = key::variant(primary, &stored.vary);
-        let index = Record::Variants(stored.vary_names()).encode();
-        let index_options = SetOptions { ttl: options.ttl, tags: self.keys.base_tags() };
         if key == primary {
             self.write(&vkey, record, &options).await;
-            return (index, index_options);
+            let index = VariantIndex { names: stored.vary_names(), keys: vec![vkey] };
+            let index_options = SetOptions { ttl: options.ttl, tags: self.keys.base_tags() };
+            return (Record::Variants(index).encode(), index_options);
         }
+        self.index_variant(&vkey, stored).await;
         if key != vkey {
             self.write(&vkey, record.clone(), &options).await;
-            self.write(primary, index, &index_options).await;
         }
         (record, options)
+    }
+
+    /// Adds `vkey` to the `Vary` index under the primary key, removing the oldest variants beyond
+    /// `max_variants`. A read-modify-write: two nodes adding variants at once can each miss the other's
+    /// key, so the bound holds per writer and a missed variant simply expires with its TTL.
+    async fn index_variant(&self, vkey: &str, stored: &Stored) {
+        let primary = self.keys.primary.as_str();
+        let names = stored.vary_names();
+        let current = match self.store.get_entry(primary).await {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(target: "pgcache::tower", error = %e, "could not read the Vary index");
+                return;
+            }
+        };
+        let (mut index, left) = match current {
+            Some(entry) => match Record::decode(&entry.value) {
+                Some(Record::Variants(index)) if index.names == names => (index, entry.expiry.remaining()),
+                _ => (VariantIndex { names, keys: Vec::new() }, None),
+            },
+            None => (VariantIndex { names, keys: Vec::new() }, None),
+        };
+        if index.keys.iter().any(|k| k == vkey) {
+            return;
+        }
+        index.keys.push(vkey.to_owned());
+        let excess = index.keys.len().saturating_sub(self.max_variants);
+        let evicted: Vec<String> = index.keys.drain(..excess).collect();
+        if !evicted.is_empty() {
+            let refs: Vec<&str> = evicted.iter().map(String::as_str).collect();
+            if let Err(e) = self.store.delete_many(&refs).await {
+                tracing::warn!(target: "pgcache::tower", error = %e, "could not remove the oldest variants");
+            }
+        }
+        // The index outlives every variant it lists.
+        let keep = stored.freshness.keep_for().max(left.unwrap_or(Duration::ZERO));
+        let options = SetOptions { ttl: Ttl::After(keep), tags: self.keys.base_tags() };
+        self.write(primary, Record::Variants(index).encode(), &options).await;
     }
 
     /// A hit-for-pass marker for `ttl`: requests go straight to the handler, in parallel, until it

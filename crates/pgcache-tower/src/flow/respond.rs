@@ -10,8 +10,9 @@ use http::{Method, Response, StatusCode};
 use http_body::Body;
 
 use crate::body::PgBody;
+use crate::config::Config;
 use crate::entry::Stored;
-use crate::policy::{self, PGCACHE_CONTROL};
+use crate::policy;
 use crate::status::CacheStatusMember;
 
 /// Seconds of freshness left after `age` (negative when stale), for `Cache-Status: ttl`.
@@ -54,16 +55,16 @@ pub(crate) fn from_stored<B: Body>(req: &Parts, stored: &Stored, age: Duration) 
     resp
 }
 
-/// Every response leaves through here: the targeted field removed, our `Cache-Status` member
-/// appended (named `name`), the body dropped when `strip_body` (a HEAD answered by a GET fill).
+/// Every response leaves through here: this cache's targeted field removed, our `Cache-Status` member
+/// appended (named as configured), the body dropped when `strip_body` (a HEAD answered by a GET fill).
 pub(crate) fn finish<B: Body>(
     mut resp: Response<PgBody<B>>,
     status: &CacheStatusMember,
-    name: &str,
+    cfg: &Config,
     strip_body: bool,
 ) -> Response<PgBody<B>> {
-    resp.headers_mut().remove(PGCACHE_CONTROL);
-    status.append_to(name, resp.headers_mut());
+    resp.headers_mut().remove(&cfg.targeted_field);
+    status.append_to(&cfg.status_name, resp.headers_mut());
     if strip_body {
         *resp.body_mut() = PgBody::empty();
     }
@@ -71,8 +72,8 @@ pub(crate) fn finish<B: Body>(
 }
 
 /// RFC 9111 §5.2.1.7: no stored response may be used and the handler must not be asked: 504.
-pub(crate) fn only_if_cached<B: Body>(name: &str) -> Response<PgBody<B>> {
+pub(crate) fn only_if_cached<B: Body>(cfg: &Config) -> Response<PgBody<B>> {
     let mut resp = Response::new(PgBody::empty());
     *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    finish(resp, &CacheStatusMember::default().detail("only-if-cached"), name, false)
+    finish(resp, &CacheStatusMember::default().detail("only-if-cached"), cfg, false)
 }

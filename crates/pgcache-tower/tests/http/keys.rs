@@ -1,7 +1,7 @@
 //! What the key is made of.
 
 use axum::http::request::Parts;
-use pgcache_tests::settings_for;
+use pgcache_tests::{row_count, settings_for, sql_client, test_dsn};
 use pgcache_tower::KeyScope;
 
 use crate::support::{get, node, scripted, Origin};
@@ -98,4 +98,21 @@ async fn head_is_answered_from_the_get_entry() {
     assert!(head2.hit());
     assert_eq!(head2.headers.get("content-length").unwrap(), &full.body.len().to_string());
     assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn variants_per_uri_are_bounded() {
+    let origin = Origin::new();
+    let settings = settings_for("keys_vary_bound");
+    let n = node(&settings, origin.router(), |l| l.max_variants(4)).await;
+    let url = n.url(&scripted("/lang", &["cache-control: max-age=60", "vary: Accept-Language"]));
+    for i in 0..12 {
+        let lang = format!("l{i}");
+        assert!(get(&url, &[("accept-language", &lang)]).await.cache.contains("stored"));
+    }
+    // The 4 newest variants and the Vary index remain; the oldest were removed.
+    let client = sql_client(&test_dsn()).await.expect("sql");
+    assert_eq!(row_count(&client, &settings).await.expect("count"), 5);
+    assert!(get(&url, &[("accept-language", "l11")]).await.hit());
+    assert!(!get(&url, &[("accept-language", "l0")]).await.hit());
 }

@@ -75,12 +75,35 @@ const CASES: &[Case] = &[
         stored: true,
         says: "fwd-status=404; stored",
     },
+    // RFC 9111 §3: any final status the cache understands is stored with explicit freshness.
     Case {
         response: &["cache-control: max-age=60"],
         request: &[],
         status: Some(500),
+        stored: true,
+        says: "fwd-status=500; stored",
+    },
+    Case { response: &["etag: \"e\""], request: &[], status: Some(500), stored: false, says: "detail=status" },
+    Case {
+        response: &["cache-control: max-age=60"],
+        request: &[],
+        status: Some(599),
+        stored: true,
+        says: "fwd-status=599; stored",
+    },
+    Case {
+        response: &["cache-control: max-age=60, must-understand, no-store"],
+        request: &[],
+        status: Some(599),
         stored: false,
-        says: "detail=status",
+        says: "detail=must-understand",
+    },
+    Case {
+        response: &["cache-control: max-age=60, must-understand, no-store"],
+        request: &[],
+        status: None,
+        stored: true,
+        says: "stored; ttl=60",
     },
     Case {
         response: &["cache-control: max-age=60"],
@@ -93,8 +116,8 @@ const CASES: &[Case] = &[
         response: &["cache-control: max-age=60"],
         request: &[],
         status: Some(201),
-        stored: false,
-        says: "detail=status",
+        stored: true,
+        says: "fwd-status=201; stored",
     },
     Case {
         response: &["cache-control: max-age=60", "content-type: text/event-stream"],
@@ -109,6 +132,53 @@ const CASES: &[Case] = &[
         status: None,
         stored: true,
         says: "stored; ttl=60",
+    },
+    // RFC 9213: CDN-Cache-Control governs ahead of Cache-Control, in both directions.
+    Case {
+        response: &["cdn-cache-control: max-age=60", "cache-control: no-store"],
+        request: &[],
+        status: None,
+        stored: true,
+        says: "stored; ttl=60",
+    },
+    Case {
+        response: &["cdn-cache-control: no-store", "cache-control: max-age=60"],
+        request: &[],
+        status: None,
+        stored: false,
+        says: "detail=no-store",
+    },
+    // RFC 9110 §5.6.7: all three date formats, leniently (names in any case).
+    Case {
+        response: &["expires: fri, 31 dec 2099 23:59:59 gmt"],
+        request: &[],
+        status: None,
+        stored: true,
+        says: "stored",
+    },
+    Case { response: &["expires: Fri Dec 31 23:59:59 2099"], request: &[], status: None, stored: true, says: "stored" },
+    Case {
+        response: &["expires: Friday, 31-Dec-99 23:59:59 GMT"],
+        request: &[],
+        status: None,
+        stored: false,
+        says: "detail=no-ttl",
+    },
+    // RFC 9111 §5.1: a list-valued Age counts by its first member.
+    Case {
+        response: &["cache-control: max-age=3600", "age: 7200, 0"],
+        request: &[],
+        status: None,
+        stored: false,
+        says: "detail=no-ttl",
+    },
+    // An invalid targeted field is ignored.
+    Case {
+        response: &["cdn-cache-control: max-age=60, Bad", "cache-control: no-store"],
+        request: &[],
+        status: None,
+        stored: false,
+        says: "detail=no-store",
     },
 ];
 
