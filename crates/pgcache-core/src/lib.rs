@@ -16,6 +16,7 @@ mod lock;
 mod lock_key;
 mod null;
 mod refresh;
+mod row_triggers;
 mod schema;
 mod settings;
 mod shared;
