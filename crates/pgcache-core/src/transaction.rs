@@ -209,11 +209,15 @@ impl<C: Codec> CacheTx<C, &mut sqlx::PgConnection> {
     /// As [`set`](Self::set).
     pub async fn set_entry(&mut self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
         let checked = checked_write(&self.cache, key, &value, options).await?;
+        let meta = crate::store::WriteMeta::new(checked.ttl_ms, options, None);
         let version = sqlx::query_scalar::<_, i64>(&checked.sql.upsert)
             .bind(key)
             .bind(&value[..])
             .bind(checked.ttl_ms)
             .bind(&options.tags)
+            .bind(meta.stale_ms)
+            .bind(meta.compute_ms)
+            .bind(meta.refresh_ms)
             .fetch_one(&mut *self.exec)
             .await
             .map_err(Error::Sqlx)?;
