@@ -30,7 +30,7 @@ use crate::telemetry::{LockWait, Op, Outcome, Telemetry};
 use crate::transaction::CacheTx;
 use crate::ttl::{Expiry, Ttl};
 use crate::typed::TypedCache;
-use crate::{listener, schema, sweeper, telemetry, validate};
+use crate::{listener, row_triggers, schema, sweeper, telemetry, validate};
 
 /// How long a lazily connected cache waits after a failed connection attempt before the next one.
 const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -386,6 +386,46 @@ impl<C> PostgresCache<C> {
             Some(node) => node.coherence.usage().await,
             None => (0, 0),
         }
+    }
+
+    /// Makes every change to a row of `table` (`"table"` or `"schema.table"`) delete, in the same
+    /// transaction, the entries tagged by `tag_template` filled with that row's columns: with
+    /// `"order:{id}"`, a change to order 42 deletes the entries tagged `order:42`, on every node. Any
+    /// writer counts: this service, another one, a person with `psql`. INSERT, UPDATE (old and new
+    /// rows), DELETE and TRUNCATE (every entry with a tag of the template's shape) are covered, by
+    /// statement-level triggers: a bulk update costs one `DELETE` of the cache, not one per row.
+    ///
+    /// Idempotent (run it at every start-up); [`stop_invalidating_on`](Self::stop_invalidating_on)
+    /// removes it. Run `init_db` first. The triggers' function is `SECURITY DEFINER`: roles writing
+    /// `table` need no rights on the cache table. Tag the entries with
+    /// [`SetOptions::tags`](crate::SetOptions::tags).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: pgcache_core::PostgresCache) -> Result<(), pgcache_core::Error> {
+    /// use pgcache_core::{CacheStore, SetOptions};
+    /// cache.invalidate_on("public.orders", "order:{id}").await?;
+    /// let options = SetOptions::ttl(None).tags(["order:42"]);
+    /// cache.set_entry("order-page:42", bytes::Bytes::from_static(b"..."), &options).await?;
+    /// // UPDATE orders SET status = 'paid' WHERE id = 42;  -- from anywhere: the entry is gone
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] (named `invalidate_on`) for a table or template that is not valid, a
+    /// table that does not exist or lacks a column the template names; database errors.
+    pub async fn invalidate_on(&self, table: &str, tag_template: &str) -> Result<()> {
+        self.check_open()?;
+        row_triggers::install(&self.shared.settings, table, tag_template).await
+    }
+
+    /// Removes what [`invalidate_on`](Self::invalidate_on) installed for this table and template;
+    /// returns whether it was installed.
+    ///
+    /// # Errors
+    /// As [`invalidate_on`](Self::invalidate_on).
+    pub async fn stop_invalidating_on(&self, table: &str, tag_template: &str) -> Result<bool> {
+        self.check_open()?;
+        row_triggers::remove(&self.shared.settings, table, tag_template).await
     }
 
     /// Cache writes on the caller's open transaction (anything that implements tokio-postgres'
