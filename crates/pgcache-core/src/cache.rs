@@ -449,6 +449,29 @@ impl<C> PostgresCache<C> {
         CacheTx::new(self.clone(), client)
     }
 
+    /// Cache writes on the caller's open sqlx transaction (or connection): they commit or roll back with
+    /// it. Pass `&mut *tx` for a `sqlx::Transaction<'_, Postgres>`. See [`CacheTx`] for the guarantees.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: pgcache_core::PostgresCache, pool: sqlx::PgPool)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("UPDATE orders SET status = 'paid' WHERE id = 42").execute(&mut *tx).await?;
+    /// let mut cached = cache.in_sqlx_transaction(&mut *tx);
+    /// cached.delete("order:42").await?;
+    /// let pending = cached.finish();
+    /// tx.commit().await?;
+    /// pending.committed().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlx")]
+    pub fn in_sqlx_transaction<'a>(&self, conn: &'a mut sqlx::PgConnection) -> CacheTx<C, &'a mut sqlx::PgConnection>
+    where
+        C: Clone,
+    {
+        CacheTx::new(self.clone(), conn)
+    }
+
     // ---- what writes in the caller's transaction (transaction.rs) need ----
 
     /// The codec for typed values.
