@@ -118,6 +118,21 @@ impl Outcome {
         Outcome::FailOpen,
     ];
 
+    /// The outcome of a `get_or_load` answer.
+    pub fn of<T, E>(answer: &Result<crate::Loaded<T>, crate::LoadError<E>>) -> Self {
+        use crate::Source;
+        match answer {
+            Ok(loaded) if loaded.unavailable => Outcome::FailOpen,
+            Ok(loaded) => match loaded.source {
+                Source::Local => Outcome::L1Hit,
+                Source::Shared => Outcome::L2Hit,
+                Source::Collapsed => Outcome::Collapsed,
+                Source::Loaded => Outcome::Loaded,
+            },
+            Err(_) => Outcome::Error,
+        }
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -143,6 +158,16 @@ pub(crate) enum Op {
 
 impl Op {
     const ALL: [Op; 3] = [Op::Get, Op::GetMany, Op::GetOrLoad];
+
+    /// Whether `outcome` can happen to this operation (only those are registered).
+    fn can_have(self, outcome: Outcome) -> bool {
+        match self {
+            Op::Get | Op::GetMany => {
+                matches!(outcome, Outcome::L1Hit | Outcome::L2Hit | Outcome::Miss | Outcome::Error | Outcome::FailOpen)
+            }
+            Op::GetOrLoad => !matches!(outcome, Outcome::Miss | Outcome::Stale),
+        }
+    }
 
     fn as_str(self) -> &'static str {
         match self {
@@ -208,6 +233,10 @@ impl Telemetry {
         let mut requests = Vec::with_capacity(Op::ALL.len() * Outcome::ALL.len());
         for op in Op::ALL {
             for outcome in Outcome::ALL {
+                if !op.can_have(outcome) {
+                    requests.push(Counter::noop());
+                    continue;
+                }
                 requests.push(counter!(REQUESTS, CACHE_NAME => name.to_string(), SPAN_OPERATION => op.as_str(), SPAN_OUTCOME => outcome.as_str()));
             }
         }
@@ -254,18 +283,7 @@ impl Telemetry {
 
     /// Counts a `get_or_load`'s answer.
     pub(crate) fn loaded<T, E>(&self, answer: &Result<crate::Loaded<T>, crate::LoadError<E>>) {
-        use crate::Source;
-        let outcome = match answer {
-            Ok(loaded) if loaded.unavailable => Outcome::FailOpen,
-            Ok(loaded) => match loaded.source {
-                Source::Local => Outcome::L1Hit,
-                Source::Shared => Outcome::L2Hit,
-                Source::Collapsed => Outcome::Collapsed,
-                Source::Loaded => Outcome::Loaded,
-            },
-            Err(_) => Outcome::Error,
-        };
-        self.read(Op::GetOrLoad, outcome, 1);
+        self.read(Op::GetOrLoad, Outcome::of(answer), 1);
     }
 
     /// Runs a loader, timing it.
@@ -467,10 +485,11 @@ pub fn http_response(outcome: &'static str) {
     counter!(HTTP_RESPONSES, SPAN_OUTCOME => outcome).increment(1);
 }
 
-/// Counts a `Cached<T>`/`Lookup<T>` outcome for `resource` (a type name). For front ends; applications
+/// Counts a `Cached<T>`/`Lookup<T>` answer for `resource` (a type name). For front ends; applications
 /// do not call it.
-pub fn resource_lookup(resource: &'static str, outcome: Outcome) {
-    counter!(RESOURCE_LOOKUPS, "cache.resource" => resource, SPAN_OUTCOME => outcome.as_str()).increment(1);
+pub fn resource_lookup<T, E>(resource: &'static str, answer: &Result<crate::Loaded<T>, crate::LoadError<E>>) {
+    let outcome = Outcome::of(answer).as_str();
+    counter!(RESOURCE_LOOKUPS, "cache.resource" => resource, SPAN_OUTCOME => outcome).increment(1);
 }
 
 /// Describes every metric (help text and unit) to the installed recorder; call it once after installing
