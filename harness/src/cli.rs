@@ -134,6 +134,18 @@ pub(crate) struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Inject faults during the run: listener kills and idle pool-backend kills (`pg_terminate_backend`)
+    /// every --fault-interval, and one server restart (third round) through --restart-cmd. Reads then
+    /// fail closed, so an outage is an error, not a miss the checker would count.
+    #[arg(long)]
+    pub(crate) faults: bool,
+    /// Time between two faults.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) fault_interval: Duration,
+    /// Shell command restarting the server for --faults (`scripts/with-postgres` exports one as
+    /// PGCACHE_PG_RESTART); without one, no restart is injected.
+    #[arg(long)]
+    pub(crate) restart_cmd: Option<String>,
     /// Events the checker holds in memory at once; above it, it checks a range of keys at a time (for tests).
     #[arg(long, default_value_t = 4_000_000, hide = true)]
     pub(crate) check_budget: u64,
