@@ -9,6 +9,7 @@ use pgcache_core::SharedCache;
 use http::HeaderName;
 
 use crate::decoded::Decoded;
+use crate::key::KeyMemo;
 use crate::policy::{Rules, CDN_CACHE_CONTROL, PGCACHE_CONTROL};
 
 /// Computes the custom part of a request's cache key, or declines to cache the request.
@@ -176,10 +177,12 @@ pub(crate) struct Shared {
     pub(crate) store: SharedCache,
     /// Records decoded from the store's values, so L1 hits do not decode again.
     pub(crate) decoded: Decoded,
+    /// Primary keys by what they are made of, so hits do not hash again.
+    pub(crate) keys: KeyMemo,
 }
 
 impl Shared {
     pub(crate) fn new(config: Config, store: SharedCache) -> Self {
-        Self { rules: config.rules(), config, store, decoded: Decoded::default() }
+        Self { rules: config.rules(), config, store, decoded: Decoded::default(), keys: KeyMemo::default() }
     }
 }

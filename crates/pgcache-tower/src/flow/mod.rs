@@ -95,7 +95,7 @@ where
         return Box::pin(pass(&shared, inner, req, CacheStatusMember::fwd("bypass").detail("key"))).await;
     };
     let digest = (method == Method::POST).then(|| key::body_digest(&body));
-    let keys = key::primary(cfg, &parts, &custom, digest.as_ref(), grpc);
+    let keys = key::primary(cfg, &shared.keys, &parts, &custom, digest.as_ref(), grpc);
     let ctx = Ctx::new(cfg, parts, body, keys, grpc);
     Flow::new(shared, inner, ctx).lookup().await
 }
