@@ -28,6 +28,18 @@ pub fn settings_from_env(bin: &str) -> Result<CacheSettings> {
     Ok(CacheSettings::from_env()?)
 }
 
+/// Installs the Prometheus recorder for the `metrics` facade (pgcache's metrics, with bucketed histograms
+/// in seconds) and returns the handle that renders the text format for a `/metrics` route.
+///
+/// # Errors
+/// Another recorder is installed already.
+pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
+    const SECONDS: [f64; 12] = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0];
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().set_buckets(&SECONDS)?.install_recorder()?;
+    pgcache_core::telemetry::describe();
+    Ok(handle)
+}
+
 /// Creates or upgrades the cache schema (`init_db`, idempotent) and connects one cache.
 ///
 /// # Errors

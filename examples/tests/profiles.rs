@@ -108,3 +108,55 @@ async fn crud_on_one_instance_is_seen_on_the_other() -> Result<()> {
     }
     db.drop_now().await
 }
+
+/// The integer value of the Prometheus sample line starting with `series` (0 when absent).
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn metrics_and_healthz_report_what_was_served() -> Result<()> {
+    let db = fresh_database("profiles_metrics").await?;
+    let app = Example::start(BIN, &db.dsn, &[]).await?;
+    let client = reqwest::Client::new();
+    let profile = format!("{}/profiles/1", app.url);
+    // With a cookie the HTTP layer bypasses, so the value cache answers: loaded, then from L1.
+    for _ in 0..3 {
+        let (status, _, _) = send(client.get(&profile).header("cookie", "session=1")).await?;
+        assert_eq!(status, StatusCode::OK);
+    }
+    get(&client, &profile).await?;
+
+    let metrics = client.get(format!("{}/metrics", app.url)).send().await?.error_for_status()?.text().await?;
+    let lookups = "pgcache_resource_lookups{cache_resource=\"pgcache_examples::db::Profile\",";
+    assert_eq!(sample(&metrics, &format!("{lookups}cache_outcome=\"loaded\"}}")), 1, "{metrics}");
+    // Two cookie requests and the HTTP miss that reached the handler.
+    assert_eq!(sample(&metrics, &format!("{lookups}cache_outcome=\"l1_hit\"}}")), 3, "{metrics}");
+    assert_eq!(sample(&metrics, "pgcache_http_responses{cache_outcome=\"bypass\"}"), 3, "{metrics}");
+    assert!(sample(&metrics, "pgcache_http_responses{cache_outcome=\"uri-miss\"}") >= 1, "{metrics}");
+    assert!(
+        metrics.contains("pgcache_db_statement_duration_bucket{db_system=\"postgresql\",db_operation=\"upsert\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# HELP pgcache_requests"), "described: {metrics}");
+
+    // /healthz: real local figures (the sampler keeps them current within a second).
+    pgcache_tests::eventually(Duration::from_secs(5), || async {
+        get(&client, &format!("{}/healthz", app.url))
+            .await
+            .is_ok_and(|(_, _, health)| health["cache"]["local_entries"].as_u64() >= Some(1))
+    })
+    .await?;
+    let (_, _, health) = get(&client, &format!("{}/healthz", app.url)).await?;
+    assert_eq!(health["cache"]["pool_waiting"], 0, "{health}");
+    assert!(health["cache"]["local_bytes"].as_u64() > Some(0), "{health}");
+
+    let (status, _) = app.terminate().await?;
+    assert!(status.success(), "{status:?}");
+    db.drop_now().await
+}

@@ -130,7 +130,7 @@ async fn reads_report_a_dropped_table_instead_of_missing() -> anyhow::Result<()>
     cache.set("k", &"v", None).await?;
     assert_eq!(cache.get::<String>("other").await?, None, "the read statement is prepared");
     let sql = sql_client(&settings.dsn).await?;
-    sql.batch_execute(&format!("DROP TABLE {}", entries_table(&settings))).await?;
+    sql.batch_execute(&format!("DROP TABLE {} CASCADE", entries_table(&settings))).await?;
 
     match cache.get::<String>("never-read").await {
         Err(err) => {

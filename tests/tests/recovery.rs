@@ -128,7 +128,7 @@ async fn recreated_table_is_noticed_by_the_heartbeat_and_flushes_every_node() ->
     // Dropping fires no trigger: no node hears of it. The sequence restarts, so versions are reused.
     let table = entries_table(&settings);
     let sequence = format!("\"{}cache_version_seq\"", settings.schema_prefix);
-    admin.batch_execute(&format!("DROP TABLE {table}; DROP SEQUENCE {sequence}")).await?;
+    admin.batch_execute(&format!("DROP TABLE {table} CASCADE; DROP SEQUENCE {sequence}")).await?;
     PostgresCache::init_db(&settings).await?;
     let insert = format!("INSERT INTO {table} (key, value, version) VALUES ('k', convert_to('\"after\"', 'UTF8'), 1)");
     admin.batch_execute(&format!("SET pgcache.skip_notify = on; {insert}")).await?;

@@ -62,7 +62,7 @@ async fn init_db_recreates_a_dropped_entries_table() -> anyhow::Result<()> {
     cache.set("before", &"v", None).await?;
     cache.close().await;
     let sql = sql_client(&settings.dsn).await?;
-    sql.batch_execute(&format!("DROP TABLE {}", entries_table(&settings))).await?;
+    sql.batch_execute(&format!("DROP TABLE {} CASCADE", entries_table(&settings))).await?;
 
     assert!(!PostgresCache::schema_is_current(&settings).await?);
     let message = refused_as_damaged(&settings).await?;

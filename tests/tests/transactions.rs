@@ -107,3 +107,42 @@ async fn commit_evicts_every_node_at_the_commit_and_not_before() -> anyhow::Resu
     b.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn sqlx_transactions_commit_and_roll_back_with_the_cache_change() -> anyhow::Result<()> {
+    let settings = settings_for("tx_sqlx");
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    a.set("k", &"old", None).await?;
+    for cache in [&a, &b] {
+        make_local(cache, "k").await?;
+    }
+    let pool = sqlx::PgPool::connect(&settings.dsn).await?;
+
+    let mut tx = pool.begin().await?;
+    let mut cached = a.in_sqlx_transaction(&mut tx);
+    cached.set("k", &"never", None).await?;
+    assert!(cached.delete("k").await?);
+    drop(cached.finish());
+    tx.rollback().await?;
+    heard_everything(&a, &b, "marker").await?;
+    for cache in [&a, &b] {
+        assert_eq!(source_of(cache, "k").await?, Source::Local);
+        assert_eq!(cache.get::<String>("k").await?.as_deref(), Some("old"));
+    }
+
+    let mut tx = pool.begin().await?;
+    let mut cached = a.in_sqlx_transaction(&mut tx);
+    cached.set("k", &"new", None).await?;
+    assert_eq!(cached.delete_many(&["k2"]).await?, 0);
+    assert_eq!(cached.delete_tags(&["none"]).await?, 0);
+    let pending = cached.finish();
+    tx.commit().await?;
+    pending.committed().await;
+    assert_eq!(a.get::<String>("k").await?.as_deref(), Some("new"));
+    eventually(DEADLINE, || async { b.get::<String>("k").await.ok().flatten().as_deref() == Some("new") }).await?;
+    pool.close().await;
+    a.close().await;
+    b.close().await;
+    Ok(())
+}

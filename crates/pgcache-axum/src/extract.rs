@@ -295,7 +295,9 @@ impl<T> Lookup<T> {
                 Ok(Fill { value: bytes, options, output: value })
             }
         };
-        match cache.get_or_load(&key, loader).await {
+        let answer = cache.get_or_load(&key, loader).await;
+        pgcache_core::telemetry::resource_lookup(std::any::type_name::<T>(), &answer);
+        match answer {
             Ok(hit) => {
                 let value = match hit.output {
                     Some(value) => value,

@@ -26,10 +26,11 @@ use crate::lock::AdvisoryLock;
 use crate::lock_key::lock_key;
 use crate::settings::CacheSettings;
 use crate::store::{self, Statements};
+use crate::telemetry::{LockWait, Op, Outcome, Telemetry};
 use crate::transaction::CacheTx;
 use crate::ttl::{Expiry, Ttl};
 use crate::typed::TypedCache;
-use crate::{listener, schema, sweeper, validate};
+use crate::{listener, row_triggers, schema, sweeper, telemetry, validate};
 
 /// How long a lazily connected cache waits after a failed connection attempt before the next one.
 const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -85,6 +86,7 @@ struct Shared {
     /// The last failed lazy connection attempt.
     last_failure: Mutex<Option<ConnectFailure>>,
     closed: AtomicBool,
+    telemetry: Telemetry,
 }
 
 /// A connected cache instance: pools, the coherent local cache, the background tasks.
@@ -174,6 +176,12 @@ impl Node {
             tasks.push(tokio::spawn(Arc::clone(&self.coherence.lease).watch(self.shutdown.subscribe())));
             first_listen = Some(rx);
         }
+        tasks.push(tokio::spawn(telemetry::sample_usage(
+            telemetry::UsageGauges::new(&settings.schema_prefix),
+            Arc::clone(&self.db),
+            Arc::clone(&self.coherence),
+            self.shutdown.subscribe(),
+        )));
         if let Some(interval) = settings.sweeper_interval {
             tasks.push(tokio::spawn(sweeper::run(
                 Arc::clone(&self.db),
@@ -249,7 +257,10 @@ impl Node {
 
 /// The coherent local cache the settings ask for.
 fn coherence_for(settings: &CacheSettings) -> Coherence {
-    let local = settings.local_enabled().then(|| LocalCache::new(settings.local_max_entries, settings.local_max_bytes));
+    let evictions = telemetry::Evictions::new(&settings.schema_prefix);
+    let local = settings.local_enabled().then(|| {
+        LocalCache::new(settings.local_max_entries, settings.local_max_bytes, move |cause| evictions.removed(cause))
+    });
     let lease = Lease::new(settings.listener_enabled(), settings.heartbeat_interval.saturating_mul(2));
     Coherence::new(local, settings.local_ttl, lease)
 }
@@ -340,8 +351,14 @@ impl PostgresCache<JsonCodec> {
     }
 
     fn unconnected(settings: CacheSettings) -> Self {
-        let shared =
-            Shared { settings, node: OnceCell::new(), last_failure: Mutex::new(None), closed: AtomicBool::new(false) };
+        let telemetry = Telemetry::new(&settings.schema_prefix);
+        let shared = Shared {
+            settings,
+            node: OnceCell::new(),
+            last_failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            telemetry,
+        };
         Self { shared: Arc::new(shared), codec: JsonCodec }
     }
 }
@@ -371,6 +388,46 @@ impl<C> PostgresCache<C> {
         }
     }
 
+    /// Makes every change to a row of `table` (`"table"` or `"schema.table"`) delete, in the same
+    /// transaction, the entries tagged by `tag_template` filled with that row's columns: with
+    /// `"order:{id}"`, a change to order 42 deletes the entries tagged `order:42`, on every node. Any
+    /// writer counts: this service, another one, a person with `psql`. INSERT, UPDATE (old and new
+    /// rows), DELETE and TRUNCATE (every entry with a tag of the template's shape) are covered, by
+    /// statement-level triggers: a bulk update costs one `DELETE` of the cache, not one per row.
+    ///
+    /// Idempotent (run it at every start-up); [`stop_invalidating_on`](Self::stop_invalidating_on)
+    /// removes it. Run `init_db` first. The triggers' function is `SECURITY DEFINER`: roles writing
+    /// `table` need no rights on the cache table. Tag the entries with
+    /// [`SetOptions::tags`](crate::SetOptions::tags).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: pgcache_core::PostgresCache) -> Result<(), pgcache_core::Error> {
+    /// use pgcache_core::{CacheStore, SetOptions};
+    /// cache.invalidate_on("public.orders", "order:{id}").await?;
+    /// let options = SetOptions::ttl(None).tags(["order:42"]);
+    /// cache.set_entry("order-page:42", bytes::Bytes::from_static(b"..."), &options).await?;
+    /// // UPDATE orders SET status = 'paid' WHERE id = 42;  -- from anywhere: the entry is gone
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] (named `invalidate_on`) for a table or template that is not valid, a
+    /// table that does not exist or lacks a column the template names; database errors.
+    pub async fn invalidate_on(&self, table: &str, tag_template: &str) -> Result<()> {
+        self.check_open()?;
+        row_triggers::install(&self.shared.settings, table, tag_template).await
+    }
+
+    /// Removes what [`invalidate_on`](Self::invalidate_on) installed for this table and template;
+    /// returns whether it was installed.
+    ///
+    /// # Errors
+    /// As [`invalidate_on`](Self::invalidate_on).
+    pub async fn stop_invalidating_on(&self, table: &str, tag_template: &str) -> Result<bool> {
+        self.check_open()?;
+        row_triggers::remove(&self.shared.settings, table, tag_template).await
+    }
+
     /// Cache writes on the caller's open transaction (anything that implements tokio-postgres'
     /// `GenericClient`): they commit or roll back with it. See [`CacheTx`] for the guarantees.
     ///
@@ -390,6 +447,29 @@ impl<C> PostgresCache<C> {
         C: Clone,
     {
         CacheTx::new(self.clone(), client)
+    }
+
+    /// Cache writes on the caller's open sqlx transaction (or connection): they commit or roll back with
+    /// it. Pass `&mut *tx` for a `sqlx::Transaction<'_, Postgres>`. See [`CacheTx`] for the guarantees.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: pgcache_core::PostgresCache, pool: sqlx::PgPool)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("UPDATE orders SET status = 'paid' WHERE id = 42").execute(&mut *tx).await?;
+    /// let mut cached = cache.in_sqlx_transaction(&mut *tx);
+    /// cached.delete("order:42").await?;
+    /// let pending = cached.finish();
+    /// tx.commit().await?;
+    /// pending.committed().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlx")]
+    pub fn in_sqlx_transaction<'a>(&self, conn: &'a mut sqlx::PgConnection) -> CacheTx<C, &'a mut sqlx::PgConnection>
+    where
+        C: Clone,
+    {
+        CacheTx::new(self.clone(), conn)
     }
 
     // ---- what writes in the caller's transaction (transaction.rs) need ----
@@ -437,10 +517,12 @@ impl<C> PostgresCache<C> {
     ///
     /// # Errors
     /// Bad key; database errors only when the cache is configured to fail closed.
+    #[tracing::instrument(name = "pgcache.get", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "get", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         self.check_key(key)?;
         if let Some(node) = self.shared.node.get() {
             if let Some(hit) = node.coherence.hit(key).await {
+                self.shared.telemetry.read(Op::Get, Outcome::L1Hit, 1);
                 return Ok(Some(hit.value.clone()));
             }
         }
@@ -497,13 +579,20 @@ impl<C> PostgresCache<C> {
 
     /// A read of the local then the shared cache that fails open.
     async fn get_shared(&self, key: &str) -> Result<Option<Entry>> {
-        let node = match self.node().await {
-            Ok(node) => node,
-            Err(e) => return self.read_failed(e, None),
+        let read = match self.node().await {
+            Ok(node) => node.read_shared(key).await,
+            Err(e) => Err(e),
         };
-        match node.read_shared(key).await {
-            Ok(row) => Ok(row),
-            Err(e) => self.read_failed(e, None),
+        match read {
+            Err(e) => {
+                let answer = self.read_failed(e, None);
+                self.shared.telemetry.get_failed(&answer);
+                answer
+            }
+            read => {
+                self.shared.telemetry.get(&read);
+                read
+            }
         }
     }
 
@@ -571,15 +660,21 @@ impl<C> PostgresCache<C> {
         let settings = &self.shared.settings;
         let lock = self.lock_key(key);
         let written = settings.listener_enabled().then(|| node.coherence.fills.subscribe(key));
-        let deadline = Instant::now() + settings.lock_wait_timeout;
+        let waiting = Instant::now();
+        let deadline = waiting + settings.lock_wait_timeout;
         let mut backoff = Duration::from_millis(2);
+        let waited = |how| self.shared.telemetry.lock_waited(waiting, how);
         loop {
             match AdvisoryLock::try_acquire(&node.db, lock).await {
-                Ok(Some(guard)) => return self.fill_under_lock(node, key, loader, snapshot, guard).await,
+                Ok(Some(guard)) => {
+                    waited(LockWait::Acquired);
+                    return self.fill_under_lock(node, key, loader, snapshot, guard).await;
+                }
                 Ok(None) => {}
                 // Every pooled connection is busy (e.g. other fills holding locks): keep waiting.
                 Err(e) if e.is_pool_busy() => {}
                 Err(e) => {
+                    waited(LockWait::Failed);
                     self.read_failed(e, ())?;
                     break;
                 }
@@ -590,20 +685,25 @@ impl<C> PostgresCache<C> {
             }
             backoff = (backoff * 2).min(Duration::from_millis(50));
             match node.read_shared(key).await {
-                Ok(Some(row)) => return Ok(Loaded::found(row, Source::Collapsed)),
+                Ok(Some(row)) => {
+                    waited(LockWait::Filled);
+                    return Ok(Loaded::found(row, Source::Collapsed));
+                }
                 Ok(None) => {}
                 Err(e) => {
+                    waited(LockWait::Failed);
                     self.read_failed(e, ())?;
                     break;
                 }
             }
             if Instant::now() >= deadline {
+                waited(LockWait::TimedOut);
                 tracing::warn!(target: "pgcache::cache", key, waited = ?settings.lock_wait_timeout, "lock wait timed out; loading without the lock");
                 break;
             }
         }
         // No lock (timed out, or the database is out of reach): load anyway and try to store.
-        let fill = loader.run().await.map_err(LoadError::Loader)?;
+        let fill = self.shared.telemetry.load(loader.run()).await.map_err(LoadError::Loader)?;
         let written = match self.unstorable(key, &fill) {
             Some(e) => Err(e),
             None => node.write_pooled(key, &fill.value, &fill.options, snapshot).await,
@@ -629,7 +729,7 @@ impl<C> PostgresCache<C> {
                 return Ok(Loaded::found(row, Source::Collapsed));
             }
         }
-        let fill = match loader.run().await {
+        let fill = match self.shared.telemetry.load(loader.run()).await {
             Ok(fill) => fill,
             Err(e) => {
                 guard.release().await;
@@ -660,7 +760,7 @@ impl<C> PostgresCache<C> {
         loader: DynLoader,
         cause: Error,
     ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
-        let fill = loader.run().await.map_err(LoadError::Loader)?;
+        let fill = self.shared.telemetry.load(loader.run()).await.map_err(LoadError::Loader)?;
         let why = self.unstorable(key, &fill).unwrap_or(cause);
         Ok(self.loaded_by_loader(fill, Err(why)))
     }
@@ -679,10 +779,12 @@ impl<C> PostgresCache<C> {
 
 #[async_trait]
 impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
+    #[tracing::instrument(name = "pgcache.get", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "get", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn get_entry(&self, key: &str) -> Result<Option<Entry>> {
         self.check_key(key)?;
         if let Some(node) = self.shared.node.get() {
             if let Some(hit) = node.coherence.hit_entry(key).await {
+                self.shared.telemetry.read(Op::Get, Outcome::L1Hit, 1);
                 return Ok(Some(hit));
             }
         }
@@ -694,13 +796,15 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         PostgresCache::get_bytes(self, key).await
     }
 
+    #[tracing::instrument(name = "pgcache.get_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "get_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn get_many_bytes(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
         for key in keys {
             self.check_key(key)?;
         }
+        let telemetry = &self.shared.telemetry;
         let node = match self.node().await {
             Ok(node) => node,
-            Err(e) => return self.read_failed(e, vec![None; keys.len()]),
+            Err(e) => return telemetry.get_many_failed(self.read_failed(e, vec![None; keys.len()])),
         };
         let mut out = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
@@ -711,6 +815,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             }
             out.push(hit);
         }
+        telemetry.read(Op::GetMany, Outcome::L1Hit, (keys.len() - missing.len()) as u64);
         if missing.is_empty() {
             return Ok(out);
         }
@@ -722,9 +827,11 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         };
         let rows = match read.await {
             Ok(rows) => rows,
-            Err(e) => return self.read_failed(e, out),
+            Err(e) => return telemetry.get_many_failed(self.read_failed(e, out)),
         };
         let found: HashMap<String, Entry> = rows.into_iter().collect();
+        telemetry.read(Op::GetMany, Outcome::L2Hit, found.len() as u64);
+        telemetry.read(Op::GetMany, Outcome::Miss, missing.len().saturating_sub(found.len()) as u64);
         for (slot, (key, snapshot)) in missing.iter().zip(wanted.iter().zip(snapshots)) {
             if let (Some(row), Some(out)) = (found.get(*key), out.get_mut(*slot)) {
                 node.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
@@ -734,6 +841,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         Ok(out)
     }
 
+    #[tracing::instrument(name = "pgcache.set", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "set", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn set_entry(&self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
         self.check_key(key)?;
         validate::value(key, value.len(), self.shared.settings.max_value_bytes)?;
@@ -743,6 +851,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         node.write_pooled(key, &value, options, snapshot).await
     }
 
+    #[tracing::instrument(name = "pgcache.set_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "set_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn set_many_bytes(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
         let mut latest: Vec<(&str, &[u8])> = Vec::with_capacity(items.len());
         let mut seen = HashMap::with_capacity(items.len());
@@ -775,6 +884,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result.map(drop)
     }
 
+    #[tracing::instrument(name = "pgcache.delete", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "delete", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn delete(&self, key: &str) -> Result<bool> {
         self.check_key(key)?;
         let node = self.node().await?;
@@ -789,6 +899,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.delete_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "delete_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         for key in keys {
             self.check_key(key)?;
@@ -805,6 +916,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.delete_tags", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "delete_tags", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn delete_tags(&self, tags: &[&str]) -> Result<u64> {
         self.check_open()?;
         validate::tags(tags)?;
@@ -822,6 +934,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.clear", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "clear", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn clear(&self) -> Result<u64> {
         let node = self.node().await?;
         let clear = async {
@@ -833,6 +946,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.ttl", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "ttl", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn ttl(&self, key: &str) -> Result<Option<Expiry>> {
         self.check_key(key)?;
         let node = self.node().await?;
@@ -840,6 +954,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         conn.bounded(store::ttl(conn.client()?, &node.sql, key)).await
     }
 
+    #[tracing::instrument(name = "pgcache.touch", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "touch", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn touch(&self, key: &str, ttl: Ttl) -> Result<bool> {
         self.check_key(key)?;
         let node = self.node().await?;
@@ -853,18 +968,22 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         result
     }
 
+    #[tracing::instrument(name = "pgcache.cleanup_expired", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "cleanup_expired", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn cleanup_expired(&self) -> Result<u64> {
         let node = self.node().await?;
         let settings = &self.shared.settings;
         sweeper::sweep(&node.db, &node.sql, &settings.schema_prefix, settings.cleanup_batch_size).await
     }
 
+    #[tracing::instrument(name = "pgcache.get_or_load", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "get_or_load", cache.key_hash = %telemetry::key_hash(key), cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn get_or_load_dyn(
         &self,
         key: &str,
         loader: DynLoader,
     ) -> std::result::Result<Loaded<DynOutput>, LoadError<DynOutput>> {
-        self.load(key, loader).await
+        let answer = self.load(key, loader).await;
+        self.shared.telemetry.loaded(&answer);
+        answer
     }
 
     fn status(&self) -> CacheStatus {
@@ -877,6 +996,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
                 pool_size: 0,
                 pool_available: 0,
                 pool_max_size: self.shared.settings.max_pool_size,
+                pool_waiting: 0,
                 local_entries: 0,
                 local_bytes: 0,
                 closed,
@@ -896,6 +1016,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             pool_size: pool.size,
             pool_available: pool.available,
             pool_max_size: pool.max_size,
+            pool_waiting: pool.waiting,
             local_entries,
             local_bytes,
             closed,

@@ -288,6 +288,8 @@ pub struct CacheStatus {
     pub pool_available: usize,
     /// Most connections the pool opens.
     pub pool_max_size: usize,
+    /// Callers waiting for a pooled connection: above zero, the pool is saturated.
+    pub pool_waiting: usize,
     /// Entries in the local cache (approximate).
     pub local_entries: u64,
     /// Weighted bytes in the local cache (approximate).

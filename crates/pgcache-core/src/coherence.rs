@@ -349,7 +349,7 @@ mod tests {
     use super::*;
 
     fn coherence() -> Coherence {
-        let local = LocalCache::new(100, 1 << 20);
+        let local = LocalCache::new(100, 1 << 20, drop);
         Coherence::new(Some(local), Duration::from_secs(60), Lease::new(false, Duration::from_secs(2)))
     }
 
@@ -400,7 +400,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_lease_serves_nothing() {
-        let local = LocalCache::new(100, 1 << 20);
+        let local = LocalCache::new(100, 1 << 20, drop);
         let c = Coherence::new(Some(local), Duration::from_secs(60), Lease::new(true, Duration::from_secs(2)));
         c.lease.set_listening(true);
         c.lease.renew(Instant::now());

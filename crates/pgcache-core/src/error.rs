@@ -81,6 +81,11 @@ pub enum Error {
     /// detail and hint) when the server answered.
     #[error("PostgreSQL error: {}", pg_message(.0))]
     Postgres(#[source] tokio_postgres::Error),
+    /// A statement on the caller's sqlx connection failed (writes through
+    /// [`PostgresCache::in_sqlx_transaction`](crate::PostgresCache::in_sqlx_transaction)).
+    #[cfg(feature = "sqlx")]
+    #[error("PostgreSQL error (sqlx): {0}")]
+    Sqlx(#[source] sqlx::Error),
     /// No pooled connection could be had in time (server down, pool exhausted).
     #[error("could not get a database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),

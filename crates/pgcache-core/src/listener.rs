@@ -23,6 +23,7 @@ use crate::coherence::{Coherence, Lease};
 use crate::conn::{bounded, statement_bound};
 use crate::settings::CacheSettings;
 use crate::store::{self, CoherenceStatements, Incarnation};
+use crate::telemetry::ListenerMetrics;
 
 /// A notification payload, as built by `sql/notify_function.sql`.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -34,18 +35,26 @@ pub(crate) struct Event {
     /// (key, version) pairs.
     #[serde(default)]
     pub(crate) keys: Vec<(String, i64)>,
+    /// When the writing statement's trigger ran: epoch milliseconds by the database's clock
+    /// (`clock_timestamp()`), for the invalidation lag. Absent from payloads of older schemas.
+    #[serde(default)]
+    pub(crate) t: Option<i64>,
 }
 
 /// Applies one notification to the local cache. Unknown payloads flush, to stay on the safe side.
-pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str) {
+pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str, metrics: &ListenerMetrics) {
     match serde_json::from_str::<Event>(payload) {
         Ok(event) if event.p != prefix => {}
-        Ok(event) if event.op == "flush" => local.evict_all(),
+        Ok(event) if event.op == "flush" => {
+            local.evict_all();
+            metrics.invalidated(true, event.t);
+        }
         Ok(event) => {
             let deleted = event.op == "delete";
             for (key, version) in event.keys {
                 local.evict_notified(&key, version, deleted).await;
             }
+            metrics.invalidated(false, event.t);
         }
         Err(e) => {
             tracing::warn!(target: "pgcache::listener", error = %e, "unreadable notification; flushing local cache");
@@ -92,12 +101,14 @@ pub(crate) async fn run(
     let mut known = None;
     let mut backoff = FIRST_RETRY;
     let mut first = Some(first);
+    let mut metrics = ListenerMetrics::new(&settings.schema_prefix);
     loop {
         let ended = tokio::select! {
-            ended = session(&settings, &coherence, &sql, &mut known, &mut first) => ended,
+            ended = session(&settings, &coherence, &sql, &mut known, &mut first, &mut metrics) => ended,
             _ = shutdown.changed() => { lease.set_listening(false); return; }
         };
         lease.set_listening(false);
+        metrics.down();
         if ended.healthy {
             backoff = FIRST_RETRY;
         }
@@ -175,6 +186,7 @@ async fn session(
     sql: &CoherenceStatements,
     known: &mut Option<Incarnation>,
     first: &mut FirstReport,
+    metrics: &mut ListenerMetrics,
 ) -> Ended {
     let lease: &Lease = &coherence.lease;
     let dsn = settings.listen_dsn.as_deref().unwrap_or(&settings.dsn);
@@ -220,10 +232,11 @@ async fn session(
         resync(settings, &client, coherence, &prepared, known).await.map_err(|e| e.to_string())?;
         // Notifications of changes made during the resync: applied before anything local is served.
         while let Ok(payload) = notifications.try_recv() {
-            apply(coherence, prefix, &payload).await;
+            apply(coherence, prefix, &payload, metrics).await;
         }
         lease.renew(sent);
         lease.set_listening(true);
+        metrics.listening();
         listening_since = Some(Instant::now());
         report(first, Ok(()));
         tracing::info!(target: "pgcache::listener", channel = %settings.notify_channel, "listening");
@@ -233,7 +246,7 @@ async fn session(
             // Not `biased`: a steady stream of notifications must not starve the heartbeat.
             tokio::select! {
                 payload = notifications.recv() => match payload {
-                    Some(payload) => apply(coherence, prefix, &payload).await,
+                    Some(payload) => apply(coherence, prefix, &payload, metrics).await,
                     None => return Err("notification stream ended".to_owned()),
                 },
                 _ = heartbeat.tick() => {
@@ -248,7 +261,7 @@ async fn session(
                             }
                             // Notifications sent before the reply are already queued: apply them first.
                             while let Ok(payload) = notifications.try_recv() {
-                                apply(coherence, prefix, &payload).await;
+                                apply(coherence, prefix, &payload, metrics).await;
                             }
                             lease.renew(sent);
                         }

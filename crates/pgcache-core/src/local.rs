@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::Expiry as MokaExpiry;
 
 use crate::ttl::Expiry;
@@ -59,7 +60,12 @@ pub(crate) struct LocalCache {
 }
 
 impl LocalCache {
-    pub(crate) fn new(max_entries: u64, max_bytes: u64) -> Self {
+    /// A cache of at most `max_entries` and `max_bytes`; `removed` hears every removal's cause.
+    pub(crate) fn new(
+        max_entries: u64,
+        max_bytes: u64,
+        removed: impl Fn(RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
         // moka bounds by one capacity: the byte budget, with each entry weighing its bytes. The entry count
         // bound is enforced by giving each entry a floor weight of max_bytes / max_entries.
         let floor = (max_bytes / max_entries.max(1)).max(1);
@@ -70,6 +76,7 @@ impl LocalCache {
                 u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
             })
             .expire_after(EntryLifetime)
+            .eviction_listener(move |_, _, cause| removed(cause))
             .build();
         Self { cache }
     }
@@ -125,7 +132,7 @@ mod tests {
     #[tokio::test]
     async fn stays_within_byte_budget() {
         let budget = 64 * 1024;
-        let local = LocalCache::new(1_000_000, budget);
+        let local = LocalCache::new(1_000_000, budget, drop);
         for i in 0..1000 {
             local.insert(Arc::from(format!("key:{i}")), entry(640)).await;
         }
@@ -135,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn stays_within_entry_bound() {
-        let local = LocalCache::new(10, 1 << 20);
+        let local = LocalCache::new(10, 1 << 20, drop);
         for i in 0..100 {
             local.insert(Arc::from(format!("key:{i}")), entry(1)).await;
         }

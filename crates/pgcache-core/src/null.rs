@@ -132,6 +132,7 @@ impl<C: Send + Sync + 'static> CacheStore for NullCache<C> {
             pool_size: 0,
             pool_available: 0,
             pool_max_size: 0,
+            pool_waiting: 0,
             local_entries: 0,
             local_bytes: 0,
             closed: false,

@@ -24,6 +24,10 @@ const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
 const INCARNATION_SQL: &str = include_str!("../sql/002_incarnation.sql");
 /// The notification function and its triggers.
 const NOTIFY_SQL: &str = include_str!("../sql/notify_function.sql");
+/// The operator views (read-only, no cost to writes).
+const VIEWS_SQL: &str = include_str!("../sql/views.sql");
+/// The views `VIEWS_SQL` creates, by name suffix after the prefix.
+const VIEWS: [&str; 5] = ["cache_stats", "cache_ages", "cache_largest", "cache_tags", "cache_http"];
 
 /// Triggers every installed schema has, by name suffix after the prefix.
 const TRIGGERS: [&str; 5] = [
@@ -82,12 +86,14 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
     if found > SCHEMA_VERSION {
         return Err(Error::SchemaTooNew { prefix: settings.schema_prefix.clone(), found, expected: SCHEMA_VERSION });
     }
-    let problems = bounded(bound, "init_db", inspect(&tx, settings)).await?;
+    let mut problems = bounded(bound, "init_db", inspect(&tx, settings)).await?;
+    problems.extend(bounded(bound, "init_db", missing_views(&tx, settings)).await?);
     if found < SCHEMA_VERSION || !problems.is_empty() {
         let apply = async {
             batch(&tx, &render(ENTRIES_SQL, settings)).await?;
             batch(&tx, &render(INCARNATION_SQL, settings)).await?;
             batch(&tx, &render(NOTIFY_SQL, settings)).await?;
+            batch(&tx, &render(VIEWS_SQL, settings)).await?;
             // One row per migration applied (a fresh install applies them all at once).
             let record = format!(
                 "INSERT INTO {version_table} (version) SELECT generate_series(1, $1) ON CONFLICT (version) DO NOTHING"
@@ -161,6 +167,18 @@ async fn read_version<C: GenericClient>(client: &C, settings: &CacheSettings) ->
     }
     let sql = format!("SELECT coalesce(max(version), 0) FROM {table}");
     client.query_one(&sql, &[]).await.map_err(Error::from_pg)?.try_get(0).map_err(Error::from_pg)
+}
+
+/// The operator views that are missing (checked by `init_db` only: `connect` does not need them).
+async fn missing_views<C: GenericClient>(client: &C, settings: &CacheSettings) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for view in VIEWS.map(|view| quoted(settings, view)) {
+        let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&view]).await.map_err(Error::from_pg)?;
+        if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+            missing.push(format!("view {view} is missing"));
+        }
+    }
+    Ok(missing)
 }
 
 /// What is missing or differs from what this library installs: one line per problem, empty when intact.

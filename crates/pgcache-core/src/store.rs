@@ -10,6 +10,7 @@ use deadpool_postgres::Client;
 
 use crate::cache_store::Entry;
 use crate::error::{Error, Result};
+use crate::telemetry;
 use crate::ttl::Expiry;
 
 /// A live row: not expired by the database clock.
@@ -84,6 +85,7 @@ fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Entry> {
 
 /// `GET`: the live row for `key`.
 pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<Option<Entry>> {
+    let _timer = telemetry::statement("get");
     let stmt = pg(client.prepare_cached(&sql.get).await)?;
     match pg(client.query_opt(&stmt, &[&key]).await)? {
         Some(row) => row_of(&row, 0).map(Some),
@@ -93,6 +95,7 @@ pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<
 
 /// `GET` of many keys in one round trip; returns (key, row) pairs for the live ones.
 pub(crate) async fn get_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, Entry)>> {
+    let _timer = telemetry::statement("get_many");
     let stmt = pg(client.prepare_cached(&sql.get_many).await)?;
     let rows = pg(client.query(&stmt, &[&keys]).await)?;
     rows.iter().map(|row| Ok((pg(row.try_get::<_, String>(0))?, row_of(row, 1)?))).collect()
@@ -107,6 +110,7 @@ pub(crate) async fn upsert(
     ttl_ms: Option<i64>,
     tags: &[String],
 ) -> Result<i64> {
+    let _timer = telemetry::statement("upsert");
     let stmt = pg(client.prepare_cached(&sql.upsert).await)?;
     pg(pg(client.query_one(&stmt, &[&key, &value, &ttl_ms, &tags]).await)?.try_get(0))
 }
@@ -119,12 +123,14 @@ pub(crate) async fn upsert_many(
     values: &[&[u8]],
     ttl_ms: Option<i64>,
 ) -> Result<u64> {
+    let _timer = telemetry::statement("upsert_many");
     let stmt = pg(client.prepare_cached(&sql.upsert_many).await)?;
     pg(client.execute(&stmt, &[&keys, &values, &ttl_ms]).await)
 }
 
 /// Delete of one key; returns whether a live row existed.
 pub(crate) async fn delete(client: &Client, sql: &Statements, key: &str) -> Result<bool> {
+    let _timer = telemetry::statement("delete");
     let stmt = pg(client.prepare_cached(&sql.delete).await)?;
     match pg(client.query_opt(&stmt, &[&key]).await)? {
         Some(row) => pg(row.try_get(0)),
@@ -140,16 +146,19 @@ async fn count(client: &Client, text: &str, param: &(dyn tokio_postgres::types::
 
 /// Delete of many keys; returns how many live rows existed.
 pub(crate) async fn delete_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<u64> {
+    let _timer = telemetry::statement("delete_many");
     count(client, &sql.delete_many, &keys).await
 }
 
 /// Delete of every row carrying any of `tags`.
 pub(crate) async fn delete_tags(client: &Client, sql: &Statements, tags: &[&str]) -> Result<u64> {
+    let _timer = telemetry::statement("delete_tags");
     count(client, &sql.delete_tags, &tags).await
 }
 
 /// Delete of every row of the prefix.
 pub(crate) async fn clear(client: &Client, sql: &Statements) -> Result<u64> {
+    let _timer = telemetry::statement("clear");
     let stmt = pg(client.prepare_cached(&sql.clear).await)?;
     let n: i64 = pg(pg(client.query_one(&stmt, &[]).await)?.try_get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -157,6 +166,7 @@ pub(crate) async fn clear(client: &Client, sql: &Statements) -> Result<u64> {
 
 /// Remaining TTL of a live key.
 pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<Option<Expiry>> {
+    let _timer = telemetry::statement("ttl");
     let stmt = pg(client.prepare_cached(&sql.ttl).await)?;
     match pg(client.query_opt(&stmt, &[&key]).await)? {
         Some(row) => Ok(Some(Expiry::from_sql_millis(pg(row.try_get(0))?))),
@@ -166,24 +176,28 @@ pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<
 
 /// New TTL for a live key; returns whether it existed.
 pub(crate) async fn touch(client: &Client, sql: &Statements, key: &str, ttl_ms: Option<i64>) -> Result<bool> {
+    let _timer = telemetry::statement("touch");
     let stmt = pg(client.prepare_cached(&sql.touch).await)?;
     Ok(pg(client.execute(&stmt, &[&key, &ttl_ms]).await)? > 0)
 }
 
 /// Deletes up to `batch` expired rows, skipping rows locked by others; returns how many.
 pub(crate) async fn sweep_batch(client: &Client, sql: &Statements, batch: i64) -> Result<u64> {
+    let _timer = telemetry::statement("sweep_batch");
     let stmt = pg(client.prepare_cached(&sql.sweep).await)?;
     pg(client.execute(&stmt, &[&batch]).await)
 }
 
 /// `pg_try_advisory_lock`: true when this session now holds the lock.
 pub(crate) async fn try_advisory_lock(client: &Client, key: i64) -> Result<bool> {
+    let _timer = telemetry::statement("try_advisory_lock");
     let stmt = pg(client.prepare_cached("SELECT pg_try_advisory_lock($1)").await)?;
     pg(pg(client.query_one(&stmt, &[&key]).await)?.try_get(0))
 }
 
 /// `pg_advisory_unlock`: true when this session held the lock.
 pub(crate) async fn advisory_unlock(client: &Client, key: i64) -> Result<bool> {
+    let _timer = telemetry::statement("advisory_unlock");
     let stmt = pg(client.prepare_cached("SELECT pg_advisory_unlock($1)").await)?;
     pg(pg(client.query_one(&stmt, &[&key]).await)?.try_get(0))
 }

@@ -28,6 +28,7 @@ pub(crate) async fn sweep(db: &Db, sql: &Statements, prefix: &str, batch: u32) -
         }
     }
     guard.release().await;
+    crate::telemetry::swept(prefix, total);
     Ok(total)
 }
 

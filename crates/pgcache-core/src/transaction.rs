@@ -187,6 +187,88 @@ impl<C: Codec, G: GenericClient + Sync> CacheTx<C, &G> {
     }
 }
 
+#[cfg(feature = "sqlx")]
+impl<C: Codec> CacheTx<C, &mut sqlx::PgConnection> {
+    /// Encodes and writes a value in the sqlx transaction; returns the row's new version.
+    ///
+    /// # Errors
+    /// Bad key, [`Error::Codec`], value too large, [`Error::Sqlx`] (the transaction is then aborted:
+    /// roll it back).
+    pub async fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T, ttl: impl Into<Ttl>) -> Result<i64> {
+        let bytes = crate::typed::encode(self.cache.codec_ref(), key, value)?;
+        self.set_entry(key, bytes, &SetOptions::ttl(ttl)).await
+    }
+
+    /// Writes raw bytes with options (TTL, tags) in the sqlx transaction; returns the row's new version.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set).
+    pub async fn set_entry(&mut self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
+        let checked = checked_write(&self.cache, key, &value, options).await?;
+        let version = sqlx::query_scalar::<_, i64>(&checked.sql.upsert)
+            .bind(key)
+            .bind(&value[..])
+            .bind(checked.ttl_ms)
+            .bind(&options.tags)
+            .fetch_one(&mut *self.exec)
+            .await
+            .map_err(Error::Sqlx)?;
+        self.pending.keys.push(key.to_owned());
+        Ok(version)
+    }
+
+    /// Deletes a key in the sqlx transaction; returns whether a live row existed.
+    ///
+    /// # Errors
+    /// Bad key; [`Error::Sqlx`].
+    pub async fn delete(&mut self, key: &str) -> Result<bool> {
+        self.cache.check_write(key, 0)?;
+        let sql = self.cache.statements().await?;
+        let live = sqlx::query_scalar::<_, bool>(&sql.delete)
+            .bind(key)
+            .fetch_optional(&mut *self.exec)
+            .await
+            .map_err(Error::Sqlx)?;
+        self.pending.keys.push(key.to_owned());
+        Ok(live.unwrap_or(false))
+    }
+
+    /// Deletes keys in the sqlx transaction in one statement; returns how many live rows existed.
+    ///
+    /// # Errors
+    /// Bad key; [`Error::Sqlx`].
+    pub async fn delete_many(&mut self, keys: &[&str]) -> Result<u64> {
+        for key in keys {
+            self.cache.check_write(key, 0)?;
+        }
+        let sql = self.cache.statements().await?;
+        let n = sqlx::query_scalar::<_, i64>(&sql.delete_many)
+            .bind(keys)
+            .fetch_one(&mut *self.exec)
+            .await
+            .map_err(Error::Sqlx)?;
+        self.pending.keys.extend(keys.iter().map(|k| (*k).to_owned()));
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Deletes every entry carrying any of `tags` in the sqlx transaction; returns how many live rows
+    /// existed.
+    ///
+    /// # Errors
+    /// Bad tag; [`Error::Sqlx`].
+    pub async fn delete_tags(&mut self, tags: &[&str]) -> Result<u64> {
+        validate::tags(tags)?;
+        let sql = self.cache.statements().await?;
+        let n = sqlx::query_scalar::<_, i64>(&sql.delete_tags)
+            .bind(tags)
+            .fetch_one(&mut *self.exec)
+            .await
+            .map_err(Error::Sqlx)?;
+        self.pending.flush |= n > 0;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
 fn count(row: std::result::Result<tokio_postgres::Row, tokio_postgres::Error>) -> Result<u64> {
     let n: i64 = row.and_then(|row| row.try_get(0)).map_err(Error::from_pg)?;
     Ok(u64::try_from(n).unwrap_or(0))

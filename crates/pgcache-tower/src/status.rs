@@ -84,6 +84,26 @@ impl CacheStatusMember {
         self.hit
     }
 
+    /// The `cache.outcome` label of the `pgcache.http.responses` metric: `hit`, `stale` (a stale
+    /// response served), `collapsed`, or the forward reason (`uri-miss`, `vary-miss`, `bypass`, ...).
+    pub(crate) fn outcome(&self) -> &'static str {
+        let stale_served = matches!(self.detail.as_deref(), Some("stale-while-revalidate" | "stale-if-error"));
+        match self.fwd.as_deref() {
+            _ if stale_served => "stale",
+            None if self.hit => "hit",
+            _ if self.collapsed => "collapsed",
+            Some("uri-miss") => "uri-miss",
+            Some("vary-miss") => "vary-miss",
+            Some("miss") => "miss",
+            Some("stale") => "stale-forward",
+            Some("bypass") => "bypass",
+            Some("method") => "method",
+            Some("request") => "request",
+            Some("partial") => "partial",
+            _ => "other",
+        }
+    }
+
     /// The member's text, `name; hit; ttl=5` style (the name is quoted unless it is a token).
     ///
     /// ```

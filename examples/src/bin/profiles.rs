@@ -10,10 +10,11 @@
 //! curl -si localhost:3000/profiles/1      # cache-status: pgcache-http; hit; ttl=59   age: 1
 //! curl -s -X PUT localhost:3000/profiles/1 -H 'content-type: application/json' -d '{"name":"Ava B."}'
 //! curl -s localhost:3000/healthz
+//! curl -s localhost:3000/metrics          # Prometheus text: pgcache_requests{...}, pgcache_invalidation_lag_bucket{...}
 //! ```
 //!
 //! Against your own database: `PGCACHE_DSN=postgresql://... cargo run -p pgcache-examples --bin profiles`.
-//! Routes: `GET/POST /profiles`, `GET/PUT/DELETE /profiles/{id}`, `GET /healthz`.
+//! Routes: `GET/POST /profiles`, `GET/PUT/DELETE /profiles/{id}`, `GET /healthz`, `GET /metrics`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -217,6 +218,8 @@ async fn main() -> Result<()> {
     pgcache_examples::init_tracing();
     let args = Args::parse();
     let settings = pgcache_examples::settings_from_env("profiles")?;
+    // Before the cache connects: it registers its metric handles when it is created.
+    let metrics = pgcache_examples::install_prometheus()?;
     let db = ProfileDb::connect(&settings.dsn).await?;
     let cache = pgcache_examples::connect_cache(settings).await?;
 
@@ -227,7 +230,8 @@ async fn main() -> Result<()> {
     // `pgcache-http` in Cache-Status to tell them from the value cache's `pgcache`.
     let http_layer = PgCacheLayer::new(cache_handle.clone()).default_ttl(HTTP_TTL).status_name("pgcache-http");
     let state = AppState { cache: cache_handle, http_cache: http_layer.http_cache(), db };
-    axum::serve(listener, app(state, http_layer)).with_graceful_shutdown(pgcache_examples::shutdown_signal()).await?;
+    let app = app(state, http_layer).route("/metrics", get(move || std::future::ready(metrics.render())));
+    axum::serve(listener, app).with_graceful_shutdown(pgcache_examples::shutdown_signal()).await?;
     cache.close().await;
     Ok(())
 }

@@ -63,6 +63,7 @@ pub(crate) fn finish<B: Body>(
 ) -> Response<PgBody<B>> {
     resp.headers_mut().remove(&cfg.targeted_field);
     status.append_to(&cfg.status_name, resp.headers_mut());
+    pgcache_core::telemetry::http_response(status.outcome());
     if strip_body {
         *resp.body_mut() = PgBody::empty();
     }
