@@ -125,3 +125,57 @@ async fn early_refresh_reloads_before_expiry_once_per_version_and_nobody_waits()
     }
     Ok(())
 }
+
+/// A background refresh writes only over the version it reloaded: a delete that lands while its loader
+/// runs wins, and the key does not come back with the refreshed value.
+#[tokio::test]
+async fn a_refresh_overtaken_by_a_delete_does_not_bring_the_key_back() -> anyhow::Result<()> {
+    let nodes = nodes("refresh_superseded").await?;
+    let key = "refreshed-then-deleted";
+    let sql = sql_client(&nodes[0].settings().dsn).await?;
+    let options = SetOptions::ttl(Duration::from_secs(60)).refresh_after(Duration::from_millis(1));
+    nodes[0].set_entry(key, bytes::Bytes::from_static(b"v0"), &options).await?;
+    // Let the 1 ms refresh period pass (a time condition, not an event to wait for): the next hit is due.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let loaded = nodes[0]
+        .get_or_load(key, move || async move {
+            let _ = started_tx.send(());
+            let _ = released.await;
+            Ok::<_, anyhow::Error>(Fill::new("v1", Ttl::After(Duration::from_secs(60))))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(&loaded.value[..], b"v0", "the due hit is answered at once with the current value");
+    tokio::time::timeout(Duration::from_secs(10), started).await??;
+
+    assert!(nodes[1].delete(key).await?, "the row existed when the delete ran");
+    let _ = release.send(());
+
+    // The refresh holds the key's advisory lock until its write attempt is over.
+    let lock_key = nodes[0].lock_key(key);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = sql.query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key]).await?;
+        if row.try_get::<_, bool>(0)? {
+            sql.execute("SELECT pg_advisory_unlock($1)", &[&lock_key]).await?;
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the refresh never released its lock");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let table = entries_table(nodes[0].settings());
+    let rows: i64 =
+        sql.query_one(&format!("SELECT count(*) FROM {table} WHERE key = $1"), &[&key]).await?.try_get(0)?;
+    assert_eq!(rows, 0, "the deleted key came back with the refreshed value");
+    // Every node evicts its copy on the delete's notification.
+    for node in &nodes {
+        while node.get_bytes(key).await?.is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "a node kept the deleted value");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}

@@ -294,7 +294,8 @@ impl Node {
     }
 
     /// Writes through `conn` and installs the value locally at `snapshot`; returns the new version.
-    /// `compute` is the loader's run time when a loader produced the value.
+    /// A refresh (`origin.replaces`) writes only over the version it refreshed, else
+    /// [`Error::Superseded`].
     async fn write(
         &self,
         conn: &Conn,
@@ -302,12 +303,18 @@ impl Node {
         value: &Bytes,
         options: &SetOptions,
         snapshot: Snapshot,
-        compute: Option<Duration>,
+        origin: Origin,
     ) -> Result<i64> {
         let ttl_ms = options.ttl.to_sql_millis(self.default_ttl);
-        let meta = WriteMeta::new(ttl_ms, options, compute);
-        let upsert = store::upsert(conn.client()?, &self.sql, key, value, ttl_ms, &options.tags, meta);
-        let version = conn.bounded(upsert).await?;
+        let meta = WriteMeta::new(ttl_ms, options, origin.compute);
+        let client = conn.client()?;
+        let version = match origin.replaces {
+            None => conn.bounded(store::upsert(client, &self.sql, key, value, ttl_ms, &options.tags, meta)).await?,
+            Some(seen) => {
+                let replace = store::replace(client, &self.sql, key, value, ttl_ms, &options.tags, meta, seen);
+                conn.bounded(replace).await?.ok_or_else(|| Error::Superseded { key: excerpt(key) })?
+            }
+        };
         let expiry = options.ttl.expiry(self.default_ttl);
         self.coherence.install(key, value.clone(), version, expiry, snapshot).await;
         self.plans.record(key, version, meta.compute(), options.refresh_after, expiry);
@@ -321,11 +328,21 @@ impl Node {
         value: &Bytes,
         options: &SetOptions,
         snapshot: Snapshot,
-        compute: Option<Duration>,
+        origin: Origin,
     ) -> Result<i64> {
         let conn = self.db.conn().await?;
-        self.write(&conn, key, value, options, snapshot, compute).await
+        self.write(&conn, key, value, options, snapshot, origin).await
     }
+}
+
+/// Where a written value comes from: a loader's run time, and for a background refresh the version it
+/// replaces.
+#[derive(Clone, Copy, Debug, Default)]
+struct Origin {
+    /// The loader's run time, when a loader produced the value (for early refresh).
+    compute: Option<Duration>,
+    /// The row version a refresh reloaded: the write happens only if the row is still at it.
+    replaces: Option<i64>,
 }
 
 /// The coherent local cache the settings ask for.
@@ -800,7 +817,7 @@ impl<C> PostgresCache<C> {
                 stale
             }
         };
-        let fill = tokio::spawn(Shared::fill(Arc::clone(&self.shared), key.to_owned(), loader, snapshot, guard));
+        let fill = tokio::spawn(Shared::fill(Arc::clone(&self.shared), key.to_owned(), loader, snapshot, guard, None));
         // A caller that goes away cancels its fill (the lock is released and a waiter takes over), except
         // past the soft timeout, where the fill goes on for the callers to come.
         let mut fill = CancelOnDrop(Some(fill));
@@ -903,6 +920,7 @@ impl Shared {
         loader: DynLoader,
         snapshot: Snapshot,
         guard: KeyLock,
+        replaces: Option<i64>,
     ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
         let Some(node) = shared.node.get() else {
             guard.release().await;
@@ -927,11 +945,11 @@ impl Shared {
                 return Err(LoadError::Loader(e));
             }
         };
-        let compute = Some(started.elapsed());
+        let origin = Origin { compute: Some(started.elapsed()), replaces };
         let written = match (shared.unstorable(&key, &fill), guard.conn()) {
             (Some(e), _) => Err(e),
-            (None, Some(conn)) => node.write(conn, &key, &fill.value, &fill.options, snapshot, compute).await,
-            (None, None) => node.write_pooled(&key, &fill.value, &fill.options, snapshot, compute).await,
+            (None, Some(conn)) => node.write(conn, &key, &fill.value, &fill.options, snapshot, origin).await,
+            (None, None) => node.write_pooled(&key, &fill.value, &fill.options, snapshot, origin).await,
         };
         if let Err(e) = &written {
             guard.failed(e).await;
@@ -941,7 +959,7 @@ impl Shared {
             Err(e) if e.is_unavailable() => {
                 // The lock session broke (e.g. terminated): try once through the pool.
                 tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; retrying through the pool");
-                node.write_pooled(&key, &fill.value, &fill.options, snapshot, compute).await
+                node.write_pooled(&key, &fill.value, &fill.options, snapshot, origin).await
             }
             written => written,
         };
@@ -990,7 +1008,8 @@ impl Shared {
                 return Ok(false);
             }
         }
-        Self::fill(Arc::clone(shared), key.to_owned(), loader, snapshot, guard).await.map(|_| true)
+        let loaded = Self::fill(Arc::clone(shared), key.to_owned(), loader, snapshot, guard, Some(seen)).await?;
+        Ok(loaded.store_error.is_none())
     }
 
     /// The answer of a caller that ran the loader, whether or not its value could be stored: once the
@@ -998,7 +1017,11 @@ impl Shared {
     fn loaded_by_loader(&self, fill: Fill<DynOutput>, written: Result<i64>) -> Loaded<DynOutput> {
         let expiry = fill.options.ttl.expiry(self.settings.default_ttl);
         let written = written.map_err(|e| {
-            tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; serving it uncached");
+            if matches!(e, Error::Superseded { .. }) {
+                tracing::debug!(target: "pgcache::cache", error = %e, "refresh superseded");
+            } else {
+                tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; serving it uncached");
+            }
             Some(e)
         });
         Loaded::by_loader(fill, written, expiry)
@@ -1076,7 +1099,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         validate::tags(&options.tags)?;
         let node = self.node().await?;
         let snapshot = node.coherence.snapshot(key);
-        node.write_pooled(key, &value, options, snapshot, None).await
+        node.write_pooled(key, &value, options, snapshot, Origin::default()).await
     }
 
     #[tracing::instrument(name = "pgcache.set_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "set_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]

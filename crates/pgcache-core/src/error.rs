@@ -172,6 +172,13 @@ pub enum Error {
         /// The configured `loader_hard_timeout`.
         after: Duration,
     },
+    /// A background refresh loaded a value, but the row had been rewritten or deleted while its loader
+    /// ran: the newer write wins and the refreshed value is dropped.
+    #[error("the refresh of key {key:?} was superseded by a newer write or delete; its value was not stored")]
+    Superseded {
+        /// The key (truncated to 128 chars).
+        key: String,
+    },
     /// The loader passed to `get_or_set` failed; nothing was cached.
     #[error("loader failed: {0}")]
     Loader(#[source] BoxError),

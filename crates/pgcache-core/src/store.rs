@@ -30,6 +30,7 @@ pub(crate) struct Statements {
     pub(crate) get_many: String,
     pub(crate) upsert: String,
     pub(crate) upsert_many: String,
+    pub(crate) replace: String,
     pub(crate) delete: String,
     pub(crate) delete_many: String,
     pub(crate) delete_tags: String,
@@ -56,6 +57,14 @@ impl Statements {
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
                  tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
                  refresh_at = EXCLUDED.refresh_at RETURNING version"
+            ),
+            // A background refresh writes only over the version it refreshed: a write or delete that
+            // landed while its loader ran wins (no deleted key comes back, no newer value is overwritten).
+            replace: format!(
+                "UPDATE {t} SET value = $2, expires_at = {expires}, tags = $4, \
+                 stale_until = now() + $5::bigint * interval '1 millisecond', compute_ms = $6, \
+                 refresh_at = now() + $7::bigint * interval '1 millisecond' \
+                 WHERE key = $1 AND version = $8 RETURNING version"
             ),
             upsert_many: format!(
                 "INSERT INTO {t} (key, value, expires_at) SELECT k, v, {expires} FROM unnest($1::text[], $2::bytea[]) AS u(k, v) \
@@ -191,6 +200,29 @@ pub(crate) async fn upsert(
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
         [&key, &value, &ttl_ms, &tags, &meta.stale_ms, &meta.compute_ms, &meta.refresh_ms];
     pg(pg(client.query_one(&stmt, &params).await)?.try_get(0))
+}
+
+/// Rewrite of one entry only if it is still at version `seen`; returns its new version, or `None`
+/// when the row was rewritten or deleted since.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn replace(
+    client: &Client,
+    sql: &Statements,
+    key: &str,
+    value: &[u8],
+    ttl_ms: Option<i64>,
+    tags: &[String],
+    meta: WriteMeta,
+    seen: i64,
+) -> Result<Option<i64>> {
+    let _timer = telemetry::statement("replace");
+    let stmt = pg(client.prepare_cached(&sql.replace).await)?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
+        [&key, &value, &ttl_ms, &tags, &meta.stale_ms, &meta.compute_ms, &meta.refresh_ms, &seen];
+    match pg(client.query_opt(&stmt, &params).await)? {
+        Some(row) => pg(row.try_get(0)).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Upsert of many entries in one statement (keys must be distinct).
