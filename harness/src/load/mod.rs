@@ -86,7 +86,8 @@ pub(crate) async fn run(args: &LoadArgs) -> anyhow::Result<Outcome> {
         .max_pool_size(usize::try_from(args.pool_size).unwrap_or(16))
         .min_pool_size(1)
         .application_name(format!("harness_{run_id}"))
-        .fail_open(!args.faults);
+        .fail_open(!args.faults)
+        .loader_soft_timeout(args.loader_soft_timeout);
     PostgresCache::init_db(&settings).await.context("init_db (is PostgreSQL running? see --dsn)")?;
     let result = run_with_table(args, &settings, &run_id).await;
     if !args.keep {
@@ -122,6 +123,12 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
             value_size: usize::try_from(args.value_size).unwrap_or(usize::MAX),
             mix: [args.reads, args.get_or_set, args.writes, args.deletes],
             ttl: args.ttl.0,
+            fill: worker::FillPlan {
+                stale_for: args.stale_for,
+                refresh_after: args.refresh_after,
+                early_refresh: args.early_refresh,
+                failing_loaders: args.failing_loaders,
+            },
             ops_per_task,
             probe_interval: args.probe_interval,
             events,
@@ -237,6 +244,7 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
     let params = check::Params {
         bound: nanos(bound),
         ttl: args.ttl.0.map(nanos),
+        stale: args.stale_for.map(nanos),
         prefill: args.prefill,
         slack: 20_000_000,
         origin: start,
@@ -266,6 +274,9 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         "ttl_s": args.ttl.0.map(|d| d.as_secs_f64()), "local_ttl_s": args.local_ttl.as_secs_f64(),
         "staleness_bound_s": bound.as_secs_f64(), "pool_size": args.pool_size,
         "disable_notify": args.disable_notify, "no_local": args.no_local, "unlogged": args.db.unlogged,
+        "stale_for_s": args.stale_for.map(|d| d.as_secs_f64()), "refresh_after_s": args.refresh_after.map(|d| d.as_secs_f64()),
+        "early_refresh": args.early_refresh, "failing_loaders_pct": args.failing_loaders,
+        "loader_soft_timeout_s": args.loader_soft_timeout.map(|d| d.as_secs_f64()),
         "prefill": args.prefill, "check_budget": args.check_budget, "faults": injected, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
     });
     let (mut report, histograms) = analysis.finish(config, wall, checked);
@@ -339,6 +350,7 @@ impl Analysis {
                     Via::Shared => "l2_hit",
                     Via::Collapsed => "collapsed",
                     Via::Loaded => "miss_load",
+                    Via::Stale => "stale",
                 };
                 record(Op::GetOrSet, path, start, end);
             }
@@ -349,6 +361,7 @@ impl Analysis {
                 self.probe_writes.insert(seq, end);
             }
             Event::ProbeSeen { process, seq, at } => self.seen.push((process, seq, at)),
+            Event::LoaderRun { .. } => {}
         }
     }
 
@@ -431,13 +444,15 @@ fn print_report(r: &LoadReport, out: &Path) {
         row("invalidation delay", &inv.delay);
     }
     println!(
-        "probe writes: {}, sightings: {}, unseen: {}   loader runs: {} on {} keys, duplicate loads: {}   errors: {:?}",
+        "probe writes: {}, sightings: {}, unseen: {}   loader runs: {} on {} keys, duplicate loads: {}, background loads: {}, stale answers: {}   errors: {:?}",
         inv.probe_writes,
         inv.samples,
         inv.unseen,
         r.check.loader_runs,
         r.check.keys_loaded,
         r.check.duplicate_loads,
+        r.check.background_loads,
+        r.check.stale_answers,
         r.errors
     );
     println!(

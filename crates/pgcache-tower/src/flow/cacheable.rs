@@ -433,7 +433,7 @@ where
     async fn refresh(mut self, key: String, old: Box<Stored>) -> Result<Fill<Refreshed<RB, S::Error>>, Resp<RB>> {
         let resp = call(&mut self.inner, self.ctx.request(Mode::Revalidate(&old))).await;
         let short = |value| {
-            let options = SetOptions { ttl: Ttl::After(REFRESH_RESULT_TTL), tags: self.ctx.keys.base_tags() };
+            let options = SetOptions::ttl(Ttl::After(REFRESH_RESULT_TTL)).tags(self.ctx.keys.base_tags());
             (value, options)
         };
         let error_marker = |output| {
