@@ -109,6 +109,42 @@ async fn crud_on_one_instance_is_seen_on_the_other() -> Result<()> {
     db.drop_now().await
 }
 
+/// Invalidation by the application's own rows: the profile value is tagged by its row, the row is changed
+/// by hand (plain SQL on another connection, as with `psql`), and both instances serve the new row.
+#[tokio::test]
+async fn a_row_changed_by_hand_is_served_fresh_on_every_instance() -> Result<()> {
+    let db = fresh_database("profiles_rows").await?;
+    let a = Example::start(BIN, &db.dsn, &[]).await?;
+    let b = Example::start(BIN, &db.dsn, &[]).await?;
+    let client = reqwest::Client::new();
+    let urls = [format!("{}/profiles/1/value", a.url), format!("{}/profiles/1/value", b.url)];
+    for url in &urls {
+        // Twice: the second answer comes from the cache.
+        assert_eq!(get(&client, url).await?.2["name"], "Ava");
+        let (_, cache_status, body) = get(&client, url).await?;
+        assert!(cache_status.starts_with("pgcache; hit"), "{cache_status}");
+        assert_eq!(body["name"], "Ava");
+    }
+
+    let psql = pgcache_tests::sql_client(&db.dsn).await?;
+    psql.batch_execute("UPDATE profiles SET name = 'Ava (psql)' WHERE id = 1").await?;
+    for url in &urls {
+        let took = pgcache_tests::eventually(Duration::from_secs(5), || async {
+            get(&client, url).await.is_ok_and(|(_, _, p)| p["name"] == "Ava (psql)")
+        })
+        .await?;
+        eprintln!("{url} served the row changed by hand {took:?} after the UPDATE");
+        let (_, cache_status, body) = get(&client, url).await?;
+        assert_eq!(body["name"], "Ava (psql)", "{cache_status}");
+    }
+
+    for example in [a, b] {
+        let (status, _) = example.terminate().await?;
+        assert!(status.success(), "{status:?}");
+    }
+    db.drop_now().await
+}
+
 /// The integer value of the Prometheus sample line starting with `series` (0 when absent).
 fn sample(metrics: &str, series: &str) -> u64 {
     metrics

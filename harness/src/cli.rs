@@ -84,6 +84,23 @@ pub(crate) struct LoadArgs {
     /// TTL of every write and fill (e.g. 5s); `never` for none.
     #[arg(long, default_value = "5s", value_parser = parse_ttl)]
     pub(crate) ttl: TtlArg,
+    /// Fail-safe window of every `get_or_set` fill (`SetOptions::stale_for`): past its TTL, a failing or
+    /// slow loader is answered with the stale value (checked: never past the window, never before expiry).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) stale_for: Option<Duration>,
+    /// Deterministic early refresh of every fill (`SetOptions::refresh_after`): hits start one background
+    /// refresh per key across the cluster (checked: loader runs of a key never overlap).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) refresh_after: Option<Duration>,
+    /// Probabilistic early refresh (XFetch) of every fill (`SetOptions::early_refresh`).
+    #[arg(long)]
+    pub(crate) early_refresh: bool,
+    /// Percentage of loader runs that fail (exercises the fail-safe path with --stale-for).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub(crate) failing_loaders: u32,
+    /// `loader_soft_timeout` of every process (fail-safe answers while a slow loader goes on).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) loader_soft_timeout: Option<Duration>,
     /// Local (L1) TTL of each process's cache.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) local_ttl: Duration,
@@ -117,6 +134,18 @@ pub(crate) struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Inject faults during the run: listener kills and idle pool-backend kills (`pg_terminate_backend`)
+    /// every --fault-interval, and one server restart (third round) through --restart-cmd. Reads then
+    /// fail closed, so an outage is an error, not a miss the checker would count.
+    #[arg(long)]
+    pub(crate) faults: bool,
+    /// Time between two faults.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) fault_interval: Duration,
+    /// Shell command restarting the server for --faults (`scripts/with-postgres` exports one as
+    /// PGCACHE_PG_RESTART); without one, no restart is injected.
+    #[arg(long)]
+    pub(crate) restart_cmd: Option<String>,
     /// Events the checker holds in memory at once; above it, it checks a range of keys at a time (for tests).
     #[arg(long, default_value_t = 4_000_000, hide = true)]
     pub(crate) check_budget: u64,

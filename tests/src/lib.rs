@@ -14,6 +14,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+pub mod workers;
 use pgcache_core::{CacheSettings, CacheStore, Fill, PostgresCache, Source};
 
 /// The DSN of the shared test server (starting a private cluster for this process if needed).

@@ -9,95 +9,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use pgcache_core::prelude::*;
 use pgcache_core::CacheSettings;
-use pgcache_tests::{advisory_lock_holder, connect, eventually, node, settings_for, sql_client, Parked};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use pgcache_tests::workers::{loads, prepare_loads, Workers};
+use pgcache_tests::{advisory_lock_holder, connect, eventually, node, settings_for, Parked};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 const LOADER_MS: u64 = 200;
 
-/// Creates the schema and the `{prefix}loads` counter table.
-async fn prepare(settings: &CacheSettings) -> anyhow::Result<tokio_postgres::Client> {
-    PostgresCache::init_db(settings).await?;
-    let sql = sql_client(&settings.dsn).await?;
-    sql.batch_execute(&format!(
-        "CREATE TABLE \"{}loads\" (key text NOT NULL, pid bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())",
-        settings.schema_prefix
-    ))
-    .await?;
-    Ok(sql)
-}
-
-/// Starts `processes` workers, releases them together once all are connected, and returns every
-/// `(key, value)` line they printed.
+/// Starts `processes` workers with a 200 ms loader (see [`Workers::run`]).
 async fn run_workers(
     settings: &CacheSettings,
     processes: usize,
     keys: usize,
     tasks_per_key: usize,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let mut children = Vec::new();
-    for _ in 0..processes {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dogpile_worker"))
-            .args([
-                settings.dsn.as_str(),
-                &settings.schema_prefix,
-                &settings.notify_channel,
-                &keys.to_string(),
-                &tasks_per_key.to_string(),
-                &LOADER_MS.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        children.push((child, stdout));
-    }
-    // Barrier: every process connected before any starts calling.
-    for (_, stdout) in &mut children {
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await??;
-        if line.trim() != "ready" {
-            bail!("worker did not get ready: {line:?}");
-        }
-    }
-    for (child, _) in &mut children {
-        child.stdin.as_mut().context("stdin")?.write_all(b"go\n").await?;
-    }
-    let started = Instant::now();
-    let mut lines = Vec::new();
-    for (mut child, mut stdout) in children {
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(60), stdout.read_to_string(&mut out)).await??;
-        let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
-        let mut err = String::new();
-        if let Some(mut stderr) = child.stderr.take() {
-            stderr.read_to_string(&mut err).await?;
-        }
-        if !status.success() {
-            bail!("worker failed ({status}):\n{out}\n{err}");
-        }
-        for line in out.lines() {
-            let (key, value) = line.split_once('\t').with_context(|| format!("bad line {line:?}"))?;
-            lines.push((key.to_owned(), value.to_owned()));
-        }
-    }
-    eprintln!(
-        "{processes} processes x {keys} keys x {tasks_per_key} tasks: all answered {:?} after the start",
-        started.elapsed()
-    );
-    Ok(lines)
+    let exe = env!("CARGO_BIN_EXE_dogpile_worker");
+    Workers { exe, processes, keys, tasks_per_key, loader_ms: LOADER_MS, env: Vec::new() }.run(settings).await
 }
 
-/// Loader runs per key, from the counter table.
-async fn loads(sql: &tokio_postgres::Client, settings: &CacheSettings) -> anyhow::Result<HashMap<String, i64>> {
-    let rows =
-        sql.query(&format!("SELECT key, count(*) FROM \"{}loads\" GROUP BY key", settings.schema_prefix), &[]).await?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+async fn prepare(settings: &CacheSettings) -> anyhow::Result<tokio_postgres::Client> {
+    prepare_loads(settings).await
 }
 
 /// Every caller of a key got the same value, and it is the one stored.

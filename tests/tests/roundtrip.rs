@@ -160,7 +160,7 @@ async fn far_future_ttls_are_clamped_to_2_pow_31_seconds() -> anyhow::Result<()>
     let cache = connect(&settings_for("rt_far_ttl")).await?;
     let limit = Duration::from_secs(1 << 31);
     let near = |left: Option<Duration>| left.is_some_and(|d| d <= limit && d > limit - Duration::from_secs(60));
-    let options = SetOptions { ttl: Ttl::After(Duration::MAX), tags: vec!["far".into()] };
+    let options = SetOptions::ttl(Ttl::After(Duration::MAX)).tags(["far"]);
     cache.set_entry("far", Bytes::from_static(b"v"), &options).await?;
     let entry = cache.get_entry("far").await?.expect("stored");
     assert_eq!(entry.value, Bytes::from_static(b"v"));

@@ -19,13 +19,14 @@ use crate::cache_store::{
 use crate::codec::{Codec, JsonCodec};
 use crate::coherence::{Coherence, Lease, Snapshot};
 use crate::conn::{Conn, Db};
-use crate::error::{Error, Result};
+use crate::error::{excerpt, Error, Result};
 use crate::flight::Flights;
 use crate::local::LocalCache;
-use crate::lock::AdvisoryLock;
+use crate::lock::{KeyLock, LockSession};
 use crate::lock_key::lock_key;
+use crate::refresh::Plans;
 use crate::settings::CacheSettings;
-use crate::store::{self, Statements};
+use crate::store::{self, LoadRow, Statements, WriteMeta};
 use crate::telemetry::{LockWait, Op, Outcome, Telemetry};
 use crate::transaction::CacheTx;
 use crate::ttl::{Expiry, Ttl};
@@ -34,6 +35,9 @@ use crate::{listener, row_triggers, schema, sweeper, telemetry, validate};
 
 /// How long a lazily connected cache waits after a failed connection attempt before the next one.
 const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
+/// First and longest pause of a `get_or_load` caller waiting for another caller's fill (woken early by
+/// the listener when the key is written).
+const FILL_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(50));
 
 /// A PostgreSQL-backed cache: cheap to clone (an `Arc` inside), `Send + Sync`.
 ///
@@ -95,6 +99,10 @@ struct Node {
     sql: Arc<Statements>,
     coherence: Arc<Coherence>,
     flights: Flights,
+    /// The connection multiplexing `get_or_load`'s advisory locks (and the writes made under them).
+    locks: Arc<LockSession>,
+    /// What each entry asked for in early refresh.
+    plans: Plans,
     default_ttl: Duration,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -112,6 +120,31 @@ impl Shared {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Why a loaded fill cannot be stored (bad tags, a value over `max_value_bytes`), if it cannot.
+    fn unstorable<T>(&self, key: &str, fill: &Fill<T>) -> Option<Error> {
+        validate::tags(&fill.options.tags)
+            .and_then(|()| validate::value(key, fill.value.len(), self.settings.max_value_bytes))
+            .err()
+    }
+
+    /// Turns a read error into `fallback` when failing open and the database is out of reach.
+    fn read_failed<T>(&self, err: Error, fallback: T) -> Result<T> {
+        if self.fails_open(&err) {
+            Ok(fallback)
+        } else {
+            Err(err)
+        }
+    }
+
+    /// Whether a read that failed with `err` fails open (logged when it does).
+    fn fails_open(&self, err: &Error) -> bool {
+        let open = self.settings.fail_open && err.is_unavailable();
+        if open {
+            tracing::warn!(target: "pgcache::cache", error = %err, "shared cache unavailable; treating as a miss");
+        }
+        open
     }
 
     /// Records a failed lazy connection attempt.
@@ -153,6 +186,8 @@ impl Node {
         let node = Self {
             sql: Arc::new(Statements::new(&settings.schema_prefix)),
             flights: Flights::default(),
+            locks: Arc::new(LockSession::new(settings)?),
+            plans: Plans::new(usize::try_from(settings.local_max_entries).unwrap_or(usize::MAX).clamp(1024, 1 << 20)),
             default_ttl: settings.default_ttl,
             tasks: Mutex::new(Vec::new()),
             db,
@@ -218,6 +253,7 @@ impl Node {
             let _ = task.await;
         }
         self.coherence.evict_all();
+        self.locks.close();
         self.db.close();
     }
 
@@ -232,7 +268,33 @@ impl Node {
         Ok(row)
     }
 
+    /// Reads the row `get_or_load` may use (live, or within its stale window), installing a live one
+    /// locally. On a pooled connection when one is free at once, else on the lock session (pipelined):
+    /// a burst of misses never queues for the pool, so unrelated traffic keeps it.
+    async fn read_for_load(&self, key: &str, snapshot: Snapshot) -> Result<Option<LoadRow>> {
+        let conn = match self.db.conn_if_free().await {
+            Ok(conn) => Arc::new(conn),
+            Err(e) if e.is_pool_busy() => self.locks.conn().await?,
+            Err(e) => return Err(e),
+        };
+        let row = conn.bounded(store::get_for_load(conn.client()?, &self.sql, key)).await?;
+        if let Some(row) = &row {
+            self.found_for_load(key, row, snapshot).await;
+        }
+        Ok(row)
+    }
+
+    /// A row read for `get_or_load`: a live one is installed locally and its refresh plan recorded.
+    async fn found_for_load(&self, key: &str, row: &LoadRow, snapshot: Snapshot) {
+        if row.fresh {
+            let entry = &row.entry;
+            self.coherence.install(key, entry.value.clone(), entry.version, entry.expiry, snapshot).await;
+            self.plans.record(key, entry.version, row.compute, row.refresh_in, entry.expiry);
+        }
+    }
+
     /// Writes through `conn` and installs the value locally at `snapshot`; returns the new version.
+    /// `compute` is the loader's run time when a loader produced the value.
     async fn write(
         &self,
         conn: &Conn,
@@ -240,18 +302,29 @@ impl Node {
         value: &Bytes,
         options: &SetOptions,
         snapshot: Snapshot,
+        compute: Option<Duration>,
     ) -> Result<i64> {
         let ttl_ms = options.ttl.to_sql_millis(self.default_ttl);
-        let version = conn.bounded(store::upsert(conn.client()?, &self.sql, key, value, ttl_ms, &options.tags)).await?;
+        let meta = WriteMeta::new(ttl_ms, options, compute);
+        let upsert = store::upsert(conn.client()?, &self.sql, key, value, ttl_ms, &options.tags, meta);
+        let version = conn.bounded(upsert).await?;
         let expiry = options.ttl.expiry(self.default_ttl);
         self.coherence.install(key, value.clone(), version, expiry, snapshot).await;
+        self.plans.record(key, version, meta.compute(), options.refresh_after, expiry);
         Ok(version)
     }
 
     /// [`write`](Self::write) on a pooled connection.
-    async fn write_pooled(&self, key: &str, value: &Bytes, options: &SetOptions, snapshot: Snapshot) -> Result<i64> {
+    async fn write_pooled(
+        &self,
+        key: &str,
+        value: &Bytes,
+        options: &SetOptions,
+        snapshot: Snapshot,
+        compute: Option<Duration>,
+    ) -> Result<i64> {
         let conn = self.db.conn().await?;
-        self.write(&conn, key, value, options, snapshot).await
+        self.write(&conn, key, value, options, snapshot, compute).await
     }
 }
 
@@ -543,13 +616,6 @@ impl<C> PostgresCache<C> {
         validate::key(key, self.shared.settings.max_key_bytes)
     }
 
-    /// Why a loaded fill cannot be stored (bad tags, a value over `max_value_bytes`), if it cannot.
-    fn unstorable<T>(&self, key: &str, fill: &Fill<T>) -> Option<Error> {
-        validate::tags(&fill.options.tags)
-            .and_then(|()| validate::value(key, fill.value.len(), self.shared.settings.max_value_bytes))
-            .err()
-    }
-
     /// The connected instance, connecting first after `connect_lazy`.
     async fn node(&self) -> Result<&Node> {
         self.check_open()?;
@@ -585,7 +651,7 @@ impl<C> PostgresCache<C> {
         };
         match read {
             Err(e) => {
-                let answer = self.read_failed(e, None);
+                let answer = self.shared.read_failed(e, None);
                 self.shared.telemetry.get_failed(&answer);
                 answer
             }
@@ -596,38 +662,28 @@ impl<C> PostgresCache<C> {
         }
     }
 
-    /// Turns a read error into `fallback` when failing open and the database is out of reach.
-    fn read_failed<T>(&self, err: Error, fallback: T) -> Result<T> {
-        if self.fails_open(&err) {
-            Ok(fallback)
-        } else {
-            Err(err)
-        }
-    }
-
-    /// Whether a read that failed with `err` fails open (logged when it does).
-    fn fails_open(&self, err: &Error) -> bool {
-        let open = self.shared.settings.fail_open && err.is_unavailable();
-        if open {
-            tracing::warn!(target: "pgcache::cache", error = %err, "shared cache unavailable; treating as a miss");
-        }
-        open
-    }
-
     // ---- get_or_load: the in-process half, then the cross-process half ----
 
-    /// One caller per key per process runs the cross-process path; the others wait for its answer.
+    /// One caller per key per process runs the cross-process path; the others wait for its answer, up to
+    /// `lock_wait_timeout`. A hit whose entry is due for an early refresh starts one in the background.
     async fn load(&self, key: &str, loader: DynLoader) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
         self.check_key(key)?;
         let node = match self.node().await {
             Ok(node) => node,
-            Err(e) if self.fails_open(&e) => return self.load_uncached(key, loader, e).await,
+            Err(e) if self.shared.fails_open(&e) => return self.load_uncached(key, loader, e).await,
             Err(e) => return Err(e.into()),
         };
         if let Some(hit) = node.coherence.hit_entry(key).await {
+            if node.plans.due(key, hit.version) {
+                Shared::refresh_in_background(&self.shared, key, loader, hit.version);
+            }
             return Ok(Loaded::found(hit, Source::Local));
         }
-        let mut flight = node.flights.join(key).await;
+        let wait = self.shared.settings.lock_wait_timeout;
+        let Ok(mut flight) = tokio::time::timeout(wait, node.flights.join(key)).await else {
+            // This process's leader for the key is still at it.
+            return self.waited_out(node, key).await;
+        };
         if flight.waited {
             if let Some(entry) = flight.landed(&node.coherence.epochs) {
                 return Ok(Loaded::found(entry, Source::Collapsed));
@@ -637,120 +693,149 @@ impl<C> PostgresCache<C> {
             }
         }
         let snapshot = node.coherence.snapshot(key);
-        let loaded = match node.read_shared(key).await {
-            Ok(Some(row)) => Loaded::found(row, if flight.waited { Source::Collapsed } else { Source::Shared }),
-            Ok(None) => self.fill_across_processes(node, key, loader, snapshot).await?,
-            Err(e) if self.fails_open(&e) => self.load_uncached(key, loader, e).await?,
+        let loaded = match node.read_for_load(key, snapshot).await {
+            Ok(Some(row)) if row.fresh => {
+                if node.plans.due(key, row.entry.version) {
+                    Shared::refresh_in_background(&self.shared, key, loader, row.entry.version);
+                }
+                Loaded::found(row.entry, if flight.waited { Source::Collapsed } else { Source::Shared })
+            }
+            Ok(row) => self.fill_across_processes(node, key, loader, snapshot, row.map(|r| r.entry)).await?,
+            Err(e) if self.shared.fails_open(&e) => self.load_uncached(key, loader, e).await?,
             Err(e) => return Err(e.into()),
         };
-        flight.land(loaded.entry(), snapshot);
+        if loaded.source != Source::Stale {
+            flight.land(loaded.entry(), snapshot);
+        }
         Ok(loaded)
     }
 
-    /// Takes the key's advisory lock (re-check, load, write, unlock) or waits for the holder's fill: woken
-    /// by the listener when another process writes the key, polling with back-off as the fallback, up to
-    /// `lock_wait_timeout`, after which it loads without the lock rather than hang.
+    /// Takes the key's advisory lock on the lock session (re-check, load, write, unlock) or waits for the
+    /// holder's fill: woken by the listener when another process writes the key, polling the lock with
+    /// back-off, up to `lock_wait_timeout`. It never loads while another caller holds the lock: past the
+    /// wait it answers with the stale value (`stale`, from the entry's fail-safe window) or
+    /// [`Error::LockTimeout`]. With a stale value it does not wait at all: the holder is refreshing it.
     async fn fill_across_processes(
         &self,
         node: &Node,
         key: &str,
         loader: DynLoader,
         snapshot: Snapshot,
+        stale: Option<Entry>,
     ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
         let settings = &self.shared.settings;
         let lock = self.lock_key(key);
         let written = settings.listener_enabled().then(|| node.coherence.fills.subscribe(key));
         let waiting = Instant::now();
         let deadline = waiting + settings.lock_wait_timeout;
-        let mut backoff = Duration::from_millis(2);
+        let mut backoff = FILL_POLL.0;
         let waited = |how| self.shared.telemetry.lock_waited(waiting, how);
         loop {
-            match AdvisoryLock::try_acquire(&node.db, lock).await {
+            match node.locks.try_lock(lock).await {
                 Ok(Some(guard)) => {
-                    waited(LockWait::Acquired);
-                    return self.fill_under_lock(node, key, loader, snapshot, guard).await;
-                }
-                Ok(None) => {}
-                // Every pooled connection is busy (e.g. other fills holding locks): keep waiting.
-                Err(e) if e.is_pool_busy() => {}
-                Err(e) => {
-                    waited(LockWait::Failed);
-                    self.read_failed(e, ())?;
-                    break;
-                }
-            }
-            match &written {
-                Some(written) => written.written_or(backoff).await,
-                None => tokio::time::sleep(backoff).await,
-            }
-            backoff = (backoff * 2).min(Duration::from_millis(50));
-            match node.read_shared(key).await {
-                Ok(Some(row)) => {
-                    waited(LockWait::Filled);
-                    return Ok(Loaded::found(row, Source::Collapsed));
+                    return self.fill_under_lock(node, key, loader, snapshot, (guard, waiting), stale).await;
                 }
                 Ok(None) => {}
                 Err(e) => {
                     waited(LockWait::Failed);
-                    self.read_failed(e, ())?;
-                    break;
+                    if self.shared.fails_open(&e) {
+                        return self.load_uncached(key, loader, e).await;
+                    }
+                    return Err(e.into());
                 }
             }
-            if Instant::now() >= deadline {
+            if let Some(stale) = stale {
+                return Ok(Loaded::found(stale, Source::Stale));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 waited(LockWait::TimedOut);
-                tracing::warn!(target: "pgcache::cache", key, waited = ?settings.lock_wait_timeout, "lock wait timed out; loading without the lock");
-                break;
+                tracing::warn!(target: "pgcache::cache", key, waited = ?settings.lock_wait_timeout, "gave up waiting for another caller's fill");
+                return Err(LoadError::Cache(Error::LockTimeout {
+                    key: excerpt(key),
+                    waited: settings.lock_wait_timeout,
+                }));
             }
+            let pause = backoff.min(left);
+            match &written {
+                Some(written) => written.written_or(pause).await,
+                None => tokio::time::sleep(pause).await,
+            }
+            backoff = (backoff * 2).min(FILL_POLL.1);
         }
-        // No lock (timed out, or the database is out of reach): load anyway and try to store.
-        let fill = self.shared.telemetry.load(loader.run()).await.map_err(LoadError::Loader)?;
-        let written = match self.unstorable(key, &fill) {
-            Some(e) => Err(e),
-            None => node.write_pooled(key, &fill.value, &fill.options, snapshot).await,
-        };
-        Ok(self.loaded_by_loader(fill, written))
     }
 
-    /// Holding the lock: re-check the table, run the loader, write on the lock's connection, unlock.
+    /// Holding the lock (`guard`, taken after waiting since `waiting`): re-check the table on the lock
+    /// session, then run the fill in a task of its own
+    /// (so it completes, and unlocks, whatever happens to this caller). The caller waits for it, or, when
+    /// the entry has a stale value, at most `loader_soft_timeout`, and gets the stale value when the loader
+    /// fails or overruns.
     async fn fill_under_lock(
         &self,
         node: &Node,
         key: &str,
         loader: DynLoader,
         snapshot: Snapshot,
-        guard: AdvisoryLock,
+        (guard, waiting): (KeyLock, Instant),
+        stale: Option<Entry>,
     ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
-        // Another process may have filled the key between our read and our lock.
-        if let Some(conn) = guard.conn() {
-            let recheck = async { conn.bounded(store::get(conn.client()?, &node.sql, key)).await }.await;
-            if let Ok(Some(row)) = recheck {
+        // Another caller may have filled the key between our read and our lock.
+        let recheck = match guard.conn() {
+            Some(conn) => async { conn.bounded(store::get_for_load(conn.client()?, &node.sql, key)).await }.await,
+            None => Ok(None),
+        };
+        let stale = match recheck {
+            Ok(Some(row)) if row.fresh => {
+                self.shared.telemetry.lock_waited(waiting, LockWait::Filled);
                 guard.release().await;
-                node.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
-                return Ok(Loaded::found(row, Source::Collapsed));
+                node.found_for_load(key, &row, snapshot).await;
+                return Ok(Loaded::found(row.entry, Source::Collapsed));
             }
-        }
-        let fill = match self.shared.telemetry.load(loader.run()).await {
-            Ok(fill) => fill,
+            Ok(row) => {
+                self.shared.telemetry.lock_waited(waiting, LockWait::Acquired);
+                row.map(|row| row.entry)
+            }
             Err(e) => {
-                guard.release().await;
-                return Err(LoadError::Loader(e));
+                guard.failed(&e).await;
+                stale
             }
         };
-        let written = match (self.unstorable(key, &fill), guard.conn()) {
-            (Some(e), _) => Err(e),
-            (None, Some(conn)) => node.write(conn, key, &fill.value, &fill.options, snapshot).await,
-            (None, None) => node.write_pooled(key, &fill.value, &fill.options, snapshot).await,
+        let fill = tokio::spawn(Shared::fill(Arc::clone(&self.shared), key.to_owned(), loader, snapshot, guard));
+        // A caller that goes away cancels its fill (the lock is released and a waiter takes over), except
+        // past the soft timeout, where the fill goes on for the callers to come.
+        let mut fill = CancelOnDrop(Some(fill));
+        let filled = match (&stale, self.shared.settings.loader_soft_timeout) {
+            (Some(fallback), Some(soft)) => match tokio::time::timeout(soft, fill.join()).await {
+                Ok(filled) => filled,
+                Err(_) => {
+                    tracing::debug!(target: "pgcache::cache", key, "loader past its soft timeout; serving the stale value");
+                    fill.detach();
+                    return Ok(Loaded::found(fallback.clone(), Source::Stale));
+                }
+            },
+            _ => fill.join().await,
         };
-        guard.release().await;
-        let written = match written {
-            Err(e) if e.is_unavailable() => {
-                // The lock's connection broke (e.g. terminated): try once through the pool.
-                tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; retrying through the pool");
-                node.write_pooled(key, &fill.value, &fill.options, snapshot).await
+        let filled =
+            filled.unwrap_or_else(|e| Err(LoadError::Cache(Error::Loader(format!("the loader panicked: {e}").into()))));
+        match (filled, stale) {
+            (Ok(loaded), _) => Ok(loaded),
+            (Err(e), Some(stale)) => {
+                tracing::warn!(target: "pgcache::cache", key, error = %LoadFailure(&e), "loader failed; serving the stale value");
+                Ok(Loaded::found(stale, Source::Stale))
             }
-            written => written,
-        };
-        Ok(self.loaded_by_loader(fill, written))
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// The local leader did not finish within `lock_wait_timeout`: a stale value if the entry has one,
+    /// else [`Error::LockTimeout`].
+    async fn waited_out(&self, node: &Node, key: &str) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
+        let waited = self.shared.settings.lock_wait_timeout;
+        if let Ok(Some(row)) = node.read_for_load(key, node.coherence.snapshot(key)).await {
+            return Ok(Loaded::found(row.entry, if row.fresh { Source::Collapsed } else { Source::Stale }));
+        }
+        tracing::warn!(target: "pgcache::cache", key, ?waited, "gave up waiting for this process's fill");
+        Err(LoadError::Cache(Error::LockTimeout { key: excerpt(key), waited }))
     }
 
     /// The database is out of reach (`cause`, failing open): the loader runs, nothing is stored.
@@ -761,14 +846,157 @@ impl<C> PostgresCache<C> {
         cause: Error,
     ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
         let fill = self.shared.telemetry.load(loader.run()).await.map_err(LoadError::Loader)?;
-        let why = self.unstorable(key, &fill).unwrap_or(cause);
-        Ok(self.loaded_by_loader(fill, Err(why)))
+        let why = self.shared.unstorable(key, &fill).unwrap_or(cause);
+        Ok(self.shared.loaded_by_loader(fill, Err(why)))
+    }
+}
+
+/// A spawned fill that is aborted if its caller's future is dropped before it finishes.
+struct CancelOnDrop<T>(Option<JoinHandle<T>>);
+
+impl<T> CancelOnDrop<T> {
+    /// Waits for the fill (a fill that panicked is reported as `Err`).
+    async fn join(&mut self) -> std::result::Result<T, tokio::task::JoinError> {
+        match self.0.as_mut() {
+            Some(task) => {
+                let done = task.await;
+                self.0 = None;
+                done
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Lets the fill go on without its caller.
+    fn detach(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<T> Drop for CancelOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A loader's failure, for the log (the loader's own error is type-erased here).
+struct LoadFailure<'a>(&'a LoadError<DynOutput>);
+
+impl std::fmt::Display for LoadFailure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            LoadError::Loader(_) => f.write_str("the loader returned an error"),
+            LoadError::Cache(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The parts of `get_or_load` that run in tasks of their own.
+impl Shared {
+    /// Runs the loader under `guard` (bounded by `loader_hard_timeout`), writes its value on the lock
+    /// session with the loader's run time, and unlocks.
+    async fn fill(
+        shared: Arc<Shared>,
+        key: String,
+        loader: DynLoader,
+        snapshot: Snapshot,
+        guard: KeyLock,
+    ) -> Result<Loaded<DynOutput>, LoadError<DynOutput>> {
+        let Some(node) = shared.node.get() else {
+            guard.release().await;
+            return Err(LoadError::Cache(Error::Closed));
+        };
+        let started = Instant::now();
+        let run = shared.telemetry.load(loader.run());
+        let ran = match shared.settings.loader_hard_timeout {
+            Some(after) => match tokio::time::timeout(after, run).await {
+                Ok(ran) => ran,
+                Err(_) => {
+                    guard.release().await;
+                    return Err(LoadError::Cache(Error::LoaderTimeout { key: excerpt(&key), after }));
+                }
+            },
+            None => run.await,
+        };
+        let fill = match ran {
+            Ok(fill) => fill,
+            Err(e) => {
+                guard.release().await;
+                return Err(LoadError::Loader(e));
+            }
+        };
+        let compute = Some(started.elapsed());
+        let written = match (shared.unstorable(&key, &fill), guard.conn()) {
+            (Some(e), _) => Err(e),
+            (None, Some(conn)) => node.write(conn, &key, &fill.value, &fill.options, snapshot, compute).await,
+            (None, None) => node.write_pooled(&key, &fill.value, &fill.options, snapshot, compute).await,
+        };
+        if let Err(e) = &written {
+            guard.failed(e).await;
+        }
+        guard.release().await;
+        let written = match written {
+            Err(e) if e.is_unavailable() => {
+                // The lock session broke (e.g. terminated): try once through the pool.
+                tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; retrying through the pool");
+                node.write_pooled(&key, &fill.value, &fill.options, snapshot, compute).await
+            }
+            written => written,
+        };
+        Ok(shared.loaded_by_loader(fill, written))
+    }
+
+    /// Starts one background refresh of `key` with `loader`: under a try-lock (another node or caller
+    /// refreshing means this one does nothing), and only if the row is still at `seen` (else someone
+    /// refreshed or rewrote it already: one refresh per version across the cluster).
+    fn refresh_in_background(shared: &Arc<Shared>, key: &str, loader: DynLoader, seen: i64) {
+        let (shared, key) = (Arc::clone(shared), key.to_owned());
+        tokio::spawn(async move {
+            let Some(node) = shared.node.get() else { return };
+            let refreshed = Self::refresh(&shared, node, &key, loader, seen).await;
+            node.plans.finished(&key);
+            match refreshed {
+                Ok(true) => tracing::debug!(target: "pgcache::cache", key, "refreshed early"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(target: "pgcache::cache", key, error = %LoadFailure(&e), "early refresh failed")
+                }
+            }
+        });
+    }
+
+    /// The background refresh itself; `Ok(false)` when another caller refreshes or refreshed.
+    async fn refresh(
+        shared: &Arc<Shared>,
+        node: &Node,
+        key: &str,
+        loader: DynLoader,
+        seen: i64,
+    ) -> Result<bool, LoadError<DynOutput>> {
+        let Some(guard) = node.locks.try_lock(lock_key(&shared.settings.schema_prefix, key)).await? else {
+            return Ok(false);
+        };
+        let snapshot = node.coherence.snapshot(key);
+        let current = match guard.conn() {
+            Some(conn) => conn.bounded(store::get_for_load(conn.client()?, &node.sql, key)).await,
+            None => Ok(None),
+        };
+        match current {
+            Ok(Some(row)) if row.entry.version == seen => {}
+            _ => {
+                guard.release().await;
+                return Ok(false);
+            }
+        }
+        Self::fill(Arc::clone(shared), key.to_owned(), loader, snapshot, guard).await.map(|_| true)
     }
 
     /// The answer of a caller that ran the loader, whether or not its value could be stored: once the
     /// loader has run its value is served, with the reason it was not stored.
     fn loaded_by_loader(&self, fill: Fill<DynOutput>, written: Result<i64>) -> Loaded<DynOutput> {
-        let expiry = fill.options.ttl.expiry(self.shared.settings.default_ttl);
+        let expiry = fill.options.ttl.expiry(self.settings.default_ttl);
         let written = written.map_err(|e| {
             tracing::warn!(target: "pgcache::cache", error = %e, "could not store the loaded value; serving it uncached");
             Some(e)
@@ -804,7 +1032,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         let telemetry = &self.shared.telemetry;
         let node = match self.node().await {
             Ok(node) => node,
-            Err(e) => return telemetry.get_many_failed(self.read_failed(e, vec![None; keys.len()])),
+            Err(e) => return telemetry.get_many_failed(self.shared.read_failed(e, vec![None; keys.len()])),
         };
         let mut out = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
@@ -827,7 +1055,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         };
         let rows = match read.await {
             Ok(rows) => rows,
-            Err(e) => return telemetry.get_many_failed(self.read_failed(e, out)),
+            Err(e) => return telemetry.get_many_failed(self.shared.read_failed(e, out)),
         };
         let found: HashMap<String, Entry> = rows.into_iter().collect();
         telemetry.read(Op::GetMany, Outcome::L2Hit, found.len() as u64);
@@ -848,7 +1076,7 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         validate::tags(&options.tags)?;
         let node = self.node().await?;
         let snapshot = node.coherence.snapshot(key);
-        node.write_pooled(key, &value, options, snapshot).await
+        node.write_pooled(key, &value, options, snapshot, None).await
     }
 
     #[tracing::instrument(name = "pgcache.set_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "set_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]

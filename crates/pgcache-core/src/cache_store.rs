@@ -23,18 +23,95 @@ pub struct Entry {
 }
 
 /// Options for a write beyond the value itself.
+///
+/// ```
+/// use std::time::Duration;
+/// use pgcache_core::SetOptions;
+///
+/// // Lives 60 s; a failing or slow loader may be answered with it for 10 more minutes (fail-safe);
+/// // a hit after 45 s starts one background refresh across the cluster.
+/// let options = SetOptions::ttl(Duration::from_secs(60))
+///     .stale_for(Duration::from_secs(600))
+///     .refresh_after(Duration::from_secs(45));
+/// assert_eq!(options.stale_for, Some(Duration::from_secs(600)));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetOptions {
     /// How long the entry lives.
     pub ttl: Ttl,
     /// Tags for group invalidation with [`CacheStore::delete_tags`].
     pub tags: Vec<String>,
+    /// Fail-safe window: how long after it expires the entry is kept in the shared table as a fallback
+    /// that [`get_or_load`](CacheStore::get_or_load) serves when the loader fails or is slow (see
+    /// [`stale_for`](Self::stale_for)). `None` (the default): no fallback. Ignored with [`Ttl::Never`].
+    pub stale_for: Option<Duration>,
+    /// Deterministic refresh: a [`get_or_load`](CacheStore::get_or_load) hit at least this long after the
+    /// write starts one background refresh across the cluster (see [`refresh_after`](Self::refresh_after)).
+    pub refresh_after: Option<Duration>,
+    /// Probabilistic early refresh (XFetch) from the loader's measured run time (see
+    /// [`early_refresh`](Self::early_refresh)). Only fills made by a loader carry a run time.
+    pub early_refresh: bool,
 }
 
 impl SetOptions {
     /// Options with this TTL and no tags.
     pub fn ttl(ttl: impl Into<Ttl>) -> Self {
-        Self { ttl: ttl.into(), tags: Vec::new() }
+        Self { ttl: ttl.into(), ..Self::default() }
+    }
+
+    /// Keeps the entry for `window` after it expires as a fail-safe fallback. Plain reads still treat
+    /// it as expired; [`get_or_load`](CacheStore::get_or_load) serves it (as [`Source::Stale`]) when the
+    /// loader fails, overruns `loader_soft_timeout`, or another process holds the key's lock. Because the
+    /// window is stored in the shared table, a process that never saw the value serves it too. The
+    /// sweeper keeps the row until the window ends.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgcache_core::Fill;
+    ///
+    /// let mut fill = Fill::new("rates", Duration::from_secs(30));
+    /// fill.options = fill.options.stale_for(Duration::from_secs(3600));
+    /// assert_eq!(fill.options.stale_for, Some(Duration::from_secs(3600)));
+    /// ```
+    #[must_use]
+    pub fn stale_for(mut self, window: Duration) -> Self {
+        self.stale_for = Some(window);
+        self
+    }
+
+    /// Makes a [`get_or_load`](CacheStore::get_or_load) hit at least `after` past the write start one
+    /// background refresh (the caller's loader, under a try-lock: one refresher per key across the
+    /// cluster). The caller is answered at once with the current value.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgcache_core::SetOptions;
+    ///
+    /// let options = SetOptions::ttl(Duration::from_secs(60)).refresh_after(Duration::from_secs(50));
+    /// assert_eq!(options.refresh_after, Some(Duration::from_secs(50)));
+    /// ```
+    #[must_use]
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.refresh_after = Some(after);
+        self
+    }
+
+    /// Turns on probabilistic early expiration (XFetch, Vattani et al., VLDB 2015) for an entry a loader
+    /// fills: each [`get_or_load`](CacheStore::get_or_load) hit refreshes it in the background with
+    /// probability `exp(-remaining / compute)`, where `compute` is the loader's measured run time (stored
+    /// with the entry), so one caller refreshes shortly before expiry and nobody waits for the reload.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgcache_core::SetOptions;
+    ///
+    /// let options = SetOptions::ttl(Duration::from_secs(60)).early_refresh();
+    /// assert!(options.early_refresh);
+    /// ```
+    #[must_use]
+    pub fn early_refresh(mut self) -> Self {
+        self.early_refresh = true;
+        self
     }
 
     /// Adds tags.
@@ -97,6 +174,9 @@ pub enum Source {
     Collapsed,
     /// This caller ran the loader.
     Loaded,
+    /// An expired value within its fail-safe window ([`SetOptions::stale_for`]): the loader failed or
+    /// overran `loader_soft_timeout`, or another caller is refreshing it.
+    Stale,
 }
 
 /// The answer of [`CacheStore::get_or_load`].
@@ -430,13 +510,20 @@ pub trait CacheStore: Send + Sync + 'static {
     /// # Ok(()) }
     /// ```
     ///
+    /// Fail-safe and early refresh: an entry written with [`SetOptions::stale_for`] is answered stale
+    /// ([`Source::Stale`]) when the loader fails or is slow; one written with
+    /// [`SetOptions::refresh_after`] or [`SetOptions::early_refresh`] is refreshed in the background by one
+    /// hit (this `loader` then runs after this call has returned with the current value).
+    ///
     /// # Errors
-    /// [`LoadError::Loader`] with the loader's error; [`LoadError::Cache`] for a bad key or bad tags, or
-    /// database errors when configured to fail closed.
+    /// [`LoadError::Loader`] with the loader's error; [`LoadError::Cache`] for a bad key or bad tags,
+    /// [`Error::LockTimeout`] when another caller's fill did not finish within `lock_wait_timeout`,
+    /// [`Error::LoaderTimeout`] past `loader_hard_timeout`, or database errors when configured to fail
+    /// closed. With a fail-safe value at hand, the loader's failures and timeouts answer with it instead.
     ///
     /// # Cancel safety
-    /// Dropping the future releases the advisory lock (by closing its connection if need be); other
-    /// waiters then load or read the value.
+    /// Dropping the future cancels this caller's fill and releases the advisory lock; other waiters then
+    /// load or read the value. Past `loader_soft_timeout` (the caller was answered stale) the fill goes on.
     fn get_or_load<T, E, F, Fut>(
         &self,
         key: &str,

@@ -146,7 +146,7 @@ pub(crate) async fn open_one_shot(settings: &CacheSettings) -> Result<tokio_post
 }
 
 /// A deadpool pool with every timeout set (deadpool's default is to wait forever).
-fn build_pool(settings: &CacheSettings, name: &'static str, dsn: &str, max_size: usize) -> Result<Pool> {
+pub(crate) fn build_pool(settings: &CacheSettings, name: &'static str, dsn: &str, max_size: usize) -> Result<Pool> {
     let mut config = pg_config(settings, name, dsn)?;
     let tls = tls(settings, &mut config)?;
     let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
@@ -186,6 +186,15 @@ impl Db {
         Ok(Conn::new(object, self.statement_bound))
     }
 
+    /// A pooled connection if one is free right now, without queueing behind other callers
+    /// ([`Error::is_pool_busy`] otherwise).
+    pub(crate) async fn conn_if_free(&self) -> Result<Conn> {
+        let mut timeouts = self.pool.timeouts();
+        timeouts.wait = Some(Duration::ZERO);
+        let object = self.pool.timeout_get(&timeouts).await.map_err(Error::from_pool)?;
+        Ok(Conn::new(object, self.statement_bound))
+    }
+
     /// A pooled connection for advisory locks.
     pub(crate) async fn lock_conn(&self) -> Result<Conn> {
         let object = self.lock_pool.get().await.map_err(Error::from_pool)?;
@@ -221,7 +230,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(object: Object, bound: Duration) -> Self {
+    pub(crate) fn new(object: Object, bound: Duration) -> Self {
         Self { object: Some(object), bound, overran: AtomicBool::new(false) }
     }
 

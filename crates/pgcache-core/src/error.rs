@@ -154,6 +154,24 @@ pub enum Error {
         /// What is missing or different.
         what: String,
     },
+    /// A `get_or_set` caller waited `lock_wait_timeout` for another caller's fill of the key (which still
+    /// holds the key's lock) and gave up rather than run the loader a second time. The key has no
+    /// fail-safe value to serve instead.
+    #[error("waited {waited:?} for another caller to load key {key:?} (setting `lock_wait_timeout`); its loader is still running")]
+    LockTimeout {
+        /// The key (truncated to 128 chars).
+        key: String,
+        /// The configured `lock_wait_timeout`.
+        waited: Duration,
+    },
+    /// A loader overran `loader_hard_timeout`: it was dropped and nothing was stored.
+    #[error("the loader of key {key:?} did not finish within {after:?} (setting `loader_hard_timeout`)")]
+    LoaderTimeout {
+        /// The key (truncated to 128 chars).
+        key: String,
+        /// The configured `loader_hard_timeout`.
+        after: Duration,
+    },
     /// The loader passed to `get_or_set` failed; nothing was cached.
     #[error("loader failed: {0}")]
     Loader(#[source] BoxError),

@@ -15,6 +15,7 @@ mod local;
 mod lock;
 mod lock_key;
 mod null;
+mod refresh;
 mod row_triggers;
 mod schema;
 mod settings;

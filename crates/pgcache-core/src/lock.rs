@@ -1,9 +1,191 @@
-//! The advisory lock guard of `get_or_load`: a session lock held on a pooled connection and released on
-//! every path (unlock on the same connection, or close the connection).
+//! Advisory locks, released on every path.
+//!
+//! - [`LockSession`]: `get_or_load`'s locks. One connection per cache instance multiplexes the session
+//!   locks of every key being filled (tokio-postgres pipelines the statements), and the fill's re-check
+//!   and write go through it too. So a burst of cold keys never waits for, nor holds, a pooled
+//!   connection: the loader runs while the key's lock is held on the lock session, and unrelated traffic
+//!   keeps the whole pool.
+//! - [`AdvisoryLock`]: a session lock held on a pooled connection for a short batch of work (the sweeper).
 
-use crate::conn::{Conn, Db};
-use crate::error::Result;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use deadpool_postgres::Pool;
+
+use crate::conn::{build_pool, statement_bound, Conn, Db};
+use crate::error::{Error, Result};
+use crate::settings::CacheSettings;
 use crate::store;
+
+/// Connections the lock session's pool may hold: one in use, plus ones being retired after a failure
+/// (still referenced by holders finishing on them).
+const LOCK_SESSION_CONNECTIONS: usize = 3;
+
+/// The one connection of a cache instance on which `get_or_load` takes its keys' advisory locks.
+///
+/// Session locks are re-entrant within a session, so two callers of this process could otherwise both
+/// "get" a key's lock: the `held` set makes a key taken here look taken to the next local caller too.
+/// A key stays in the set until its unlock has completed. If the connection breaks, PostgreSQL frees
+/// every lock it held; the next call opens a new connection.
+pub(crate) struct LockSession {
+    pool: Pool,
+    bound: std::time::Duration,
+    current: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    held: Mutex<HashSet<i64>>,
+}
+
+impl LockSession {
+    /// The lock session of a cache instance (connects on first use): on `listen_dsn` when set, since
+    /// session locks need a direct connection, not one through a transaction pooler.
+    pub(crate) fn new(settings: &CacheSettings) -> Result<Self> {
+        let (name, dsn) = match &settings.listen_dsn {
+            Some(dsn) => ("listen_dsn", dsn.as_str()),
+            None => ("dsn", settings.dsn.as_str()),
+        };
+        Ok(Self {
+            pool: build_pool(settings, name, dsn, LOCK_SESSION_CONNECTIONS)?,
+            bound: statement_bound(settings),
+            current: tokio::sync::Mutex::new(None),
+            held: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Tries to take `key`'s lock; `None` when another session, or another caller of this process,
+    /// holds it.
+    pub(crate) async fn try_lock(self: &Arc<Self>, key: i64) -> Result<Option<KeyLock>> {
+        if !self.held_set().insert(key) {
+            return Ok(None);
+        }
+        let conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.held_set().remove(&key);
+                return Err(e);
+            }
+        };
+        // The guard exists before the statement is sent: if this future is dropped mid-statement, its Drop
+        // unlocks (a no-op when the lock was not taken) before the key leaves the held set.
+        let mut lock = KeyLock { session: Arc::clone(self), conn: Some(conn), key };
+        let acquired = match lock.conn.as_deref() {
+            Some(conn) => conn.bounded(store::try_advisory_lock(conn.client()?, key)).await,
+            None => Ok(false),
+        };
+        match acquired {
+            Ok(true) => Ok(Some(lock)),
+            Ok(false) => {
+                lock.conn = None;
+                self.held_set().remove(&key);
+                Ok(None)
+            }
+            Err(e) => {
+                if let Some(conn) = lock.conn.take() {
+                    self.retire(&conn, &e).await;
+                }
+                self.held_set().remove(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the connection (at `close`): every lock it still holds is freed.
+    pub(crate) fn close(&self) {
+        if let Ok(mut current) = self.current.try_lock() {
+            *current = None;
+        }
+        self.pool.close();
+    }
+
+    fn held_set(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current connection, opening one when there is none or it broke; for statements that need no
+    /// lock (a `get_or_load` read when every pooled connection is busy).
+    pub(crate) async fn conn(&self) -> Result<Arc<Conn>> {
+        let mut current = self.current.lock().await;
+        if let Some(conn) = current.as_ref() {
+            if conn.client().is_ok_and(|client| !client.is_closed()) {
+                return Ok(Arc::clone(conn));
+            }
+        }
+        *current = None;
+        let object = self.pool.get().await.map_err(Error::from_pool)?;
+        let conn = Arc::new(Conn::new(object, self.bound));
+        *current = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// Stops using `conn` after `err` when the error means the connection is gone or wedged (its locks
+    /// are then freed by PostgreSQL, or will be when the last holder lets go of it).
+    async fn retire(&self, conn: &Arc<Conn>, err: &Error) {
+        if !err.is_unavailable() {
+            return;
+        }
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *current = None;
+        }
+    }
+}
+
+/// A key's advisory lock held on the [`LockSession`]. Release it with [`release`](Self::release); if it is
+/// dropped instead, a task unlocks it (or, without a runtime, the key stays marked held locally until the
+/// connection is gone, which is the safe side).
+pub(crate) struct KeyLock {
+    session: Arc<LockSession>,
+    /// `None` once released.
+    conn: Option<Arc<Conn>>,
+    key: i64,
+}
+
+impl KeyLock {
+    /// The connection holding the lock, for the re-check and the write made under it.
+    pub(crate) fn conn(&self) -> Option<&Conn> {
+        self.conn.as_deref()
+    }
+
+    /// Marks the connection unusable after `err` (when it is an outage or a timeout).
+    pub(crate) async fn failed(&self, err: &Error) {
+        if let Some(conn) = &self.conn {
+            self.session.retire(conn, err).await;
+        }
+    }
+
+    /// Unlocks on the lock session, then lets the key be taken again by this process.
+    pub(crate) async fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            unlock(&self.session, &conn, self.key).await;
+        }
+    }
+}
+
+async fn unlock(session: &LockSession, conn: &Arc<Conn>, key: i64) {
+    let unlocked = match conn.client() {
+        Ok(client) => conn.bounded(store::advisory_unlock(client, key)).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = unlocked {
+        // The session is retired: its locks are freed with it.
+        tracing::warn!(target: "pgcache::lock", error = %e, "unlock failed; retiring the lock connection");
+        session.retire(conn, &e).await;
+    }
+    session.held_set().remove(&key);
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let (session, key) = (Arc::clone(&self.session), self.key);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { unlock(&session, &conn, key).await });
+            }
+            Err(_) => {
+                tracing::warn!(target: "pgcache::lock", "lock guard dropped outside a runtime; the lock is freed with its connection")
+            }
+        }
+    }
+}
 
 /// A held session-level advisory lock on a pooled connection.
 ///

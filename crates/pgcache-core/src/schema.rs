@@ -2,8 +2,9 @@
 //!
 //! The SQL is in `sql/` (shipped inside this crate): `001_init.sql` creates the table, the version
 //! sequence and the version trigger; `002_incarnation.sql` the row naming the table's current life
-//! (a new one whenever the table is created); `notify_function.sql` the notification function (it
-//! names the channel) and its triggers. Both are idempotent. `init_db` does not trust the version row alone: it
+//! (a new one whenever the table is created); `003_refresh_at.sql` the `refresh_at` column of early
+//! refresh; `notify_function.sql` the notification function (it names the channel) and its triggers.
+//! All are idempotent. `init_db` does not trust the version row alone: it
 //! inspects the objects and re-applies the files when anything is missing or differs (a table or trigger
 //! dropped by hand, a function changed, another channel), so running it again repairs the schema.
 //! Identifiers are validated by [`CacheSettings::validate`] before they are formatted into SQL.
@@ -16,12 +17,16 @@ use crate::lock_key::lock_key;
 use crate::settings::CacheSettings;
 
 /// The schema version this library writes and expects.
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// The table, its version sequence and the version trigger.
 const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
 /// The incarnation of the entries table (a new one whenever the table is created).
 const INCARNATION_SQL: &str = include_str!("../sql/002_incarnation.sql");
+/// Migration 3: the `refresh_at` column (early refresh).
+const REFRESH_AT_SQL: &str = include_str!("../sql/003_refresh_at.sql");
+/// Columns added after migration 1, each checked by `inspect`.
+const ADDED_COLUMNS: [&str; 1] = ["refresh_at"];
 /// The notification function and its triggers.
 const NOTIFY_SQL: &str = include_str!("../sql/notify_function.sql");
 /// The operator views (read-only, no cost to writes).
@@ -92,6 +97,7 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
         let apply = async {
             batch(&tx, &render(ENTRIES_SQL, settings)).await?;
             batch(&tx, &render(INCARNATION_SQL, settings)).await?;
+            batch(&tx, &render(REFRESH_AT_SQL, settings)).await?;
             batch(&tx, &render(NOTIFY_SQL, settings)).await?;
             batch(&tx, &render(VIEWS_SQL, settings)).await?;
             // One row per migration applied (a fresh install applies them all at once).
@@ -204,6 +210,18 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
             client.query_one(&sql, &[&table]).await.map_err(Error::from_pg)?.try_get(0).map_err(Error::from_pg)?;
         if named == 0 {
             problems.push(format!("no incarnation in {incarnation} names the current table {table}"));
+        }
+    }
+    for column in ADDED_COLUMNS {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped",
+                &[&table, &column],
+            )
+            .await
+            .map_err(Error::from_pg)?;
+        if row.try_get::<_, i64>(0).map_err(Error::from_pg)? == 0 {
+            problems.push(format!("column {column} of {table} is missing"));
         }
     }
     // The triggers that fire for ordinary sessions ('O'rigin, 'A'lways), with the function each calls:

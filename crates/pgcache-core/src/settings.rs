@@ -59,7 +59,7 @@ const ONE_MS: Duration = Duration::from_millis(1);
 /// `PGCACHE_MIN_POOL_SIZE`, `PGCACHE_MAX_POOL_SIZE`, `PGCACHE_POOL_TIMEOUT`, `PGCACHE_STATEMENT_TIMEOUT`,
 /// `PGCACHE_LOCK_WAIT_TIMEOUT`, `PGCACHE_MAX_KEY_BYTES`, `PGCACHE_MAX_VALUE_BYTES`, `PGCACHE_UNLOGGED`,
 /// `PGCACHE_SWEEPER_INTERVAL` (`0` disables), `PGCACHE_CLEANUP_BATCH_SIZE`, `PGCACHE_HEARTBEAT_INTERVAL`,
-/// `PGCACHE_TLS_ROOT_CERT`.
+/// `PGCACHE_TLS_ROOT_CERT`, `PGCACHE_LOADER_SOFT_TIMEOUT` and `PGCACHE_LOADER_HARD_TIMEOUT` (`0`: none).
 ///
 /// # Durations
 /// Durations are written `250ms`, `5s`, `10m`, `1h`; a bare number means seconds, and `us` and `ns` are
@@ -131,8 +131,10 @@ pub struct CacheSettings {
     /// no timeout at all; client-side waits add 500 ms to it).
     #[serde(with = "duration_format")]
     pub statement_timeout: Duration,
-    /// How long `get_or_set` waits for another process's fill before loading itself. Default: 5 s.
-    /// Accepted: 0 (do not wait) to 1 h.
+    /// How long a `get_or_set` caller waits for another caller's fill (in this process or another) before
+    /// giving up with [`Error::LockTimeout`] (or serving the entry's fail-safe value when it has one). It
+    /// never loads without the lock while the holder is alive, so the loader runs once per key across the
+    /// cluster however slow it is. Default: 5 s. Accepted: 0 (do not wait) to 1 h.
     #[serde(with = "duration_format")]
     pub lock_wait_timeout: Duration,
     /// Longest key in bytes. Default: 1024. Accepted: 1 to 2048.
@@ -168,6 +170,17 @@ pub struct CacheSettings {
     /// Setting it makes TLS required; otherwise TLS is used when the DSN says `sslmode=require`. The server
     /// certificate is always verified. Default: `None`.
     pub tls_root_cert: Option<std::path::PathBuf>,
+    /// Fail-safe soft timeout: when the entry has a stale value ([`SetOptions::stale_for`](crate::SetOptions::stale_for)),
+    /// a `get_or_set` caller waits this long for the loader, then gets the stale value while the loader
+    /// goes on in the background and stores its result. `None` (default): wait for the loader. Accepted:
+    /// 1 ms to 1 h. In serde, `null` and `"0"` mean `None`.
+    #[serde(with = "optional_duration_format")]
+    pub loader_soft_timeout: Option<Duration>,
+    /// Hard timeout of every loader run by `get_or_set`: past it the loader is dropped, the key's lock is
+    /// released, and the caller gets [`Error::LoaderTimeout`] (or the stale value, when the entry has one).
+    /// `None` (default): no bound. Accepted: 1 ms to 1 h. In serde, `null` and `"0"` mean `None`.
+    #[serde(with = "optional_duration_format")]
+    pub loader_hard_timeout: Option<Duration>,
 }
 
 impl Default for CacheSettings {
@@ -196,6 +209,8 @@ impl Default for CacheSettings {
             fail_open: true,
             application_name: "pgcache".to_owned(),
             tls_root_cert: None,
+            loader_soft_timeout: None,
+            loader_hard_timeout: None,
         }
     }
 }
@@ -228,6 +243,8 @@ impl fmt::Debug for CacheSettings {
             fail_open,
             application_name,
             tls_root_cert,
+            loader_soft_timeout,
+            loader_hard_timeout,
         } = self;
         f.debug_struct("CacheSettings")
             .field("dsn", &redact_dsn(dsn))
@@ -253,6 +270,8 @@ impl fmt::Debug for CacheSettings {
             .field("fail_open", fail_open)
             .field("application_name", application_name)
             .field("tls_root_cert", tls_root_cert)
+            .field("loader_soft_timeout", loader_soft_timeout)
+            .field("loader_hard_timeout", loader_hard_timeout)
             .finish()
     }
 }
@@ -315,6 +334,20 @@ impl CacheSettings {
     #[must_use]
     pub fn sweeper_interval(mut self, interval: Option<Duration>) -> Self {
         self.sweeper_interval = interval;
+        self
+    }
+
+    /// Sets [`loader_soft_timeout`](Self::loader_soft_timeout); `None` waits for the loader.
+    #[must_use]
+    pub fn loader_soft_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.loader_soft_timeout = timeout;
+        self
+    }
+
+    /// Sets [`loader_hard_timeout`](Self::loader_hard_timeout); `None` leaves loaders unbounded.
+    #[must_use]
+    pub fn loader_hard_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.loader_hard_timeout = timeout;
         self
     }
 
@@ -421,6 +454,15 @@ impl CacheSettings {
             let d = parse_duration("sweeper_interval", &v)?;
             s.sweeper_interval = (!d.is_zero()).then_some(d);
         }
+        for (env, name, field) in [
+            ("PGCACHE_LOADER_SOFT_TIMEOUT", "loader_soft_timeout", &mut s.loader_soft_timeout),
+            ("PGCACHE_LOADER_HARD_TIMEOUT", "loader_hard_timeout", &mut s.loader_hard_timeout),
+        ] {
+            if let Some(v) = var(env) {
+                let d = parse_duration(name, &v)?;
+                *field = (!d.is_zero()).then_some(d);
+            }
+        }
         Ok(s)
     }
 
@@ -475,6 +517,13 @@ impl CacheSettings {
             ("heartbeat_interval", self.heartbeat_interval, ONE_MS, MAX_TIMEOUT),
         ] {
             check_range(name, value, min, max, "")?;
+        }
+        for (name, value) in
+            [("loader_soft_timeout", self.loader_soft_timeout), ("loader_hard_timeout", self.loader_hard_timeout)]
+        {
+            if let Some(value) = value {
+                check_range(name, value, ONE_MS, MAX_TIMEOUT, " (use None, or 0 in the environment, for no timeout)")?;
+            }
         }
         if let Some(interval) = self.sweeper_interval {
             check_range(
@@ -922,6 +971,18 @@ mod tests {
                 Duration::from_nanos(1),
                 Duration::from_secs(86_400),
             ),
+            (
+                "loader_soft_timeout",
+                |s, d| s.loader_soft_timeout(Some(d)),
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            ),
+            (
+                "loader_hard_timeout",
+                |s, d| s.loader_hard_timeout(Some(d)),
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            ),
         ]
     }
 
@@ -1049,6 +1110,8 @@ mod tests {
             .fail_open(false)
             .application_name("app")
             .tls_root_cert("/etc/ssl/ca.pem")
+            .loader_soft_timeout(Some(Duration::from_millis(50)))
+            .loader_hard_timeout(Some(Duration::from_secs(3)))
     }
 
     #[test]
@@ -1064,6 +1127,8 @@ mod tests {
             r#""lock_wait_timeout":"0s""#,
             r#""sweeper_interval":"1h""#,
             r#""heartbeat_interval":"1ms""#,
+            r#""loader_soft_timeout":"50ms""#,
+            r#""loader_hard_timeout":"3s""#,
         ] {
             assert!(json.contains(field), "{field} in {json}");
         }
@@ -1198,6 +1263,8 @@ mod tests {
             "fail_open: false",
             "application_name: \"app\"",
             "tls_root_cert: Some(\"/etc/ssl/ca.pem\")",
+            "loader_soft_timeout: Some(50ms)",
+            "loader_hard_timeout: Some(3s)",
         ] {
             assert!(debug.contains(field), "{field} in {debug}");
         }

@@ -17,11 +17,16 @@ use crate::ttl::Expiry;
 const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
 /// Remaining TTL in milliseconds, `NULL` for never.
 const TTL_MS: &str = "(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint";
+/// A row `get_or_load` may use: live, or expired but within its fail-safe (stale) window.
+const USABLE: &str = "(expires_at IS NULL OR expires_at > now() OR stale_until > now())";
+/// Milliseconds until the row's deterministic refresh is due (`NULL`: none).
+const REFRESH_MS: &str = "(EXTRACT(EPOCH FROM (refresh_at - now())) * 1000)::bigint";
 
 /// SQL text of every statement, formatted once per cache with the validated table name.
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) get: String,
+    pub(crate) get_for_load: String,
     pub(crate) get_many: String,
     pub(crate) upsert: String,
     pub(crate) upsert_many: String,
@@ -40,15 +45,22 @@ impl Statements {
         let expires = "now() + $3::bigint * interval '1 millisecond'";
         Self {
             get: format!("SELECT value, version, {TTL_MS} FROM {t} WHERE key = $1 AND {LIVE}"),
+            get_for_load: format!(
+                "SELECT value, version, {TTL_MS}, {LIVE}, compute_ms, {REFRESH_MS} FROM {t} WHERE key = $1 AND {USABLE}"
+            ),
             get_many: format!("SELECT key, value, version, {TTL_MS} FROM {t} WHERE key = ANY($1) AND {LIVE}"),
             upsert: format!(
-                "INSERT INTO {t} (key, value, expires_at, tags) VALUES ($1, $2, {expires}, $4) \
+                "INSERT INTO {t} (key, value, expires_at, tags, stale_until, compute_ms, refresh_at) \
+                 VALUES ($1, $2, {expires}, $4, now() + $5::bigint * interval '1 millisecond', $6, \
+                 now() + $7::bigint * interval '1 millisecond') \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
-                 tags = EXCLUDED.tags RETURNING version"
+                 tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
+                 refresh_at = EXCLUDED.refresh_at RETURNING version"
             ),
             upsert_many: format!(
                 "INSERT INTO {t} (key, value, expires_at) SELECT k, v, {expires} FROM unnest($1::text[], $2::bytea[]) AS u(k, v) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, tags = '{{}}'"
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, tags = '{{}}', \
+                 stale_until = NULL, compute_ms = NULL, refresh_at = NULL"
             ),
             delete: format!("DELETE FROM {t} WHERE key = $1 RETURNING {LIVE}"),
             delete_many: format!(
@@ -61,10 +73,16 @@ impl Statements {
             ),
             clear: format!("WITH d AS (DELETE FROM {t} RETURNING {LIVE} AS live) SELECT count(*) FILTER (WHERE live) FROM d"),
             ttl: format!("SELECT {TTL_MS} FROM {t} WHERE key = $1 AND {LIVE}"),
-            touch: format!("UPDATE {t} SET expires_at = now() + $2::bigint * interval '1 millisecond' WHERE key = $1 AND {LIVE}"),
+            // The stale window keeps its length past the new expiry (none without an expiry).
+            touch: format!(
+                "UPDATE {t} SET expires_at = now() + $2::bigint * interval '1 millisecond', \
+                 stale_until = now() + $2::bigint * interval '1 millisecond' + (stale_until - expires_at) \
+                 WHERE key = $1 AND {LIVE}"
+            ),
+            // A row stays until its fail-safe window ends too.
             sweep: format!(
                 "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE expires_at <= now() \
-                 LIMIT $1 FOR UPDATE SKIP LOCKED))"
+                 AND (stale_until IS NULL OR stale_until <= now()) LIMIT $1 FOR UPDATE SKIP LOCKED))"
             ),
         }
     }
@@ -101,6 +119,63 @@ pub(crate) async fn get_many(client: &Client, sql: &Statements, keys: &[&str]) -
     rows.iter().map(|row| Ok((pg(row.try_get::<_, String>(0))?, row_of(row, 1)?))).collect()
 }
 
+/// What `get_or_load` reads: a row that is live or within its stale window, with its refresh data.
+#[derive(Clone, Debug)]
+pub(crate) struct LoadRow {
+    pub(crate) entry: Entry,
+    /// False when expired (only served as a fail-safe fallback).
+    pub(crate) fresh: bool,
+    /// The last loader run's duration, when the entry asked for early refresh.
+    pub(crate) compute: Option<std::time::Duration>,
+    /// Time until the deterministic refresh is due (zero when due), when the entry has one.
+    pub(crate) refresh_in: Option<std::time::Duration>,
+}
+
+/// `GET` for `get_or_load`: the row for `key` if live or within its stale window.
+pub(crate) async fn get_for_load(client: &Client, sql: &Statements, key: &str) -> Result<Option<LoadRow>> {
+    let _timer = telemetry::statement("get_for_load");
+    let stmt = pg(client.prepare_cached(&sql.get_for_load).await)?;
+    let Some(row) = pg(client.query_opt(&stmt, &[&key]).await)? else { return Ok(None) };
+    let compute: Option<i32> = pg(row.try_get(4))?;
+    let refresh_ms: Option<i64> = pg(row.try_get(5))?;
+    let millis = |ms: i64| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    Ok(Some(LoadRow {
+        entry: row_of(&row, 0)?,
+        fresh: pg(row.try_get(3))?,
+        compute: compute.map(i64::from).map(millis),
+        refresh_in: refresh_ms.map(millis),
+    }))
+}
+
+/// What a write stores beside the value and TTL: the fail-safe and refresh columns.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WriteMeta {
+    /// Milliseconds from now until the stale window ends (`NULL`: no window).
+    pub(crate) stale_ms: Option<i64>,
+    /// The loader's run time in milliseconds, for early refresh (`NULL`: no early refresh).
+    pub(crate) compute_ms: Option<i32>,
+    /// Milliseconds from now until a refresh is due (`NULL`: none).
+    pub(crate) refresh_ms: Option<i64>,
+}
+
+impl WriteMeta {
+    /// The columns of a write of `options` with TTL `ttl_ms` (`None`: never expires); `compute` is the
+    /// loader's run time when a loader produced the value. Windows are clamped like TTLs (to 2^31 s).
+    pub(crate) fn new(ttl_ms: Option<i64>, options: &crate::SetOptions, compute: Option<std::time::Duration>) -> Self {
+        let compute = compute.filter(|_| options.early_refresh);
+        Self {
+            stale_ms: ttl_ms.zip(options.stale_for).map(|(ttl, stale)| ttl.saturating_add(crate::ttl::millis(stale))),
+            compute_ms: compute.map(|d| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1)),
+            refresh_ms: options.refresh_after.map(crate::ttl::millis),
+        }
+    }
+
+    /// The loader run time stored, as a duration.
+    pub(crate) fn compute(&self) -> Option<std::time::Duration> {
+        self.compute_ms.map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    }
+}
+
 /// Upsert of one entry; returns its new version.
 pub(crate) async fn upsert(
     client: &Client,
@@ -109,10 +184,13 @@ pub(crate) async fn upsert(
     value: &[u8],
     ttl_ms: Option<i64>,
     tags: &[String],
+    meta: WriteMeta,
 ) -> Result<i64> {
     let _timer = telemetry::statement("upsert");
     let stmt = pg(client.prepare_cached(&sql.upsert).await)?;
-    pg(pg(client.query_one(&stmt, &[&key, &value, &ttl_ms, &tags]).await)?.try_get(0))
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&key, &value, &ttl_ms, &tags, &meta.stale_ms, &meta.compute_ms, &meta.refresh_ms];
+    pg(pg(client.query_one(&stmt, &params).await)?.try_get(0))
 }
 
 /// Upsert of many entries in one statement (keys must be distinct).

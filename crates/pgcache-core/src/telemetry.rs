@@ -98,7 +98,8 @@ pub enum Outcome {
     Collapsed,
     /// This caller ran the loader and the value was cached.
     Loaded,
-    /// A stale value was served (the HTTP layer's `stale-while-revalidate`/`stale-if-error`).
+    /// A stale value was served (the HTTP layer's `stale-while-revalidate`/`stale-if-error`, or a
+    /// `get_or_load` fail-safe value).
     Stale,
     /// The operation failed.
     Error,
@@ -128,6 +129,7 @@ impl Outcome {
                 Source::Shared => Outcome::L2Hit,
                 Source::Collapsed => Outcome::Collapsed,
                 Source::Loaded => Outcome::Loaded,
+                Source::Stale => Outcome::Stale,
             },
             Err(_) => Outcome::Error,
         }
@@ -185,9 +187,9 @@ pub(crate) enum LockWait {
     Acquired,
     /// Another process's fill appeared.
     Filled,
-    /// `lock_wait_timeout` passed; the caller loads without the lock.
+    /// `lock_wait_timeout` passed; the caller gave up (`Error::LockTimeout`, or the fail-safe value).
     TimedOut,
-    /// The database failed; the caller loads without the lock.
+    /// The database failed; the caller loads without the lock when failing open.
     Failed,
 }
 

@@ -133,11 +133,15 @@ impl<C: Codec, G: GenericClient + Sync> CacheTx<C, &G> {
     /// As [`set`](Self::set).
     pub async fn set_entry(&mut self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
         let checked = checked_write(&self.cache, key, &value, options).await?;
-        let params: [(&(dyn ToSql + Sync), Type); 4] = [
+        let meta = crate::store::WriteMeta::new(checked.ttl_ms, options, None);
+        let params: [(&(dyn ToSql + Sync), Type); 7] = [
             (&key, Type::TEXT),
             (&&value[..], Type::BYTEA),
             (&checked.ttl_ms, Type::INT8),
             (&options.tags, Type::TEXT_ARRAY),
+            (&meta.stale_ms, Type::INT8),
+            (&meta.compute_ms, Type::INT4),
+            (&meta.refresh_ms, Type::INT8),
         ];
         let row = self.exec.query_typed_one(&checked.sql.upsert, &params).await.map_err(Error::from_pg)?;
         let version = row.try_get(0).map_err(Error::from_pg)?;
@@ -205,11 +209,15 @@ impl<C: Codec> CacheTx<C, &mut sqlx::PgConnection> {
     /// As [`set`](Self::set).
     pub async fn set_entry(&mut self, key: &str, value: Bytes, options: &SetOptions) -> Result<i64> {
         let checked = checked_write(&self.cache, key, &value, options).await?;
+        let meta = crate::store::WriteMeta::new(checked.ttl_ms, options, None);
         let version = sqlx::query_scalar::<_, i64>(&checked.sql.upsert)
             .bind(key)
             .bind(&value[..])
             .bind(checked.ttl_ms)
             .bind(&options.tags)
+            .bind(meta.stale_ms)
+            .bind(meta.compute_ms)
+            .bind(meta.refresh_ms)
             .fetch_one(&mut *self.exec)
             .await
             .map_err(Error::Sqlx)?;

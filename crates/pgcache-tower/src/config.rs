@@ -8,6 +8,8 @@ use pgcache_core::SharedCache;
 
 use http::HeaderName;
 
+use crate::decoded::Decoded;
+use crate::key::KeyMemo;
 use crate::policy::{Rules, CDN_CACHE_CONTROL, PGCACHE_CONTROL};
 
 /// Computes the custom part of a request's cache key, or declines to cache the request.
@@ -173,10 +175,14 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) rules: Rules,
     pub(crate) store: SharedCache,
+    /// Records decoded from the store's values, so L1 hits do not decode again.
+    pub(crate) decoded: Decoded,
+    /// Primary keys by what they are made of, so hits do not hash again.
+    pub(crate) keys: KeyMemo,
 }
 
 impl Shared {
     pub(crate) fn new(config: Config, store: SharedCache) -> Self {
-        Self { rules: config.rules(), config, store }
+        Self { rules: config.rules(), config, store, decoded: Decoded::default(), keys: KeyMemo::default() }
     }
 }

@@ -5,7 +5,9 @@
 //! construction, and a stored response also keeps the exact header values it was selected by (checked
 //! again before serving).
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
@@ -15,15 +17,16 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, KeyScope};
 
-/// The keys and tags of one cacheable request.
+/// The keys of one cacheable request, and what its tags are made of (computed only when an entry is
+/// written: a hit needs the primary key alone).
 #[derive(Clone, Debug)]
 pub(crate) struct Keys {
     /// The primary key (the response, or the Vary index when it varies).
     pub(crate) primary: String,
-    /// Tag of every entry for this URI (any method, query or variant): what unsafe methods purge.
-    pub(crate) uri_tag: String,
-    /// Tag of every entry of this layer's namespace.
-    pub(crate) all_tag: String,
+    /// The layer's namespace.
+    namespace: String,
+    /// The request path, for the URI tag.
+    path: String,
     /// `authority` (lowercase), the scope of Cache-Groups (RFC 9875 §2).
     pub(crate) origin: String,
 }
@@ -44,12 +47,62 @@ impl Hasher {
     }
 
     fn hex(self) -> String {
-        let digest = self.0.finalize();
-        let mut out = String::with_capacity(32);
-        for b in digest.iter().take(16) {
-            let _ = write!(out, "{b:02x}");
+        hex16(&self.0.finalize())
+    }
+}
+
+/// The first 16 bytes of a digest in lowercase hex (a table lookup: `format!` per byte was a fifth of the
+/// cost of a hit).
+fn hex16(digest: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for b in digest.iter().take(16) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// The exact bytes a [`Hasher`] would digest (its length-prefixed fields), kept to memoise keys.
+struct Fields(Vec<u8>);
+
+impl Fields {
+    fn new(domain: &str) -> Self {
+        let mut f = Self(Vec::with_capacity(160));
+        f.field(domain.as_bytes());
+        f
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+}
+
+/// Primary keys already computed, by the bytes they are made of: a hit looks its key up with one
+/// `HashMap` probe instead of a SHA-256, its hex and four allocations. The stored key format is
+/// unchanged (the SHA-256 is computed once per distinct input). Bounded: past [`KeyMemo::MAX`] inputs it
+/// forgets arbitrary ones.
+#[derive(Default)]
+pub(crate) struct KeyMemo {
+    by_input: RwLock<HashMap<Vec<u8>, Arc<Keys>>>,
+}
+
+impl KeyMemo {
+    const MAX: usize = 4096;
+
+    fn get_or_insert(&self, input: Vec<u8>, make: impl FnOnce(&[u8]) -> Keys) -> Arc<Keys> {
+        if let Some(keys) = self.by_input.read().unwrap_or_else(PoisonError::into_inner).get(&input) {
+            return Arc::clone(keys);
         }
-        out
+        let keys = Arc::new(make(&input));
+        let mut memo = self.by_input.write().unwrap_or_else(PoisonError::into_inner);
+        while memo.len() >= Self::MAX {
+            let Some(victim) = memo.keys().next().cloned() else { break };
+            memo.remove(&victim);
+        }
+        memo.insert(input, Arc::clone(&keys));
+        keys
     }
 }
 
@@ -59,17 +112,20 @@ pub(crate) fn body_digest(body: &[u8]) -> [u8; 32] {
 }
 
 /// The lowercase authority of a request: from the URI (HTTP/2, absolute form) or the `Host` header.
-pub(crate) fn authority(parts: &Parts) -> String {
-    authority_of(&parts.uri, &parts.headers)
+pub(crate) fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> String {
+    authority_cow(uri, headers).into_owned()
 }
 
-/// As [`authority`], from a URI and headers.
-pub(crate) fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> String {
-    match uri.authority() {
-        Some(a) => a.as_str().to_ascii_lowercase(),
-        None => {
-            headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_ascii_lowercase).unwrap_or_default()
-        }
+/// As [`authority_of`], borrowed when it is already lowercase (the usual case: no allocation on a hit).
+fn authority_cow<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Cow<'a, str> {
+    let raw = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default(),
+    };
+    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(raw.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(raw)
     }
 }
 
@@ -104,16 +160,28 @@ pub(crate) fn all_tag(ns: &str) -> String {
 impl Keys {
     /// The tags of every entry of this request: namespace and URI.
     pub(crate) fn base_tags(&self) -> Vec<String> {
-        vec![self.all_tag.clone(), self.uri_tag.clone()]
+        vec![all_tag(&self.namespace), self.uri_tag()]
+    }
+
+    /// Tag of every entry for this URI (any method, query or variant): what unsafe methods purge.
+    pub(crate) fn uri_tag(&self) -> String {
+        uri_tag(&self.namespace, &self.origin, &self.path)
     }
 }
 
 /// The keys of a request; `custom` is the part the key hook computed (`""` for none), which extends
 /// or replaces the URI part as `cfg.key_scope` says.
-pub(crate) fn primary(cfg: &Config, parts: &Parts, custom: &str, body: Option<&[u8; 32]>, grpc: bool) -> Keys {
-    let authority = authority(parts);
+pub(crate) fn primary(
+    cfg: &Config,
+    memo: &KeyMemo,
+    parts: &Parts,
+    custom: &str,
+    body: Option<&[u8; 32]>,
+    grpc: bool,
+) -> Arc<Keys> {
+    let authority = authority_cow(&parts.uri, &parts.headers);
     let path = parts.uri.path();
-    let mut h = Hasher::new("primary");
+    let mut h = Fields::new("primary");
     // GET and HEAD share entries: HEAD is answered from the GET response.
     let class = if parts.method == Method::HEAD { Method::GET.as_str() } else { parts.method.as_str() };
     h.field(class.as_bytes());
@@ -122,7 +190,12 @@ pub(crate) fn primary(cfg: &Config, parts: &Parts, custom: &str, body: Option<&[
         h.field(scheme.as_bytes());
         h.field(authority.as_bytes());
         h.field(path.as_bytes());
-        h.field(normalised_query(cfg, parts.uri.query()).as_bytes());
+        match parts.uri.query() {
+            Some(query) if cfg.sort_query || !cfg.ignored_params.is_empty() => {
+                h.field(normalised_query(cfg, Some(query)).as_bytes());
+            }
+            query => h.field(query.unwrap_or("").as_bytes()),
+        }
     }
     h.field(custom.as_bytes());
     h.field(body.map_or(&[][..], |b| &b[..]));
@@ -132,13 +205,19 @@ pub(crate) fn primary(cfg: &Config, parts: &Parts, custom: &str, body: Option<&[
             h.field(joined(&parts.headers, &HeaderName::from_static(name)).as_deref().unwrap_or(b""));
         }
     }
-    let ns = &cfg.namespace;
-    Keys {
-        primary: format!("{ns}p:{}", h.hex()),
-        uri_tag: uri_tag(ns, &authority, path),
-        all_tag: all_tag(ns),
-        origin: authority,
-    }
+    // The digest covers the fields above; the memo's input also has what the tags are made of.
+    let hashed = h.0.len();
+    h.field(authority.as_bytes());
+    h.field(path.as_bytes());
+    memo.get_or_insert(h.0, |input| {
+        let ns = &cfg.namespace;
+        Keys {
+            primary: format!("{ns}p:{}", hex16(&Sha256::digest(&input[..hashed]))),
+            namespace: ns.clone(),
+            path: path.to_owned(),
+            origin: authority.into_owned(),
+        }
+    })
 }
 
 /// The query string after the configured normalisation (sorting, dropped parameters).
@@ -255,22 +334,46 @@ mod tests {
     #[test]
     fn key_inputs() {
         let cfg = Config::default();
-        let k = |m: &str, u: &str, h: &str| primary(&cfg, &parts(m, u, h), "", None, false).primary;
+        let k = |m: &str, u: &str, h: &str| {
+            primary(&cfg, &KeyMemo::default(), &parts(m, u, h), "", None, false).primary.clone()
+        };
         assert_eq!(k("GET", "/a?x=1", "h"), k("HEAD", "/a?x=1", "H"));
         assert_ne!(k("GET", "/a?x=1", "h"), k("GET", "/a?x=2", "h"));
         assert_ne!(k("GET", "/a", "h"), k("GET", "/a", "other"));
         assert_ne!(k("GET", "/a", "h"), k("POST", "/a", "h"));
         assert_ne!(k("GET", "/a?y=1&x=1", "h"), k("GET", "/a?x=1&y=1", "h"));
         // The URI tag ignores method and query.
-        let t = |m: &str, u: &str| primary(&cfg, &parts(m, u, "h"), "", None, false).uri_tag;
+        let t = |m: &str, u: &str| primary(&cfg, &KeyMemo::default(), &parts(m, u, "h"), "", None, false).uri_tag();
         assert_eq!(t("GET", "/a?x=1"), t("DELETE", "/a"));
         assert_ne!(t("GET", "/a"), t("GET", "/b"));
         // Body digests separate POST keys.
         let p = parts("POST", "/q", "h");
         assert_ne!(
-            primary(&cfg, &p, "", Some(&body_digest(b"a")), false).primary,
-            primary(&cfg, &p, "", Some(&body_digest(b"b")), false).primary
+            primary(&cfg, &KeyMemo::default(), &p, "", Some(&body_digest(b"a")), false).primary,
+            primary(&cfg, &KeyMemo::default(), &p, "", Some(&body_digest(b"b")), false).primary
         );
+    }
+
+    #[test]
+    fn memoised_keys_are_the_sha256_keys_of_before() {
+        let cfg = Config::default();
+        let memo = KeyMemo::default();
+        let p = parts("GET", "/a?x=1", "H.example");
+        let first = primary(&cfg, &memo, &p, "", None, false);
+        assert!(Arc::ptr_eq(&first, &primary(&cfg, &memo, &p, "", None, false)), "the second lookup is memoised");
+        // The stored key format is unchanged: a SHA-256 over the same length-prefixed fields.
+        let mut h = Hasher::new("primary");
+        for field in ["GET", "http", "h.example", "/a", "x=1", ""] {
+            h.field(field.as_bytes());
+        }
+        h.field(&[]);
+        assert_eq!(first.primary, format!("http:p:{}", h.hex()));
+        // Another path with the same custom part under KeyScope::Replace: same key, its own URI tag.
+        let replace = Config { key_scope: KeyScope::Replace, ..Config::default() };
+        let (x, y) = (parts("GET", "/x", "h"), parts("GET", "/y", "h"));
+        let (kx, ky) = (primary(&replace, &memo, &x, "c", None, false), primary(&replace, &memo, &y, "c", None, false));
+        assert_eq!(kx.primary, ky.primary);
+        assert_ne!(kx.uri_tag(), ky.uri_tag());
     }
 
     #[test]
@@ -284,14 +387,16 @@ mod tests {
     #[test]
     fn custom_parts_extend_or_replace_the_uri_part() {
         let extend = Config::default();
-        let k = |cfg: &Config, uri: &str, custom: &str| primary(cfg, &parts("GET", uri, "h"), custom, None, false);
+        let k = |cfg: &Config, uri: &str, custom: &str| {
+            primary(cfg, &KeyMemo::default(), &parts("GET", uri, "h"), custom, None, false)
+        };
         assert_ne!(k(&extend, "/x", "a").primary, k(&extend, "/x", "b").primary);
         assert_ne!(k(&extend, "/x", "a").primary, k(&extend, "/y", "a").primary);
         let replace = Config { key_scope: KeyScope::Replace, ..Config::default() };
         assert_ne!(k(&replace, "/x", "a").primary, k(&replace, "/x", "b").primary);
         assert_eq!(k(&replace, "/x", "a").primary, k(&replace, "/y?q=1", "a").primary);
         // Invalidation still goes by URI.
-        assert_ne!(k(&replace, "/x", "a").uri_tag, k(&replace, "/y", "a").uri_tag);
+        assert_ne!(k(&replace, "/x", "a").uri_tag(), k(&replace, "/y", "a").uri_tag());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod body;
 mod config;
 mod date;
+mod decoded;
 mod entry;
 mod error;
 mod flow;

@@ -2,7 +2,6 @@
 //! (this layer and pgcache-axum's extractors both use it).
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -123,7 +122,8 @@ impl CacheStatusMember {
             push_item(&mut out, fwd);
         }
         if let Some(code) = self.fwd_status {
-            let _ = write!(out, "; fwd-status={code}");
+            out.push_str("; fwd-status=");
+            out.push_str(itoa::Buffer::new().format(code));
         }
         if self.stored {
             out.push_str("; stored");
@@ -132,7 +132,8 @@ impl CacheStatusMember {
             out.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(out, "; ttl={ttl}");
+            out.push_str("; ttl=");
+            out.push_str(itoa::Buffer::new().format(ttl));
         }
         if let Some(detail) = &self.detail {
             out.push_str("; detail=");

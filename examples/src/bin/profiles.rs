@@ -13,8 +13,18 @@
 //! curl -s localhost:3000/metrics          # Prometheus text: pgcache_requests{...}, pgcache_invalidation_lag_bucket{...}
 //! ```
 //!
+//! Invalidation by the application's own rows: at start-up the app calls
+//! `cache.invalidate_on("profiles", "profile-row:{id}")`, and every cached profile value is tagged
+//! `profile-row:{id}`. A change to the row by anyone, e.g. by hand with
+//! `psql "$PGCACHE_DSN" -c "UPDATE profiles SET name = 'Ava (psql)' WHERE id = 1"`, deletes the cached
+//! value in the same transaction, and the next `GET /profiles/1/value` on every instance serves the new
+//! row. (That route is cached by the value cache only; `/profiles/{id}` also caches the whole HTTP
+//! response, whose surrogate-key tags the row triggers do not know, so it is purged by the app's own
+//! writes only.)
+//!
 //! Against your own database: `PGCACHE_DSN=postgresql://... cargo run -p pgcache-examples --bin profiles`.
-//! Routes: `GET/POST /profiles`, `GET/PUT/DELETE /profiles/{id}`, `GET /healthz`, `GET /metrics`.
+//! Routes: `GET/POST /profiles`, `GET/PUT/DELETE /profiles/{id}`, `GET /profiles/{id}/value`, `GET /healthz`,
+//! `GET /metrics`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -43,6 +53,16 @@ const LIST_SURROGATE: &str = "profiles-list";
 
 fn profile_key(id: i64) -> String {
     format!("profile:{id}")
+}
+
+/// The table and tag template of the row triggers: a change to row `id` of `profiles` deletes every
+/// entry tagged `profile-row:{id}`.
+const ROWS_TABLE: &str = "profiles";
+const ROW_TAG: &str = "profile-row:{id}";
+
+/// The tag of the values built from row `id` (what [`ROW_TAG`] expands to).
+fn row_tag(id: i64) -> String {
+    format!("profile-row:{id}")
 }
 
 /// The `Surrogate-Key` of a profile's response.
@@ -108,6 +128,11 @@ impl CacheResource<AppState> for Profile {
     fn ttl(&self) -> Ttl {
         Ttl::After(TTL)
     }
+
+    /// Tagged by its row: the row triggers delete it whenever the row changes, whoever changes it.
+    fn tags(&self) -> Vec<String> {
+        vec![row_tag(self.id)]
+    }
 }
 
 /// The whole list, cached under `profiles:list`.
@@ -131,6 +156,12 @@ impl CacheResource<AppState> for ProfileList {
     fn ttl(&self) -> Ttl {
         Ttl::After(TTL)
     }
+
+    /// Tagged by every row it shows: a change to any of them deletes it (a row inserted by hand is not
+    /// among them: the app's own creates delete the list).
+    fn tags(&self) -> Vec<String> {
+        self.0.iter().map(|p| row_tag(p.id)).collect()
+    }
 }
 
 /// A cached value as JSON with its RFC 9211 `Cache-Status` and the `Surrogate-Key` that purges the HTTP
@@ -153,6 +184,14 @@ async fn list(lookup: Lookup<ProfileList>) -> Response {
 async fn read(lookup: Lookup<Profile>) -> Response {
     let surrogate = profile_surrogate(lookup.value.id);
     cached_json(lookup, surrogate)
+}
+
+/// The profile from the value cache only (no HTTP response cache): shows invalidation by the row.
+async fn read_value(lookup: Lookup<Profile>) -> Response {
+    let cache_status = lookup.cache_status();
+    let mut response = Json(lookup.value).into_response();
+    response.headers_mut().insert("cache-status", cache_status);
+    response
 }
 
 /// After a committed write: drop the cached values and the cached HTTP responses built from them, on
@@ -209,6 +248,7 @@ fn app(state: AppState, http_cache: PgCacheLayer) -> Router {
     Router::new()
         .route("/profiles", get(list).layer(http_cache.clone()).post(create))
         .route("/profiles/{id}", get(read).layer(http_cache).put(update).delete(delete))
+        .route("/profiles/{id}/value", get(read_value))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
@@ -222,6 +262,8 @@ async fn main() -> Result<()> {
     let metrics = pgcache_examples::install_prometheus()?;
     let db = ProfileDb::connect(&settings.dsn).await?;
     let cache = pgcache_examples::connect_cache(settings).await?;
+    // Idempotent: every instance runs it at start-up.
+    cache.invalidate_on(ROWS_TABLE, ROW_TAG).await?;
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port))).await?;
     println!("listening on http://{}", listener.local_addr()?);

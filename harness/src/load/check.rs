@@ -10,6 +10,14 @@
 //! - **unknown / future value**: a read returned a value nobody wrote, or one written after the read ended.
 //! - **duplicate load**: two stored `get_or_set` loader runs for one key with no delete or expiry that
 //!   could have emptied it between them (expected: exactly one loader run per fill).
+//! - **concurrent loads**: two loader runs of one key (fills or background refreshes, any process)
+//!   overlapped in time: the key's lock admits one loader at a time across the cluster.
+//! - **stale past its window** / **stale before expiry**: a fail-safe answer (`via: Stale`) returned a
+//!   write whose TTL plus stale window had certainly run out, or whose TTL had certainly not run out.
+//!
+//! A loader run in the background (early refresh, or a fill that went on past the soft timeout) writes
+//! a value nobody's `set` recorded: it counts as a write from its loader's start to the end of the
+//! first read that returned it (the latest it can have committed; never, when nobody saw it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -27,6 +35,8 @@ pub(crate) struct Params {
     pub(crate) bound: u64,
     /// TTL of every write and fill, in nanoseconds (`None`: never expires).
     pub(crate) ttl: Option<u64>,
+    /// Fail-safe window of fills past their TTL, in nanoseconds (`None`: no window).
+    pub(crate) stale: Option<u64>,
     /// Keys `0..prefill` were written before the run, as write `(0, 0)` without TTL.
     pub(crate) prefill: u64,
     /// Allowance for timer and clock granularity, in nanoseconds.
@@ -51,6 +61,10 @@ pub(crate) struct Outcome {
     pub(crate) loader_runs: u64,
     pub(crate) keys_loaded: u64,
     pub(crate) duplicate_loads: u64,
+    /// Loader runs in the background (early refreshes, fills past the soft timeout).
+    pub(crate) background_loads: u64,
+    /// `get_or_set` answers from a fail-safe (stale) value.
+    pub(crate) stale_answers: u64,
     pub(crate) violations_total: u64,
     /// The first violations, with timelines (all are counted in `violations_total`).
     pub(crate) violations: Vec<Violation>,
@@ -82,11 +96,21 @@ struct LoadRun {
     stored: bool,
 }
 
+/// A loader run as the loader recorded it.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    id: WriteId,
+    start: u64,
+    end: u64,
+    ok: bool,
+}
+
 #[derive(Default)]
 struct KeyLog {
     mutations: Vec<Mutation>,
     observations: Vec<Observation>,
     loads: Vec<LoadRun>,
+    runs: Vec<Run>,
 }
 
 /// Checks every read and loader run of `events`; see the module docs for the rules.
@@ -136,10 +160,14 @@ impl Checker {
                     let what = match via {
                         Via::Local => "get_or_set (L1)",
                         Via::Shared => "get_or_set (L2)",
+                        Via::Stale => STALE,
                         _ => "get_or_set (collapsed)",
                     };
                     log.observations.push(Observation { start, end, seen: Some(seen), what });
                 }
+            }
+            Event::LoaderRun { key, id, start, end, ok } => {
+                keys.entry(key).or_default().runs.push(Run { id, start, end, ok });
             }
             _ => {}
         }
@@ -167,7 +195,8 @@ fn checked_key(event: &Event) -> Option<u64> {
         Event::Write { key, .. }
         | Event::Delete { key, .. }
         | Event::Read { key, .. }
-        | Event::GetOrSet { key, .. } => Some(key),
+        | Event::GetOrSet { key, .. }
+        | Event::LoaderRun { key, .. } => Some(key),
         _ => None,
     }
 }
@@ -273,6 +302,8 @@ impl Outcome {
         self.loader_runs += later.loader_runs;
         self.keys_loaded += later.keys_loaded;
         self.duplicate_loads += later.duplicate_loads;
+        self.background_loads += later.background_loads;
+        self.stale_answers += later.stale_answers;
         self.violations_total += later.violations_total;
         let room = KEEP.saturating_sub(self.violations.len());
         self.violations.extend(later.violations.into_iter().take(room));
@@ -336,7 +367,11 @@ impl Index {
     }
 }
 
+/// What a fail-safe answer is called in observations.
+const STALE: &str = "get_or_set (stale)";
+
 fn check_key(key: u64, log: &mut KeyLog, p: &Params, outcome: &mut Outcome) {
+    check_runs(key, log, p, outcome);
     let index = Index::new(&log.mutations);
     for obs in &log.observations {
         outcome.reads_checked += 1;
@@ -350,7 +385,13 @@ fn check_key(key: u64, log: &mut KeyLog, p: &Params, outcome: &mut Outcome) {
                 }
                 Some(w) => {
                     let newer = n.checked_sub(1).map(|i| index.by_end[index.best_any[i]]).filter(|x| x.start > w.end);
-                    let expired = p.ttl.filter(|_| w.id != (0, 0)).is_some_and(|ttl| obs.start > w.end + ttl + p.slack);
+                    let stale = obs.what == STALE;
+                    // A fail-safe answer may be past the TTL, up to the stale window.
+                    let allowed = p.ttl.map(|ttl| if stale { ttl.saturating_add(p.stale.unwrap_or(0)) } else { ttl });
+                    let expired = allowed
+                        .filter(|_| w.id != (0, 0))
+                        .is_some_and(|ttl| obs.start > w.end.saturating_add(ttl).saturating_add(p.slack));
+                    let early = stale && p.ttl.is_none_or(|ttl| w.start.saturating_add(ttl) > obs.end + p.slack);
                     if let Some(x) = newer {
                         Some((
                             "stale read",
@@ -363,10 +404,20 @@ fn check_key(key: u64, log: &mut KeyLog, p: &Params, outcome: &mut Outcome) {
                                 ms(p.bound),
                             ),
                         ))
-                    } else if expired {
-                        let deadline = w.end + p.ttl.unwrap_or(0);
+                    } else if early {
                         Some((
-                            "expired value",
+                            "stale before expiry",
+                            format!(
+                                "{} returned write {id:?} (written {}..{}) as a fail-safe value before its TTL could have run out",
+                                obs.what,
+                                ms(w.start.saturating_sub(p.origin)),
+                                ms(w.end.saturating_sub(p.origin)),
+                            ),
+                        ))
+                    } else if expired {
+                        let deadline = w.end.saturating_add(allowed.unwrap_or(0));
+                        Some((
+                            if stale { "stale past its window" } else { "expired value" },
                             format!(
                                 "{} returned write {id:?} (written {}..{}) {} after its TTL had certainly run out",
                                 obs.what,
@@ -431,6 +482,40 @@ fn check_key(key: u64, log: &mut KeyLog, p: &Params, outcome: &mut Outcome) {
     }
 }
 
+/// Turns background loader runs into writes, and checks that no two loader runs of the key overlapped.
+fn check_runs(key: u64, log: &mut KeyLog, p: &Params, outcome: &mut Outcome) {
+    outcome.stale_answers += log.observations.iter().filter(|o| o.what == STALE).count() as u64;
+    if log.runs.is_empty() {
+        return;
+    }
+    let inline: std::collections::HashSet<WriteId> = log.loads.iter().map(|l| l.id).collect();
+    for run in log.runs.iter().filter(|r| r.ok && !inline.contains(&r.id)) {
+        outcome.background_loads += 1;
+        // Committed at the latest when the first read that returned it ended.
+        let end = log.observations.iter().filter(|o| o.seen == Some(run.id)).map(|o| o.end).min().unwrap_or(u64::MAX);
+        log.mutations.push(Mutation { id: run.id, start: run.start, end, delete: false });
+    }
+    log.runs.sort_unstable_by_key(|r| r.start);
+    let mut latest: Option<Run> = None;
+    for run in log.runs.clone() {
+        if let Some(before) = latest.filter(|b| run.start < b.end) {
+            let detail = format!(
+                "loader run {:?} ({}..{}) started while run {:?} ({}..{}) was still going",
+                run.id,
+                ms(run.start.saturating_sub(p.origin)),
+                ms(run.end.saturating_sub(p.origin)),
+                before.id,
+                ms(before.start.saturating_sub(p.origin)),
+                ms(before.end.saturating_sub(p.origin)),
+            );
+            report(outcome, key, "concurrent loads", detail, timeline(log, before.start, run.end, p, None));
+        }
+        if latest.is_none_or(|b| run.end > b.end) {
+            latest = Some(run);
+        }
+    }
+}
+
 fn report(outcome: &mut Outcome, key: u64, kind: &'static str, detail: String, timeline: Vec<String>) {
     outcome.violations_total += 1;
     if outcome.violations.len() < KEEP {
@@ -488,7 +573,14 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn params() -> Params {
-        Params { bound: 100 * MS, ttl: Some(5_000 * MS), prefill: 0, slack: 5 * MS, origin: 0 }
+        Params {
+            bound: 100 * MS,
+            ttl: Some(5_000 * MS),
+            stale: Some(10_000 * MS),
+            prefill: 0,
+            slack: 5 * MS,
+            origin: 0,
+        }
     }
 
     fn w(key: u64, seq: u64, start: u64, end: u64) -> Event {
@@ -542,6 +634,41 @@ mod tests {
         assert_eq!(kinds(&[w(1, 1, 0, 1), r(1, 6_000, Some(1))]), ["expired value"]);
         assert_eq!(kinds(&[r(1, 10, Some(9))]), ["unknown value"]);
         assert_eq!(kinds(&[w(1, 1, 100, 101), r(1, 10, Some(1))]), ["future value"]);
+    }
+
+    fn g(key: u64, seq: u64, start: u64, via: Via) -> Event {
+        Event::GetOrSet { key, start: start * MS, end: (start + 1) * MS, seen: (1, seq), via, stored: true }
+    }
+
+    fn run(key: u64, seq: u64, start: u64, end: u64) -> Event {
+        Event::LoaderRun { key, id: (1, seq), start: start * MS, end: end * MS, ok: true }
+    }
+
+    #[test]
+    fn background_refreshes_count_as_writes_and_must_not_overlap() {
+        // Inline fill 1, then a background refresh 2 that a later read returns: no unknown value.
+        let fill = [run(1, 1, 0, 1), g(1, 1, 0, Via::Loaded), run(1, 2, 100, 101), g(1, 2, 200, Via::Local)];
+        assert!(kinds(&fill).is_empty(), "{:?}", kinds(&fill));
+        let outcome = check(&fill, params());
+        assert_eq!((outcome.background_loads, outcome.loader_runs), (1, 1));
+        // Once seen, older values are stale reads past the bound.
+        let stale = [&fill[..], &[g(1, 1, 400, Via::Local)]].concat();
+        assert_eq!(kinds(&stale), ["stale read"]);
+        // Two loader runs of one key at once.
+        assert_eq!(kinds(&[run(1, 1, 0, 50), run(1, 2, 10, 20)]), ["concurrent loads"]);
+        assert!(kinds(&[run(1, 1, 0, 50), run(1, 2, 50, 60), run(2, 3, 10, 20)]).is_empty());
+    }
+
+    #[test]
+    fn fail_safe_answers_stay_within_the_window() {
+        // TTL 5 s, window 10 s: stale between 5 s and 15 s after the write.
+        let written = [w(1, 1, 0, 1)];
+        assert!(kinds(&[&written[..], &[g(1, 1, 6_000, Via::Stale)]].concat()).is_empty());
+        assert_eq!(kinds(&[&written[..], &[g(1, 1, 16_000, Via::Stale)]].concat()), ["stale past its window"]);
+        assert_eq!(kinds(&[&written[..], &[g(1, 1, 3_000, Via::Stale)]].concat()), ["stale before expiry"]);
+        // A plain answer past the TTL is still an expired value.
+        assert_eq!(kinds(&[&written[..], &[g(1, 1, 6_000, Via::Local)]].concat()), ["expired value"]);
+        assert_eq!(check(&[&written[..], &[g(1, 1, 6_000, Via::Stale)]].concat(), params()).stale_answers, 1);
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub(crate) enum Via {
     Collapsed,
     /// This caller ran the loader.
     Loaded,
+    /// An expired value within its fail-safe window (the loader failed or was slow, or another caller
+    /// was refreshing it).
+    Stale,
 }
 
 impl Via {
@@ -63,6 +66,7 @@ impl Via {
             Via::Shared => 's',
             Via::Collapsed => 'c',
             Via::Loaded => 'f',
+            Via::Stale => 't',
         }
     }
 
@@ -72,6 +76,7 @@ impl Via {
             "s" => Via::Shared,
             "c" => Via::Collapsed,
             "f" => Via::Loaded,
+            "t" => Via::Stale,
             _ => return None,
         })
     }
@@ -125,6 +130,10 @@ pub(crate) enum Event {
     GetOrSet { key: u64, start: u64, end: u64, seen: WriteId, via: Via, stored: bool },
     /// An operation that returned an error.
     Error { op: Op, start: u64, end: u64 },
+    /// A loader ran from `start` to `end`, recorded by the loader itself: in its caller (then a
+    /// `GetOrSet` with `via: Loaded` carries the same `id`) or in the background (an early refresh, or a
+    /// fill that went on past the soft timeout). `ok`: it returned a value (write `id`) rather than failing.
+    LoaderRun { key: u64, id: WriteId, start: u64, end: u64, ok: bool },
     /// The invalidation probe wrote sequence `seq`.
     ProbeWrite { seq: u64, start: u64, end: u64 },
     /// Process `process` first saw probe sequence `seq` at `at`.
@@ -154,6 +163,9 @@ impl Event {
                 writeln!(out, "G {key} {} {start} {end} {} {}", id_text(Some(*seen)), via.code(), u8::from(*stored))
             }
             Event::Error { op, start, end } => writeln!(out, "E {} {start} {end}", op.name()),
+            Event::LoaderRun { key, id, start, end, ok } => {
+                writeln!(out, "L {key} {} {start} {end} {}", id_text(Some(*id)), u8::from(*ok))
+            }
             Event::ProbeWrite { seq, start, end } => writeln!(out, "P {seq} {start} {end}"),
             Event::ProbeSeen { process, seq, at } => writeln!(out, "Q {process} {seq} {at}"),
         };
@@ -186,6 +198,9 @@ impl Event {
                 start: num(2)?,
                 end: num(3)?,
             },
+            Some("L") => {
+                Event::LoaderRun { key: num(1)?, id: some_id(2)?, start: num(3)?, end: num(4)?, ok: num(5)? == 1 }
+            }
             Some("P") => Event::ProbeWrite { seq: num(1)?, start: num(2)?, end: num(3)? },
             Some("Q") => Event::ProbeSeen { process: u32::try_from(num(1)?)?, seq: num(2)?, at: num(3)? },
             _ => bail!("unknown event line {line:?}"),
@@ -301,6 +316,8 @@ mod tests {
             Event::Read { key: 1, start: 8, end: 9, seen: Some((2, 3)) },
             Event::GetOrSet { key: 1, start: 1, end: 2, seen: (5, 6), via: Via::Collapsed, stored: true },
             Event::Error { op: Op::Delete, start: 1, end: 2 },
+            Event::LoaderRun { key: 3, id: (2, 9), start: 4, end: 5, ok: true },
+            Event::GetOrSet { key: 3, start: 1, end: 2, seen: (2, 8), via: Via::Stale, stored: true },
             Event::ProbeWrite { seq: 1, start: 2, end: 3 },
             Event::ProbeSeen { process: 2, seq: 1, at: 4 },
         ];

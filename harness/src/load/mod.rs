@@ -4,6 +4,7 @@
 
 pub(crate) mod check;
 pub(crate) mod events;
+pub(crate) mod faults;
 pub(crate) mod worker;
 
 use std::collections::BTreeMap;
@@ -84,7 +85,10 @@ pub(crate) async fn run(args: &LoadArgs) -> anyhow::Result<Outcome> {
         .local_max_entries(if args.no_local { 0 } else { args.keys.max(10_000) })
         .local_max_bytes(if args.no_local { 0 } else { 256 * 1024 * 1024 })
         .max_pool_size(usize::try_from(args.pool_size).unwrap_or(16))
-        .min_pool_size(1);
+        .min_pool_size(1)
+        .application_name(format!("harness_{run_id}"))
+        .fail_open(!args.faults)
+        .loader_soft_timeout(args.loader_soft_timeout);
     PostgresCache::init_db(&settings).await.context("init_db (is PostgreSQL running? see --dsn)")?;
     let result = run_with_table(args, &settings, &run_id).await;
     if !args.keep {
@@ -120,6 +124,12 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
             value_size: usize::try_from(args.value_size).unwrap_or(usize::MAX),
             mix: [args.reads, args.get_or_set, args.writes, args.deletes],
             ttl: args.ttl.0,
+            fill: worker::FillPlan {
+                stale_for: args.stale_for,
+                refresh_after: args.refresh_after,
+                early_refresh: args.early_refresh,
+                failing_loaders: args.failing_loaders,
+            },
             ops_per_task,
             probe_interval: args.probe_interval,
             events,
@@ -193,6 +203,15 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
             }
         })
     };
+    let (stop_faults, faults_stopped) = tokio::sync::watch::channel(false);
+    let injector = args.faults.then(|| {
+        let restart = args.restart_cmd.clone().or_else(|| std::env::var("PGCACHE_PG_RESTART").ok());
+        if restart.is_none() {
+            eprintln!("--faults without --restart-cmd (or PGCACHE_PG_RESTART): no server restart is injected");
+        }
+        let app = settings.application_name.clone();
+        tokio::spawn(faults::inject(settings.dsn.clone(), app, args.fault_interval, restart, faults_stopped))
+    });
     let mut failed = Vec::new();
     let mut worker_peak_rss_kb = Vec::new();
     for (index, (child, reader)) in children.iter_mut().zip(readers).enumerate() {
@@ -204,6 +223,14 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         }
     }
     let wall = now_ns().saturating_sub(start);
+    let _ = stop_faults.send(true);
+    let injected = match injector {
+        Some(task) => Some(task.await.context("the fault injector failed")?),
+        None => None,
+    };
+    if let Some(injected) = &injected {
+        eprintln!("faults injected: {injected:?}");
+    }
     ticker.abort();
     bar.finish_and_clear();
     if !failed.is_empty() {
@@ -218,6 +245,7 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
     let params = check::Params {
         bound: nanos(bound),
         ttl: args.ttl.0.map(nanos),
+        stale: args.stale_for.map(nanos),
         prefill: args.prefill,
         slack: 20_000_000,
         origin: start,
@@ -249,7 +277,10 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         "ttl_s": args.ttl.0.map(|d| d.as_secs_f64()), "local_ttl_s": args.local_ttl.as_secs_f64(),
         "staleness_bound_s": bound.as_secs_f64(), "pool_size": args.pool_size,
         "disable_notify": args.disable_notify, "no_local": args.no_local, "unlogged": args.db.unlogged,
-        "prefill": args.prefill, "check_budget": args.check_budget, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "stale_for_s": args.stale_for.map(|d| d.as_secs_f64()), "refresh_after_s": args.refresh_after.map(|d| d.as_secs_f64()),
+        "early_refresh": args.early_refresh, "failing_loaders_pct": args.failing_loaders,
+        "loader_soft_timeout_s": args.loader_soft_timeout.map(|d| d.as_secs_f64()),
+        "prefill": args.prefill, "check_budget": args.check_budget, "faults": injected, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
     });
     let params = chart_params(&config);
     let (mut report, _) = analysis.finish(config, wall, checked);
@@ -344,6 +375,7 @@ impl Analysis {
                     Via::Shared => "l2_hit",
                     Via::Collapsed => "collapsed",
                     Via::Loaded => "miss_load",
+                    Via::Stale => "stale",
                 };
                 record(Op::GetOrSet, path, start, end);
             }
@@ -354,6 +386,7 @@ impl Analysis {
                 self.probe_writes.insert(seq, end);
             }
             Event::ProbeSeen { process, seq, at } => self.seen.push((process, seq, at)),
+            Event::LoaderRun { .. } => {}
         }
     }
 
@@ -437,13 +470,15 @@ fn print_report(r: &LoadReport, out: &Path) {
         row("invalidation delay", &inv.delay);
     }
     println!(
-        "probe writes: {}, sightings: {}, unseen: {}   loader runs: {} on {} keys, duplicate loads: {}   errors: {:?}",
+        "probe writes: {}, sightings: {}, unseen: {}   loader runs: {} on {} keys, duplicate loads: {}, background loads: {}, stale answers: {}   errors: {:?}",
         inv.probe_writes,
         inv.samples,
         inv.unseen,
         r.check.loader_runs,
         r.check.keys_loaded,
         r.check.duplicate_loads,
+        r.check.background_loads,
+        r.check.stale_answers,
         r.errors
     );
     println!(

@@ -29,12 +29,39 @@ pub(crate) struct WorkerConfig {
     /// Weights of get, get_or_set, set, delete.
     pub(crate) mix: [u32; 4],
     pub(crate) ttl: Option<Duration>,
+    /// How `get_or_set` fills are written and how their loaders behave.
+    #[serde(default)]
+    pub(crate) fill: FillPlan,
     /// Operations per task (`None`: run until the coordinator's end time).
     pub(crate) ops_per_task: Option<u64>,
     pub(crate) probe_interval: Duration,
     pub(crate) events: PathBuf,
     pub(crate) seed: u64,
 }
+
+/// The fail-safe and refresh options of every fill, and how often a loader fails.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FillPlan {
+    pub(crate) stale_for: Option<Duration>,
+    pub(crate) refresh_after: Option<Duration>,
+    pub(crate) early_refresh: bool,
+    /// Percentage of loader runs that fail.
+    pub(crate) failing_loaders: u32,
+}
+
+impl FillPlan {
+    fn options(&self, ttl: Ttl) -> SetOptions {
+        let mut options = SetOptions::ttl(ttl);
+        options.stale_for = self.stale_for;
+        options.refresh_after = self.refresh_after;
+        options.early_refresh = self.early_refresh;
+        options
+    }
+}
+
+/// Where loaders record their runs: they may run after their caller returned (background refresh), so
+/// they send to one task of the process that writes to its own sink.
+type LoaderRuns = tokio::sync::mpsc::UnboundedSender<Event>;
 
 const PROBE_KEY: &str = "probe";
 const PROBE_POLL: Duration = Duration::from_millis(1);
@@ -59,11 +86,22 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let file = EventFile::create(&config.events)?;
     let done = Arc::new(AtomicU64::new(0));
+    let (runs, mut recorded) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let recorder = {
+        let mut sink = file.sink();
+        tokio::spawn(async move {
+            while let Some(event) = recorded.recv().await {
+                sink.push(&event).await;
+            }
+            sink.flush().await;
+        })
+    };
     let mut tasks = Vec::new();
     for task in 0..config.tasks {
-        let (cache, config, done) = (cache.clone(), Arc::clone(&config), Arc::clone(&done));
-        tasks.push(tokio::spawn(client_task(cache, config, task, end, done, file.sink())));
+        let (cache, config, done, runs) = (cache.clone(), Arc::clone(&config), Arc::clone(&done), runs.clone());
+        tasks.push(tokio::spawn(client_task(cache, config, task, end, done, file.sink(), runs)));
     }
+    drop(runs);
     // With `--ops` there is no end time: the probe runs until this process's client tasks are done.
     let (stop_probe, stopped) = tokio::sync::watch::channel(false);
     let mut probe = None;
@@ -95,8 +133,12 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         probe.await?;
     }
     reporter.abort();
-    file.finish(&config.events).await?;
+    // Background refreshes still running hold the last senders; they finish within their loader's run.
     cache.close().await;
+    if tokio::time::timeout(Duration::from_secs(10), recorder).await.is_err() {
+        eprintln!("worker {}: background loader runs did not finish in 10 s", config.index);
+    }
+    file.finish(&config.events).await?;
     let peak_kb = peak_rss_kb().unwrap_or(0);
     stdout.write_all(format!("done {} {peak_kb}\n", done.load(Ordering::Relaxed)).as_bytes()).await?;
     stdout.flush().await?;
@@ -118,6 +160,7 @@ async fn client_task(
     end: u64,
     done: Arc<AtomicU64>,
     mut sink: EventSink,
+    runs: LoaderRuns,
 ) {
     let writer = config.index * 65_536 + task + 1;
     let mut rng = SmallRng::seed_from_u64(config.seed ^ (u64::from(writer) << 20));
@@ -163,8 +206,15 @@ async fn client_task(
                 seq += 1;
                 let id = (writer, seq);
                 let value = Bytes::from(encode_value(key, id, start, config.value_size));
+                let fails = config.fill.failing_loaders > 0 && rng.gen_range(0..100) < config.fill.failing_loaders;
+                let (options, runs) = (config.fill.options(ttl), runs.clone());
                 let loader = move || async move {
-                    Ok::<_, std::convert::Infallible>(Fill { value, options: SetOptions::ttl(ttl), output: () })
+                    let begun = now_ns();
+                    let _ = runs.send(Event::LoaderRun { key, id, start: begun, end: now_ns(), ok: !fails });
+                    if fails {
+                        return Err(std::io::Error::other("loader failed on purpose"));
+                    }
+                    Ok(Fill { value, options, output: () })
                 };
                 match cache.get_or_load(&name, loader).await {
                     Ok(loaded) => {
@@ -172,6 +222,7 @@ async fn client_task(
                             Source::Local => Via::Local,
                             Source::Shared => Via::Shared,
                             Source::Loaded => Via::Loaded,
+                            Source::Stale => Via::Stale,
                             _ => Via::Collapsed,
                         };
                         let seen = seen_id(key, &loaded.value);

@@ -121,17 +121,18 @@ where
         let primary = self.ctx.keys.primary.clone();
         let entry = match self.shared.store.get_entry(&primary).await {
             Ok(entry) => entry,
-            Err(e) => return self.unavailable(e).await,
+            Err(e) => return Box::pin(self.unavailable(e)).await,
         };
         let Some(entry) = entry else {
-            return self.miss(primary, "uri-miss").await;
+            return Box::pin(self.miss(primary, "uri-miss")).await;
         };
-        match Record::decode(&entry.value) {
-            Some(Record::Response(stored)) if self.ctx.selects(&stored) => self.serve(primary, stored, entry).await,
-            Some(Record::Response(stored)) => self.variant(stored.vary_names()).await,
-            Some(Record::Variants(index)) => self.variant(index.names).await,
-            Some(Record::Pass(_)) => self.forward(CacheStatusMember::fwd("uri-miss").detail("pass")).await,
-            None => self.miss(primary, "uri-miss").await,
+        let record = self.shared.decoded.record(&primary, &entry.value);
+        match record.as_deref() {
+            Some(Record::Response(stored)) if self.ctx.selects(stored) => self.serve(primary, stored, entry).await,
+            Some(Record::Response(stored)) => Box::pin(self.variant(stored.vary_names())).await,
+            Some(Record::Variants(index)) => Box::pin(self.variant(index.names.clone())).await,
+            Some(Record::Pass(_)) => Box::pin(self.forward(CacheStatusMember::fwd("uri-miss").detail("pass"))).await,
+            None => Box::pin(self.miss(primary, "uri-miss")).await,
         }
     }
 
@@ -140,35 +141,40 @@ where
         let selected = key::selected(&names, self.ctx.headers());
         let vkey = key::variant(&self.ctx.keys.primary, &selected);
         match self.shared.store.get_entry(&vkey).await {
-            Err(e) => self.unavailable(e).await,
-            Ok(Some(entry)) => match Record::decode(&entry.value) {
-                Some(Record::Response(stored)) if self.ctx.selects(&stored) => self.serve(vkey, stored, entry).await,
-                Some(Record::Pass(_)) => self.forward(CacheStatusMember::fwd("vary-miss").detail("pass")).await,
-                _ => self.miss(vkey, "vary-miss").await,
-            },
-            Ok(None) => self.miss(vkey, "vary-miss").await,
+            Err(e) => Box::pin(self.unavailable(e)).await,
+            Ok(Some(entry)) => {
+                let record = self.shared.decoded.record(&vkey, &entry.value);
+                match record.as_deref() {
+                    Some(Record::Response(stored)) if self.ctx.selects(stored) => self.serve(vkey, stored, entry).await,
+                    Some(Record::Pass(_)) => {
+                        Box::pin(self.forward(CacheStatusMember::fwd("vary-miss").detail("pass"))).await
+                    }
+                    _ => Box::pin(self.miss(vkey, "vary-miss")).await,
+                }
+            }
+            Ok(None) => Box::pin(self.miss(vkey, "vary-miss")).await,
         }
     }
 
     /// A usable stored response under `key`: fresh → hit; stale within stale-while-revalidate → hit and
     /// one background refresh; otherwise (or `no-cache`) → revalidate now.
-    async fn serve(self, key: String, stored: Box<Stored>, entry: Entry) -> Result<Resp<RB>, S::Error> {
+    async fn serve(self, key: String, stored: &Stored, entry: Entry) -> Result<Resp<RB>, S::Error> {
         let age = stored.age(entry.expiry.remaining());
         let f = stored.freshness;
         let must_validate = f.no_cache || self.ctx.force_revalidate;
         if !must_validate && age < f.lifetime {
-            let status = CacheStatusMember::hit().ttl(ttl_left(&stored, age));
-            return Ok(self.respond(&stored, age, status));
+            let status = CacheStatusMember::hit().ttl(ttl_left(stored, age));
+            return Ok(self.respond(stored, age, status));
         }
         if !must_validate && age < policy::add(f.lifetime, f.stale_while_revalidate) {
-            self.clone().spawn_refresh(key, stored.clone(), entry.version);
-            let status = CacheStatusMember::hit().ttl(ttl_left(&stored, age)).detail("stale-while-revalidate");
-            return Ok(self.respond(&stored, age, status));
+            self.clone().spawn_refresh(key, Box::new(stored.clone()), entry.version);
+            let status = CacheStatusMember::hit().ttl(ttl_left(stored, age)).detail("stale-while-revalidate");
+            return Ok(self.respond(stored, age, status));
         }
         if self.ctx.only_if_cached {
             return Ok(only_if_cached(&self.shared.config));
         }
-        self.revalidate(key, stored, entry.version, age).await
+        Box::pin(self.revalidate(key, Box::new(stored.clone()), entry.version, age)).await
     }
 }
 
@@ -433,7 +439,7 @@ where
     async fn refresh(mut self, key: String, old: Box<Stored>) -> Result<Fill<Refreshed<RB, S::Error>>, Resp<RB>> {
         let resp = call(&mut self.inner, self.ctx.request(Mode::Revalidate(&old))).await;
         let short = |value| {
-            let options = SetOptions { ttl: Ttl::After(REFRESH_RESULT_TTL), tags: self.ctx.keys.base_tags() };
+            let options = SetOptions::ttl(Ttl::After(REFRESH_RESULT_TTL)).tags(self.ctx.keys.base_tags());
             (value, options)
         };
         let error_marker = |output| {

@@ -1,6 +1,8 @@
 //! [`Ctx`]: one cacheable request, as read once (its parts, body bytes and keys, and what the storage
 //! rules need to know about it), and rebuilt for the inner service as often as the flow needs it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::request::Parts;
@@ -16,7 +18,7 @@ use crate::policy::{CacheControl, RequestFacts};
 pub(crate) struct Ctx {
     pub(crate) parts: Parts,
     pub(crate) body: Bytes,
-    pub(crate) keys: Keys,
+    pub(crate) keys: Arc<Keys>,
     pub(crate) facts: RequestFacts,
     /// HEAD: answered from the GET entry, filled with a GET.
     pub(crate) head: bool,
@@ -40,7 +42,7 @@ pub(crate) enum Mode<'a> {
 }
 
 impl Ctx {
-    pub(crate) fn new(cfg: &Config, parts: Parts, body: Bytes, keys: Keys, grpc: bool) -> Self {
+    pub(crate) fn new(cfg: &Config, parts: Parts, body: Bytes, keys: Arc<Keys>, grpc: bool) -> Self {
         let client = CacheControl::parse(&parts.headers, &header::CACHE_CONTROL);
         let pragma = parts.headers.get(header::PRAGMA).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"));
         let authorization = parts.headers.contains_key(header::AUTHORIZATION);

@@ -59,15 +59,15 @@ where
     if !cacheable {
         if grpc {
             // gRPC calls are POSTs but never invalidate: streaming and unlisted methods pass through.
-            return pass(&shared, inner, req, CacheStatusMember::fwd("bypass").detail("grpc")).await;
+            return Box::pin(pass(&shared, inner, req, CacheStatusMember::fwd("bypass").detail("grpc"))).await;
         }
         if policy::is_unsafe(&method) && cfg.invalidate_unsafe {
-            return invalidate(&shared, inner, req).await;
+            return Box::pin(invalidate(&shared, inner, req)).await;
         }
-        return pass(&shared, inner, req, CacheStatusMember::fwd("method")).await;
+        return Box::pin(pass(&shared, inner, req, CacheStatusMember::fwd("method"))).await;
     }
     if let Some(reason) = bypass_reason(cfg, req.headers()) {
-        return pass(&shared, inner, req, CacheStatusMember::fwd("bypass").detail(reason)).await;
+        return Box::pin(pass(&shared, inner, req, CacheStatusMember::fwd("bypass").detail(reason))).await;
     }
     let (parts, body) = req.into_parts();
     let body = if method == Method::POST {
@@ -75,27 +75,27 @@ where
             RequestBody::Complete(bytes) => bytes,
             RequestBody::TooLarge(body) => {
                 let status = CacheStatusMember::fwd("bypass").detail("request-too-large");
-                return pass(&shared, inner, Request::from_parts(parts, body), status).await;
+                return Box::pin(pass(&shared, inner, Request::from_parts(parts, body), status)).await;
             }
             RequestBody::Failed(body) => {
                 // The inner service sees the body fail as it would without the layer (its own
                 // rejection: 400, or 413 behind a body limit), and nothing is cached.
                 let status = CacheStatusMember::fwd("bypass").detail("request-body-error");
-                return pass(&shared, inner, Request::from_parts(parts, body), status).await;
+                return Box::pin(pass(&shared, inner, Request::from_parts(parts, body), status)).await;
             }
         }
     } else if !body.is_end_stream() {
         let status = CacheStatusMember::fwd("bypass").detail("request-body");
-        return pass(&shared, inner, Request::from_parts(parts, body), status).await;
+        return Box::pin(pass(&shared, inner, Request::from_parts(parts, body), status)).await;
     } else {
         Bytes::new()
     };
     let Some(custom) = make_key.make_key(&parts) else {
         let req = Request::from_parts(parts, B::from_bytes(body));
-        return pass(&shared, inner, req, CacheStatusMember::fwd("bypass").detail("key")).await;
+        return Box::pin(pass(&shared, inner, req, CacheStatusMember::fwd("bypass").detail("key"))).await;
     };
     let digest = (method == Method::POST).then(|| key::body_digest(&body));
-    let keys = key::primary(cfg, &parts, &custom, digest.as_ref(), grpc);
+    let keys = key::primary(cfg, &shared.keys, &parts, &custom, digest.as_ref(), grpc);
     let ctx = Ctx::new(cfg, parts, body, keys, grpc);
     Flow::new(shared, inner, ctx).lookup().await
 }

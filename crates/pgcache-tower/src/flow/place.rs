@@ -105,7 +105,7 @@ impl Placement<'_> {
     /// belong to `key` itself and returns the value (and options) for `key`.
     pub(crate) async fn place(&self, key: &str, stored: &Stored) -> (Bytes, SetOptions) {
         let tags = key::response_tags(self.namespace, self.keys, &stored.headers);
-        let options = SetOptions { ttl: Ttl::After(stored.freshness.keep_for()), tags };
+        let options = SetOptions::ttl(Ttl::After(stored.freshness.keep_for())).tags(tags);
         let record = encode_stored(stored);
         let primary = self.keys.primary.as_str();
         if stored.vary.is_empty() {
@@ -118,7 +118,7 @@ impl Placement<'_> {
         if key == primary {
             self.write(&vkey, record, &options).await;
             let index = VariantIndex { names: stored.vary_names(), keys: vec![vkey] };
-            let index_options = SetOptions { ttl: options.ttl, tags: self.keys.base_tags() };
+            let index_options = SetOptions::ttl(options.ttl).tags(self.keys.base_tags());
             return (Record::Variants(index).encode(), index_options);
         }
         self.index_variant(&vkey, stored).await;
@@ -162,14 +162,14 @@ impl Placement<'_> {
         }
         // The index outlives every variant it lists.
         let keep = stored.freshness.keep_for().max(left.unwrap_or(Duration::ZERO));
-        let options = SetOptions { ttl: Ttl::After(keep), tags: self.keys.base_tags() };
+        let options = SetOptions::ttl(Ttl::After(keep)).tags(self.keys.base_tags());
         self.write(primary, Record::Variants(index).encode(), &options).await;
     }
 
     /// A hit-for-pass marker for `ttl`: requests go straight to the handler, in parallel, until it
     /// expires. `reason` is kept for the waiters' `Cache-Status`.
     pub(crate) fn pass_marker(&self, reason: &str, ttl: Duration) -> (Bytes, SetOptions) {
-        let options = SetOptions { ttl: Ttl::After(ttl), tags: self.keys.base_tags() };
+        let options = SetOptions::ttl(Ttl::After(ttl)).tags(self.keys.base_tags());
         (Record::Pass(reason.to_owned()).encode(), options)
     }
 

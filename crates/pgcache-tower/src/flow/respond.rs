@@ -49,9 +49,7 @@ pub(crate) fn from_stored<B: Body>(req: &Parts, stored: &Stored, age: Duration) 
             *resp.headers_mut() = stored.headers.clone();
             resp
         };
-    if let Ok(age) = HeaderValue::from_str(&age.as_secs().to_string()) {
-        resp.headers_mut().insert(header::AGE, age);
-    }
+    resp.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
     resp
 }
 
