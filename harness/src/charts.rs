@@ -86,7 +86,7 @@ impl Timeline {
                 self.probe_seen.push((seq, at));
                 return;
             }
-            Event::Error { .. } => return,
+            Event::Error { .. } | Event::LoaderRun { .. } => return,
         };
         let b = self.bucket(end);
         grow(&mut self.ops, b);
