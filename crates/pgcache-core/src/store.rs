@@ -303,7 +303,8 @@ impl CoherenceStatements {
             incarnation: format!(
                 "SELECT (SELECT id FROM {incarnation} WHERE entries = to_regclass('{t}')::oid), \
                  to_regclass('{t}')::oid::bigint, \
-                 (SELECT system_identifier FROM pg_control_system()), \
+                 CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE') \
+                      THEN (SELECT system_identifier FROM pg_control_system()) END, \
                  (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::bigint"
             ),
         }
@@ -318,7 +319,8 @@ pub(crate) struct Incarnation {
     pub(crate) id: Option<String>,
     /// The entries table's oid (`None`: the table is gone).
     pub(crate) table: Option<i64>,
-    /// The cluster's system identifier.
+    /// The cluster's system identifier (`None` where the role may not read it: the start time still
+    /// tells a new server life).
     pub(crate) system: Option<i64>,
     /// The server's start time, in microseconds since the epoch.
     pub(crate) started: Option<i64>,
