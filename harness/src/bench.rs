@@ -3,6 +3,7 @@
 //! | row | pgcache | baseline |
 //! | --- | --- | --- |
 //! | L1 hit latency | `get_bytes` served from L1 | raw moka `get` (same `Arc<str>` key, `Arc` of `Bytes` + version value) |
+//! | L1 hit, metrics on | `get_bytes` from L1 on a cache recording into a Prometheus recorder | the same on a cache without a recorder (target ≤ 1.05) |
 //! | L2 hit latency | `get_bytes`, local cache off | raw tokio-postgres prepared `SELECT` of the same row (the core's statement) |
 //! | L2 hit throughput | 16 tasks, local cache off, pool 16 | 16 tasks on a deadpool pool of 16, prepared `SELECT` |
 //! | set latency | `set_bytes` | the core's upsert statement on the same table (same triggers); and on a copy without triggers |
@@ -156,6 +157,7 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
         l1 = Some(l1_us);
         let moka_us = ns(moka_total) as f64 / l1_ops as f64 / 1000.0;
         out.push(latency_row("L1 hit latency (mean)", l1_us, moka_us, "raw moka get", 1.5));
+        out.push(l1_with_metrics(&full, base, &hot, n(50_000.0)).await?);
     }
     if want(Section::L2) {
         // L2 hit latency: local cache off vs raw prepared SELECT (the core's statement) of the same row.
@@ -384,6 +386,49 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
         out.extend(crate::http_bench::rows(base, window).await?);
     }
     Ok(out)
+}
+
+/// The L1 hit on a cache whose metrics go to a Prometheus recorder, against `plain` (created before any
+/// recorder, so its handles are no-ops), interleaved in rounds. The recorder is local to the observed
+/// cache's creation (`connect_lazy` registers its hot-path handles synchronously), so no other row records.
+async fn l1_with_metrics(
+    plain: &PostgresCache,
+    base: &CacheSettings,
+    hot: &str,
+    rounds: usize,
+) -> anyhow::Result<BenchRow> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let observed = metrics::with_local_recorder(&recorder, || PostgresCache::connect_lazy(base.clone()))?;
+    // Connected on this first read; the second fills the local cache (once the listener is up).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observed.local_usage().await.0 == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the observed cache never held {hot} locally");
+        observed.get_bytes(hot).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut on, mut off, mut ops) = (Duration::ZERO, Duration::ZERO, 0u64);
+    for _ in 0..10 {
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(observed.get_bytes(std::hint::black_box(hot)).await?);
+        }
+        on += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(plain.get_bytes(std::hint::black_box(hot)).await?);
+        }
+        off += t.elapsed();
+        ops += rounds as u64;
+    }
+    let recorded = handle.render();
+    anyhow::ensure!(
+        recorded.contains("cache_operation=\"get\",cache_outcome=\"l1_hit\""),
+        "the observed cache recorded no L1 hit: {recorded}"
+    );
+    observed.close().await;
+    let per_op = |d: Duration| ns(d) as f64 / ops as f64 / 1000.0;
+    Ok(latency_row("L1 hit latency, metrics on (mean)", per_op(on), per_op(off), "metrics off", 1.05))
 }
 
 fn select_sql(table: &str) -> String {

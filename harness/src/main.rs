@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod bench;
+mod charts;
 mod cli;
 mod compare;
 mod http_bench;
@@ -20,7 +21,6 @@ mod load;
 mod netem;
 mod redis_server;
 mod stats;
-mod svg;
 
 use clap::Parser;
 

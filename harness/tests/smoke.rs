@@ -24,8 +24,19 @@ fn load_runs_clean_and_writes_parsable_json() {
     assert!(report["ops_total"].as_u64().unwrap_or(0) > 0, "{json}");
     assert!(report["invalidation"]["samples"].as_u64().unwrap_or(0) > 0, "no invalidation was seen: {json}");
     assert!(report["paths"]["set"]["p99_us"].as_f64().is_some(), "{json}");
-    let svg = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg written");
-    assert!(svg.starts_with("<svg"));
+    // The charts need a font (fonts-dejavu-core); without one they are left out, never half-drawn.
+    let font = std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists();
+    for chart in ["latency", "throughput", "invalidation_lag", "l1_hit_ratio"] {
+        let svg = std::fs::read_to_string(out.join(format!("{chart}.svg")));
+        let png = std::fs::read(out.join(format!("{chart}.png")));
+        if font {
+            let svg = svg.unwrap_or_else(|e| panic!("{chart}.svg: {e}"));
+            assert!(svg.starts_with("<svg") && svg.contains("<text"), "{chart}: {svg:.200}");
+            assert!(png.is_ok_and(|png| png.starts_with(b"\x89PNG")), "{chart}.png");
+        } else {
+            assert!(svg.is_err() && png.is_err(), "{chart} drawn without a font");
+        }
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -62,7 +73,8 @@ fn ops_run_with_two_processes_ends() {
     assert_eq!(report["ops_total"].as_u64(), Some(400), "{json}");
     assert!(report["check"]["reads_checked"].as_u64().unwrap_or(0) > 0, "{json}");
     let left: Vec<_> = std::fs::read_dir(&out).expect("read --out").flatten().map(|e| e.file_name()).collect();
-    assert_eq!(left.len(), 2, "only results.json and latency.svg stay: {left:?}");
+    let kept = |name: &str| name == "results.json" || name.ends_with(".png") || name.ends_with(".svg");
+    assert!(left.iter().all(|n| kept(&n.to_string_lossy())), "only results.json and the charts stay: {left:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

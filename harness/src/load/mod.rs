@@ -71,7 +71,8 @@ pub(crate) async fn run_quiet(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     Ok(outcome.report)
 }
 
-/// Runs `load` with `args`; prints the report and writes `results.json` and `latency.svg` to `--out`.
+/// Runs `load` with `args`; prints the report and writes `results.json` and the charts (PNG and SVG:
+/// latency, throughput, invalidation lag, L1 hit ratio) to `--out`.
 pub(crate) async fn run(args: &LoadArgs) -> anyhow::Result<Outcome> {
     tokio::fs::create_dir_all(&args.out).await.with_context(|| format!("creating {}", args.out.display()))?;
     let run_id = format!("{:x}", now_ns() % 0xff_ffff);
@@ -253,10 +254,12 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
     // into the checker, a range of keys at a time.
     let mut analysis = Analysis::default();
     let mut counts = check::KeyCounts::default();
+    let mut timeline = crate::charts::Timeline::new(start);
     for path in &event_files {
         events::read_file(path, |event| {
             analysis.add(event);
             counts.add(event);
+            timeline.add(event);
         })?;
     }
     let scratch = args.out.join(format!("check-{run_id}"));
@@ -279,19 +282,41 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
         "loader_soft_timeout_s": args.loader_soft_timeout.map(|d| d.as_secs_f64()),
         "prefill": args.prefill, "check_budget": args.check_budget, "faults": injected, "machine_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
     });
-    let (mut report, histograms) = analysis.finish(config, wall, checked);
+    let params = chart_params(&config);
+    let (mut report, _) = analysis.finish(config, wall, checked);
     report.worker_peak_rss_kb = worker_peak_rss_kb;
     if !args.quiet_report {
         print_report(&report, &args.out);
     }
     let json = serde_json::to_string_pretty(&report)?;
     tokio::fs::write(args.out.join("results.json"), json).await?;
-    tokio::fs::write(
-        args.out.join("latency.svg"),
-        crate::svg::percentile_chart("pgcache load: latency by path", &histograms),
-    )
-    .await?;
+    for chart in crate::charts::write(&args.out, &params, &timeline)? {
+        println!("chart: {}", chart.display());
+    }
+    if !args.quiet_report {
+        println!("{}", verdict(&report));
+    }
     Ok(Outcome { violations: report.check.violations_total, report })
+}
+
+/// The run's parameters, for the charts' captions.
+fn chart_params(config: &serde_json::Value) -> String {
+    let c = |name: &str| config.get(name).map_or_else(|| "-".to_owned(), ToString::to_string);
+    let mix = &config["mix"];
+    format!(
+        "{} procs x {} tasks, {} keys, {} B values, mix get/gos/set/del {}/{}/{}/{}, local_ttl {} s{}{}",
+        c("processes"),
+        c("tasks"),
+        c("keys"),
+        c("value_size"),
+        mix["get"],
+        mix["get_or_set"],
+        mix["set"],
+        mix["delete"],
+        c("local_ttl_s"),
+        if config["disable_notify"] == true { ", notify off" } else { "" },
+        if config["unlogged"] == true { ", unlogged" } else { "" },
+    )
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -409,6 +434,7 @@ impl Analysis {
 }
 
 fn print_report(r: &LoadReport, out: &Path) {
+    println!("ran: {}", chart_params(&r.config));
     println!(
         "ops: {} in {:.2}s = {:.0} ops/s   L1 hit ratio (get_or_set): {:.1}%   get hit ratio: {:.1}%",
         r.ops_total,
@@ -465,7 +491,15 @@ fn print_report(r: &LoadReport, out: &Path) {
             println!("    {line}");
         }
     }
-    println!("results: {}  chart: {}", out.join("results.json").display(), out.join("latency.svg").display());
+    println!("results: {}", out.join("results.json").display());
+}
+
+/// The summary's last line: the consistency check's verdict.
+fn verdict(r: &LoadReport) -> String {
+    match r.check.violations_total {
+        0 => format!("PASS: consistency check, {} reads checked, 0 violations", r.check.reads_checked),
+        n => format!("FAIL: consistency check, {} reads checked, {n} violations", r.check.reads_checked),
+    }
 }
 
 /// Inserts `rows` rows `k:0..` in one statement, as write (0, 0) without TTL.
