@@ -3,7 +3,8 @@
 //! - INSERT, UPDATE, DELETE and TRUNCATE of application rows by plain SQL (another connection, as a
 //!   person with `psql` would) delete the entries tagged by those rows, on every node, and nothing else;
 //! - a bulk UPDATE is one statement's worth of work; a rolled-back UPDATE evicts nothing;
-//! - a role with no rights on the cache table still invalidates (the function is `SECURITY DEFINER`);
+//! - a role with no rights on the cache table still invalidates (the function is `SECURITY DEFINER`),
+//!   and cannot divert it with a temporary table named like the cache table;
 //! - installing is idempotent, removing works, and bad tables, templates and columns get typed errors.
 
 use std::time::Duration;
@@ -158,6 +159,15 @@ async fn a_role_without_cache_rights_still_invalidates() -> anyhow::Result<()> {
     set_tagged(&a, "page:7", "cached", "order:7").await?;
     make_local(&a, "page:7").await?;
     let writer = sql_client(&dsn).await?;
+    // A temporary table named like the cache table cannot capture the function's DELETE (pg_temp is
+    // last on its pinned search_path).
+    writer
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE \"{p}cache_entries\" (key text, tags text[]); \
+             INSERT INTO \"{p}cache_entries\" VALUES ('decoy', ARRAY['order:7'])",
+            p = settings.schema_prefix
+        ))
+        .await?;
     writer.execute(&format!("UPDATE \"{orders}\" SET id = 8 WHERE id = 7"), &[]).await?;
     gone_everywhere(&[&a], "page:7").await?;
     a.close().await;

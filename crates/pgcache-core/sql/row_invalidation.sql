@@ -2,18 +2,20 @@
 --
 -- Placeholders (validated identifiers only, quoted): __PREFIX__ (schema_prefix), __TABLE__ (the application
 -- table, `"schema"."table"` or `"table"`), __TRIGGER__ (the trigger base name, `{prefix}inv_{hash of the
--- template}`), __ARGS__ (the tag template as string literals: literal, column, literal, ..., literal).
+-- template}`), __ARGS__ (the tag template as string literals: literal, column, literal, ..., literal),
+-- __CACHE_SCHEMA__ (the cache table's schema, quoted by the server's `quote_ident`).
 --
 -- Statement-level triggers with transition tables: one DELETE of the tagged cache entries per statement,
 -- whatever its row count, in the statement's own transaction (so it commits or rolls back with the change).
 -- The cache table's own triggers then notify every node at commit. INSERT evicts the new rows' tags, DELETE
 -- the old rows', UPDATE both (a changed key column moves the row from one tag to another), TRUNCATE every
--- entry with a tag of the template's shape. SECURITY DEFINER with the installer's search_path: any role that
--- may write the application table invalidates, without rights on the cache table and whatever its own
--- search_path.
+-- entry with a tag of the template's shape. SECURITY DEFINER with a pinned search_path (`pg_catalog`, the cache
+-- table's schema, `pg_temp` last, so no temporary or user-created object can stand in for the cache's):
+-- any role that may write the application table invalidates, without rights on the cache table and
+-- whatever its own search_path.
 
 CREATE OR REPLACE FUNCTION "__PREFIX__cache_invalidate_rows"() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, __CACHE_SCHEMA__, pg_temp AS $fn$
 DECLARE
     tag_expr text := '';
     pattern  text := '';

@@ -112,9 +112,11 @@ fn trigger_name(settings: &CacheSettings, template: &Template) -> String {
     format!("{}inv_{hash:016x}", settings.schema_prefix)
 }
 
-fn render(sql: &str, settings: &CacheSettings, table: &Table, template: &Template) -> String {
+/// `cache_schema` is the cache table's schema, already quoted by the server (`quote_ident`).
+fn render(sql: &str, settings: &CacheSettings, table: &Table, template: &Template, cache_schema: &str) -> String {
     sql.replace("__TRIGGER__", &trigger_name(settings, template))
         .replace("__PREFIX__", &settings.schema_prefix)
+        .replace("__CACHE_SCHEMA__", cache_schema)
         .replace("__TABLE__", &table.quoted())
         // Last: the literals are the only user text.
         .replace("__ARGS__", &template.arguments())
@@ -124,18 +126,18 @@ fn render(sql: &str, settings: &CacheSettings, table: &Table, template: &Templat
 /// rows of `table` change.
 pub(crate) async fn install(settings: &CacheSettings, table: &str, template: &str) -> Result<()> {
     let (table, template) = (Table::parse(table)?, Template::parse(template)?);
-    run(settings, &table, &template, Some(render(INSTALL_SQL, settings, &table, &template))).await.map(drop)
+    run(settings, &table, &template, true).await.map(drop)
 }
 
 /// Removes them; true when they were installed.
 pub(crate) async fn remove(settings: &CacheSettings, table: &str, template: &str) -> Result<bool> {
     let (table, template) = (Table::parse(table)?, Template::parse(template)?);
-    run(settings, &table, &template, None).await
+    run(settings, &table, &template, false).await
 }
 
 /// Checks the table and its columns, then applies `install` (or the drop file) in one transaction under
 /// the prefix's migration lock. Returns whether the triggers existed before.
-async fn run(settings: &CacheSettings, table: &Table, template: &Template, install: Option<String>) -> Result<bool> {
+async fn run(settings: &CacheSettings, table: &Table, template: &Template, install: bool) -> Result<bool> {
     settings.validate()?;
     let mut client = open_one_shot(settings).await?;
     let bound = statement_bound(settings);
@@ -173,7 +175,24 @@ async fn run(settings: &CacheSettings, table: &Table, template: &Template, insta
             .await
             .and_then(|row| row.try_get(0))
             .map_err(Error::from_pg)?;
-        let sql = install.unwrap_or_else(|| render(DROP_SQL, settings, table, template));
+        // The SECURITY DEFINER function's search_path names the cache table's own schema and puts
+        // pg_temp last, so no temporary or user-created object can stand in for the cache table.
+        let cache_schema: Option<String> = tx
+            .query_opt(
+                "SELECT quote_ident(n.nspname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = to_regclass($1)",
+                &[&format!("\"{}cache_entries\"", settings.schema_prefix)],
+            )
+            .await
+            .map_err(Error::from_pg)?
+            .map(|row| row.try_get(0))
+            .transpose()
+            .map_err(Error::from_pg)?;
+        let sql = match (install, cache_schema) {
+            (true, Some(schema)) => render(INSTALL_SQL, settings, table, template, &schema),
+            (true, None) => return Err(invalid("the cache table does not exist: run init_db first".into())),
+            (false, _) => render(DROP_SQL, settings, table, template, ""),
+        };
         tx.batch_execute(&sql).await.map_err(Error::from_pg)?;
         tx.commit().await.map_err(Error::from_pg)?;
         Ok(existed)
@@ -212,10 +231,12 @@ mod tests {
         let s = CacheSettings::new("postgresql://x@y/z").schema_prefix("mk_");
         let (table, template) = (Table::parse("app.orders").unwrap(), Template::parse("o:{id}").unwrap());
         for file in [INSTALL_SQL, DROP_SQL] {
-            let sql = render(file, &s, &table, &template);
+            let sql = render(file, &s, &table, &template, "public");
             assert!(!sql.contains("__TRIGGER__") && !sql.contains("__TABLE__") && !sql.contains("__PREFIX__"));
+            assert!(!sql.contains("__CACHE_SCHEMA__"));
             assert!(sql.contains("ON \"app\".\"orders\""));
         }
-        assert!(render(INSTALL_SQL, &s, &table, &template).contains("\"mk_cache_invalidate_rows\"('o:', 'id', '')"));
+        assert!(render(INSTALL_SQL, &s, &table, &template, "public")
+            .contains("\"mk_cache_invalidate_rows\"('o:', 'id', '')"));
     }
 }
