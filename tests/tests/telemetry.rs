@@ -248,6 +248,48 @@ async fn a_stopped_server_counts_fail_open_reads_and_a_listener_reconnect() -> R
     Ok(())
 }
 
+/// Every request through the HTTP layer has a `pgcache.http.lookup` span with the method, the primary
+/// key's hash and the final Cache-Status outcome, and never the URI.
+#[tokio::test]
+async fn every_http_lookup_has_a_span_with_its_outcome_and_a_key_hash_never_the_uri() -> Result<()> {
+    let spans = Spans::default();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let settings = settings_for("m_http_spans");
+    let cache: PostgresCache = connect(&settings).await?;
+    let app = axum::Router::new()
+        .route(
+            "/users/ava@example.com",
+            axum::routing::get(|| async { ([("cache-control", "max-age=60")], "profile") }),
+        )
+        .layer(pgcache_tower::PgCacheLayer::new(cache.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/users/ava@example.com", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let response = client.get(&url).send().await?;
+        anyhow::ensure!(response.status() == 200, "{response:?}");
+        response.bytes().await?;
+    }
+    server.abort();
+    cache.close().await;
+
+    let spans = spans.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let lookups: Vec<_> = spans.iter().filter(|s| s.name == "pgcache.http.lookup").collect();
+    let outcomes: Vec<_> = lookups.iter().filter_map(|s| s.fields.get("cache.outcome").map(String::as_str)).collect();
+    assert_eq!(outcomes, ["uri-miss", "hit"], "{lookups:?}");
+    for span in &lookups {
+        assert_eq!(span.fields.get("http.request.method").map(String::as_str), Some("GET"));
+        assert_eq!(span.fields.get("cache.key_hash").map(String::len), Some(16), "{span:?}");
+    }
+    for span in &spans {
+        for value in span.fields.values() {
+            assert!(!value.contains("ava@example.com") && !value.contains("profile"), "{span:?} leaks the URI or body");
+        }
+    }
+    Ok(())
+}
+
 /// A finished span: its name and its fields as text.
 #[derive(Clone, Debug)]
 struct SpanRecord {

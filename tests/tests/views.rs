@@ -69,7 +69,7 @@ async fn views_answer_entries_bytes_expired_ages_largest_keys_and_tags() -> Resu
 }
 
 #[tokio::test]
-async fn the_http_view_tells_status_and_vary_of_layer_entries() -> Result<()> {
+async fn the_http_view_tells_method_uri_status_and_vary_of_layer_entries() -> Result<()> {
     let settings = settings_for("v_http");
     let cache = connect(&settings).await?;
     let p = settings.schema_prefix.clone();
@@ -102,6 +102,19 @@ async fn the_http_view_tells_status_and_vary_of_layer_entries() -> Result<()> {
     assert!(rows.contains(&(Some("response".to_owned()), Some(404), Some(String::new()))), "{rows:?}");
     assert!(rows.iter().any(|(kind, _, _)| kind.as_deref() == Some("vary_index")), "{rows:?}");
     assert!(rows.iter().all(|(kind, _, _)| kind.is_some()), "only layer records: {rows:?}");
+    let lines = sql
+        .query(&format!("SELECT method, uri, status FROM \"{p}cache_http\" WHERE kind = 'response' ORDER BY uri"), &[])
+        .await?;
+    let lines: Vec<(Option<String>, Option<String>, Option<i32>)> =
+        lines.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(
+        lines,
+        [
+            (Some("GET".to_owned()), Some("example.test/hello".to_owned()), Some(200)),
+            (Some("GET".to_owned()), Some("example.test/missing".to_owned()), Some(404)),
+        ],
+        "the view tells what request each response answers"
+    );
     cache.close().await;
     Ok(())
 }

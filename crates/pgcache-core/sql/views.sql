@@ -60,52 +60,70 @@ SELECT tag,
   FROM "__PREFIX__cache_entries" e, unnest(e.tags) AS tag
  GROUP BY tag;
 
--- The request headers an HTTP response record (pgcache-tower's `PGH2` encoding) varies on, comma
--- separated; NULL for anything else or anything malformed. Reads only the fixed header and the Vary list.
-CREATE OR REPLACE FUNCTION "__PREFIX__cache_http_vary"(v bytea) RETURNS text
+-- What an HTTP response record (pgcache-tower's `PGH3` encoding) answers: its request method, its target
+-- (authority, path and query) and the request headers it varies on, comma separated; NULLs for anything
+-- else or anything malformed. Reads the fixed header, the Vary list and the request line only.
+CREATE OR REPLACE FUNCTION "__PREFIX__cache_http_request"(v bytea, OUT method text, OUT uri text, OUT vary text)
 LANGUAGE plpgsql IMMUTABLE STRICT AS $fn$
 DECLARE
     n bigint;
     pos integer := 64;         -- magic 4, kind 1, status 2, 7 x u64 56, no_cache 1: the Vary count
     len bigint;
     names text[] := '{}';
+    line text[] := '{}';
 BEGIN
-    IF octet_length(v) < 68 OR substring(v FROM 1 FOR 4) <> '\x50474832'::bytea OR get_byte(v, 4) <> 0 THEN
-        RETURN NULL;
+    IF octet_length(v) < 68 OR substring(v FROM 1 FOR 4) <> '\x50474833'::bytea OR get_byte(v, 4) <> 0 THEN
+        RETURN;
     END IF;
     n := (get_byte(v, pos)::bigint << 24) | (get_byte(v, pos + 1) << 16) | (get_byte(v, pos + 2) << 8) | get_byte(v, pos + 3);
     pos := pos + 4;
-    FOR i IN 1 .. least(n, 64) LOOP
-        IF pos + 4 > octet_length(v) THEN RETURN NULL; END IF;
+    IF n > 64 THEN RETURN; END IF;
+    FOR i IN 1 .. n LOOP
+        IF pos + 4 > octet_length(v) THEN RETURN; END IF;
         len := (get_byte(v, pos)::bigint << 24) | (get_byte(v, pos + 1) << 16) | (get_byte(v, pos + 2) << 8) | get_byte(v, pos + 3);
-        IF pos + 4 + len + 1 > octet_length(v) THEN RETURN NULL; END IF;
+        IF pos + 4 + len + 1 > octet_length(v) THEN RETURN; END IF;
         names := names || convert_from(substring(v FROM pos + 5 FOR len::integer), 'UTF8');
         pos := pos + 4 + len::integer;
         IF get_byte(v, pos) = 1 THEN
-            IF pos + 5 > octet_length(v) THEN RETURN NULL; END IF;
+            IF pos + 5 > octet_length(v) THEN RETURN; END IF;
             len := (get_byte(v, pos + 1)::bigint << 24) | (get_byte(v, pos + 2) << 16) | (get_byte(v, pos + 3) << 8) | get_byte(v, pos + 4);
             pos := pos + 5 + len::integer;
         ELSE
             pos := pos + 1;
         END IF;
     END LOOP;
-    RETURN array_to_string(names, ', ');
+    -- The request line: method, then target, each length-prefixed.
+    FOR i IN 1 .. 2 LOOP
+        IF pos + 4 > octet_length(v) THEN RETURN; END IF;
+        len := (get_byte(v, pos)::bigint << 24) | (get_byte(v, pos + 1) << 16) | (get_byte(v, pos + 2) << 8) | get_byte(v, pos + 3);
+        IF pos + 4 + len > octet_length(v) THEN RETURN; END IF;
+        line := line || convert_from(substring(v FROM pos + 5 FOR len::integer), 'UTF8');
+        pos := pos + 4 + len::integer;
+    END LOOP;
+    method := line[1];
+    uri := line[2];
+    vary := array_to_string(names, ', ');
 EXCEPTION WHEN others THEN
-    RETURN NULL;
+    method := NULL; uri := NULL; vary := NULL;
 END
 $fn$;
 
--- What each HTTP layer entry is: a response (its status and the request headers it varies on), a Vary
--- index, or a hit-for-pass marker. Keys are digests: the method and URI are not stored, so they cannot be
--- shown; `tags` holds the layer's URI tag. Rows that are not pgcache-tower records are left out.
+-- What each HTTP layer entry is: a response (the request method and target it answers, its status and
+-- the request headers it varies on), a Vary index, or a hit-for-pass marker. Keys are digests; `tags`
+-- holds the layer's URI tag. Rows that are not pgcache-tower records are left out.
 CREATE OR REPLACE VIEW "__PREFIX__cache_http" AS
 SELECT key,
        CASE get_byte(value, 4) WHEN 0 THEN 'response' WHEN 1 THEN 'vary_index' WHEN 2 THEN 'pass' END AS kind,
        CASE WHEN get_byte(value, 4) = 0 THEN (get_byte(value, 5) << 8) | get_byte(value, 6) END      AS status,
-       "__PREFIX__cache_http_vary"(value)                                                          AS vary,
+       r.vary,
        octet_length(value)                                                                          AS value_bytes,
        tags,
        expires_at,
-       updated_at
-  FROM "__PREFIX__cache_entries"
- WHERE octet_length(value) >= 7 AND substring(value FROM 1 FOR 4) = '\x50474832'::bytea;
+       updated_at,
+       r.method,
+       r.uri
+  FROM "__PREFIX__cache_entries", LATERAL "__PREFIX__cache_http_request"(value) AS r
+ WHERE octet_length(value) >= 7 AND substring(value FROM 1 FOR 4) = '\x50474833'::bytea;
+
+-- Version 2 of this file parsed only the Vary list (the view above no longer uses it).
+DROP FUNCTION IF EXISTS "__PREFIX__cache_http_vary"(bytea);

@@ -486,8 +486,19 @@ impl Evictions {
 
 /// Counts an HTTP response of the tower layer by its final `Cache-Status` outcome (`hit`, `stale`,
 /// `miss`, `bypass`, ...). For front ends; applications do not call it.
+///
+/// The outcome is recorded on the current span too: the layer's `pgcache.http.lookup` span.
 pub fn http_response(outcome: &'static str) {
     counter!(HTTP_RESPONSES, SPAN_OUTCOME => outcome).increment(1);
+    span_outcome(outcome);
+}
+
+/// Records the hash of `key` (never the key) as [`SPAN_KEY_HASH`] on the current span, when DEBUG spans
+/// are on. For front ends whose span opens before the key is known (the HTTP layer's lookup).
+pub fn record_key_hash(key: &str) {
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        tracing::Span::current().record(SPAN_KEY_HASH, key_hash(key));
+    }
 }
 
 /// Counts a `Cached<T>`/`Lookup<T>` answer for `resource` (a type name). For front ends; applications

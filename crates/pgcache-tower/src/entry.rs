@@ -10,8 +10,9 @@ use http::StatusCode;
 use crate::key;
 use crate::policy::Freshness;
 
-/// Version 2 added the revalidation window; records of version 1 read as misses.
-const MAGIC: &[u8; 4] = b"PGH2";
+/// Version 2 added the revalidation window, version 3 the request line (for operators' SQL views);
+/// records of an older version read as misses.
+const MAGIC: &[u8; 4] = b"PGH3";
 
 /// A stored value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +47,11 @@ pub(crate) struct Stored {
     pub(crate) freshness: Freshness,
     /// The request header values this response was selected by (`Vary`), normalised; `None` = absent.
     pub(crate) vary: Vec<(HeaderName, Option<Bytes>)>,
+    /// The request method the response answers (`GET` for a HEAD, which is filled with a GET).
+    pub(crate) method: String,
+    /// The request target as the layer keyed it: authority and path with query. Kept for operators
+    /// (the `cache_http` SQL view), never used to select a response.
+    pub(crate) target: String,
 }
 
 impl Stored {
@@ -133,6 +139,8 @@ impl Record {
                     };
                     vary.push((name, value));
                 }
+                let method = String::from_utf8(get_bytes(&mut r)?.to_vec()).ok()?;
+                let target = String::from_utf8(get_bytes(&mut r)?.to_vec()).ok()?;
                 let headers = get_headers(&mut r)?;
                 let body = get_bytes(&mut r)?;
                 let trailers = match get_u8(&mut r)? {
@@ -150,6 +158,8 @@ impl Record {
                     keep_ms,
                     freshness,
                     vary,
+                    method,
+                    target,
                 })))
             }
             1 => {
@@ -201,6 +211,8 @@ fn put_stored(out: &mut BytesMut, s: &Stored) {
             None => out.put_u8(0),
         }
     }
+    put_bytes(out, s.method.as_bytes());
+    put_bytes(out, s.target.as_bytes());
     put_headers(out, &s.headers);
     put_bytes(out, &s.body);
     match &s.trailers {
@@ -289,6 +301,8 @@ mod tests {
                 (HeaderName::from_static("accept"), Some(Bytes::from_static(b"a"))),
                 (HeaderName::from_static("x-b"), None),
             ],
+            method: "GET".to_owned(),
+            target: "example.test/a?b=1".to_owned(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::body::{PgBody, ReplayBody};
 use crate::config::{DefaultKey, MakeKey, Shared};
@@ -72,8 +73,19 @@ where
         // The clone that was not polled ready stays behind; the ready one serves this request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        // One span per lookup (at DEBUG; a disabled span costs one static check): the method, and once
+        // known the primary key's hash (never the URI, which may carry personal data) and the final
+        // Cache-Status outcome. Its timing is the span's own.
+        let span = tracing::debug_span!(
+            target: "pgcache::http",
+            "pgcache.http.lookup",
+            cache.operation = "http_lookup",
+            http.request.method = %req.method(),
+            cache.key_hash = tracing::field::Empty,
+            cache.outcome = tracing::field::Empty,
+        );
         let flow = flow::run(Arc::clone(&self.shared), inner, self.make_key.clone(), req);
-        ResponseFuture::new(Box::pin(flow))
+        ResponseFuture::new(Box::pin(flow.instrument(span)))
     }
 }
 

@@ -76,11 +76,14 @@ where
 
     /// What the storage rules need.
     fn rulebook(&self) -> Rulebook<'_> {
+        let (method, target) = self.ctx.request_line();
         Rulebook {
             rules: &self.shared.rules,
             facts: self.ctx.facts,
             max_body_bytes: self.shared.config.max_body_bytes,
             request: self.ctx.headers(),
+            method,
+            target,
         }
     }
 

@@ -63,6 +63,14 @@ impl Ctx {
         &self.parts.headers
     }
 
+    /// The request line stored with a response, for operators: the fill's method (GET for a HEAD) and
+    /// the target as the layer keyed it (authority, then path and query).
+    pub(crate) fn request_line(&self) -> (&str, String) {
+        let method = if self.head { "GET" } else { self.parts.method.as_str() };
+        let path = self.parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        (method, format!("{}{path}", self.keys.origin))
+    }
+
     /// Whether this request selects `stored` (its `Vary` values match).
     pub(crate) fn selects(&self, stored: &Stored) -> bool {
         stored.selected_by(&self.parts.headers)

@@ -96,6 +96,7 @@ where
     };
     let digest = (method == Method::POST).then(|| key::body_digest(&body));
     let keys = key::primary(cfg, &shared.keys, &parts, &custom, digest.as_ref(), grpc);
+    pgcache_core::telemetry::record_key_hash(&keys.primary);
     let ctx = Ctx::new(cfg, parts, body, keys, grpc);
     Flow::new(shared, inner, ctx).lookup().await
 }

@@ -32,6 +32,9 @@ pub(crate) struct Rulebook<'a> {
     pub(crate) max_body_bytes: usize,
     /// The request's headers, for the `Vary` selection the response is stored under.
     pub(crate) request: &'a HeaderMap,
+    /// The request line stored with the response, for operators: method and target.
+    pub(crate) method: &'a str,
+    pub(crate) target: String,
 }
 
 /// Applies the storage rules, and buffers the body only when the response may be stored and fits.
@@ -81,6 +84,8 @@ where
         keep_ms: u64::try_from(freshness.keep_for().as_millis()).unwrap_or(u64::MAX),
         freshness,
         vary: key::selected(&vary, book.request),
+        method: book.method.to_owned(),
+        target: book.target.clone(),
     }))
 }
 
