@@ -487,12 +487,18 @@ pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<String> {
     list_values(headers, &header::CONNECTION).map(str::to_ascii_lowercase).collect()
 }
 
-/// The stored headers updated with those of a 304 (RFC 9111 §4.3.4), except framing fields.
+/// Fields that describe the stored content bytes themselves: a 304 never replaces them, since the body
+/// served stays the stored one (RFC 9111 §3.2 excepts `Content-Length`, and lets a cache keep the fields
+/// "necessary to assure integrity of the stored response").
+const DESCRIBES_STORED_CONTENT: [&str; 4] = ["content-length", "content-encoding", "content-range", "content-md5"];
+
+/// The stored headers updated with those of a 304 (RFC 9111 §4.3.4), except hop-by-hop fields and the
+/// fields that describe the stored content.
 pub(crate) fn freshen(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(update);
     let mut merged = stored.clone();
     for name in update.keys() {
-        if is_unstored_header(name, &listed) || name == header::CONTENT_LENGTH {
+        if is_unstored_header(name, &listed) || DESCRIBES_STORED_CONTENT.contains(&name.as_str()) {
             continue;
         }
         merged.remove(name);
@@ -507,6 +513,34 @@ pub(crate) fn freshen(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn a_304_never_replaces_the_fields_that_describe_the_stored_content() {
+        let stored = headers(&[
+            ("content-encoding", "gzip"),
+            ("content-range", "bytes 0-9/10"),
+            ("content-md5", "a"),
+            ("content-length", "10"),
+            ("x-a", "old"),
+        ]);
+        let update = headers(&[
+            ("content-encoding", "br"),
+            ("content-range", "bytes 0-4/5"),
+            ("content-md5", "b"),
+            ("content-length", "5"),
+            ("x-a", "new"),
+        ]);
+        let merged = freshen(&stored, &update);
+        for (name, value) in [
+            ("content-encoding", "gzip"),
+            ("content-range", "bytes 0-9/10"),
+            ("content-md5", "a"),
+            ("content-length", "10"),
+        ] {
+            assert_eq!(merged.get(name).unwrap(), value, "{name}");
+        }
+        assert_eq!(merged.get("x-a").unwrap(), "new");
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
