@@ -28,6 +28,8 @@ const SIZE: (u32, u32) = (1100, 620);
 /// Per-second figures of a run, gathered one event at a time.
 pub(crate) struct Timeline {
     origin: u64,
+    /// The latest operation end seen (ns since the epoch): where the last, partial second ends.
+    last_end: u64,
     latency: BTreeMap<&'static str, Vec<Latency>>,
     ops: Vec<u64>,
     /// get_or_set calls and those served from L1, per second.
@@ -42,6 +44,7 @@ impl Timeline {
     pub(crate) fn new(origin: u64) -> Self {
         Self {
             origin,
+            last_end: origin,
             latency: BTreeMap::new(),
             ops: Vec::new(),
             get_or_set: Vec::new(),
@@ -88,12 +91,30 @@ impl Timeline {
             }
             Event::Error { .. } | Event::LoaderRun { .. } => return,
         };
+        self.last_end = self.last_end.max(end);
         let b = self.bucket(end);
         grow(&mut self.ops, b);
         self.ops[b] += 1;
         let series = self.latency.entry(op.name()).or_default();
         grow(series, b);
         series[b].record(end.saturating_sub(start));
+    }
+}
+
+impl Timeline {
+    /// Operations per second in each bucket, each plotted at its middle: the last bucket is only as wide
+    /// as the run lasted into it, so its rate is counted over that part (not a drop at the right edge).
+    fn rates(&self) -> Vec<(f64, f64)> {
+        let covered = self.last_end.saturating_sub(self.origin) as f64 / BUCKET_NS as f64;
+        let last = self.ops.len().saturating_sub(1);
+        self.ops
+            .iter()
+            .enumerate()
+            .map(|(s, &n)| {
+                let width = if s == last { (covered - s as f64).clamp(0.05, 1.0) } else { 1.0 };
+                (s as f64 + width / 2.0, n as f64 / width)
+            })
+            .collect()
     }
 }
 
@@ -206,7 +227,8 @@ where
     DB::ErrorType: 'static,
 {
     let seconds = t.ops.len().max(1) as f64;
-    let top = t.ops.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.15;
+    let rates = t.rates();
+    let top = rates.iter().map(|&(_, rate)| rate).fold(1.0, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(area)
         .caption(caption("Throughput over time", params), ("sans-serif", 18))
         .margin(12)
@@ -215,8 +237,7 @@ where
         .build_cartesian_2d(0f64..seconds, 0f64..top)
         .map_err(plot_error)?;
     chart.configure_mesh().x_desc("time since start (s)").y_desc("operations per second").draw().map_err(plot_error)?;
-    let points = t.ops.iter().enumerate().map(|(s, &n)| (s as f64 + 0.5, n as f64));
-    chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(plot_error)?;
+    chart.draw_series(LineSeries::new(rates, BLUE.stroke_width(2))).map_err(plot_error)?;
     Ok(())
 }
 
@@ -277,4 +298,20 @@ where
         .map(|(s, &(n, local))| (s as f64 + 0.5, 100.0 * local as f64 / n as f64));
     chart.draw_series(LineSeries::new(points, GREEN.stroke_width(2))).map_err(plot_error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_partial_second_is_a_rate_over_the_part_run_not_a_drop() {
+        let mut t = Timeline::new(1_000);
+        t.ops = vec![100, 100, 25];
+        t.last_end = 1_000 + 2 * BUCKET_NS + BUCKET_NS / 4;
+        let rates = t.rates();
+        assert_eq!(rates[0], (0.5, 100.0));
+        assert_eq!(rates[1], (1.5, 100.0));
+        assert_eq!(rates[2], (2.125, 100.0));
+    }
 }
