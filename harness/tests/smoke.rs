@@ -4,6 +4,26 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A probe-only run (`--tasks 0`, how `bench` measures invalidation propagation) probes for its whole
+/// duration and sees the invalidations.
+#[test]
+fn a_probe_only_run_measures_propagation_for_its_whole_duration() {
+    let dsn = pgcache_tests::test_dsn();
+    let out = std::env::temp_dir().join(format!("pgcache-harness-probe-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_pgcache-harness"))
+        .args(["load", "--processes", "2", "--tasks", "0", "--duration", "2s", "--quiet"])
+        .args(["--probe-interval", "20ms", "--out"])
+        .arg(&out)
+        .env("PGCACHE_DSN", &dsn)
+        .status()
+        .expect("run pgcache-harness");
+    assert!(status.success(), "load exited with {status}");
+    let json = std::fs::read_to_string(out.join("results.json")).expect("results.json written");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("results.json parses");
+    assert!(report["invalidation"]["samples"].as_u64().unwrap_or(0) > 10, "too few invalidations seen: {json}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn load_runs_clean_and_writes_parsable_json() {
     let dsn = pgcache_tests::test_dsn();

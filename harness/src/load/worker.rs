@@ -128,7 +128,11 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     for task in tasks {
         task.await?;
     }
-    let _ = stop_probe.send(true);
+    // A timed run's probe goes on to the end (with `--tasks 0` it is the whole run: `bench` measures
+    // propagation that way); only an `--ops` run, which has no end time, stops it with its tasks.
+    if end == u64::MAX {
+        let _ = stop_probe.send(true);
+    }
     if let Some(probe) = probe {
         probe.await?;
     }
