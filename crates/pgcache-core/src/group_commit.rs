@@ -241,7 +241,11 @@ impl GroupCommit {
     pub(crate) async fn submit(self: &Arc<Self>, write: Write) -> Result<Written> {
         if !self.enabled {
             let conn = self.db.conn().await?;
-            return one(self.apply(&conn, &[&write]).await?);
+            let answers = self.apply(&conn, &[&write]).await;
+            if answers.as_ref().is_err_and(Error::is_unavailable) {
+                conn.discard();
+            }
+            return one(answers?);
         }
         let (reply, answer) = oneshot::channel();
         let start_runner = {
@@ -279,7 +283,13 @@ impl GroupCommit {
             let keys: Vec<String> =
                 batch.iter().flat_map(|job| job.write.keys().into_iter().map(str::to_owned)).collect();
             match conn {
-                Some(Ok(conn)) => self.send(&conn, batch).await,
+                Some(Ok(conn)) => {
+                    let broken = self.send(&conn, batch).await;
+                    if broken {
+                        // Broken or wedged: never handed to the next caller.
+                        conn.discard();
+                    }
+                }
                 Some(Err(e)) => fail_all(batch, e),
                 None => {}
             }
@@ -288,26 +298,37 @@ impl GroupCommit {
     }
 
     /// Sends one batch and answers its callers: a failure tied to the request is narrowed down by
-    /// re-running the writes one by one; a broken connection fails them all.
-    async fn send(&self, conn: &Conn, batch: Vec<Job>) {
+    /// re-running the writes one by one; a broken connection fails them all. Returns whether the
+    /// connection broke.
+    async fn send(&self, conn: &Conn, batch: Vec<Job>) -> bool {
         let writes: Vec<&Write> = batch.iter().map(|job| &job.write).collect();
         match self.apply(conn, &writes).await {
             Ok(answers) => {
                 for (job, answer) in batch.into_iter().zip(answers) {
                     let _ = job.reply.send(answer);
                 }
+                false
             }
             Err(e) if batch.len() > 1 && !e.is_unavailable() => {
                 tracing::debug!(target: "pgcache::group_commit", error = %e, writes = batch.len(), "batch refused; re-running its writes one by one");
+                let mut broken = false;
                 for job in batch {
                     let answer = match self.apply(conn, &[&job.write]).await {
                         Ok(answers) => one(answers),
-                        Err(e) => Err(e),
+                        Err(e) => {
+                            broken |= e.is_unavailable();
+                            Err(e)
+                        }
                     };
                     let _ = job.reply.send(answer);
                 }
+                broken
             }
-            Err(e) => fail_all(batch, e),
+            Err(e) => {
+                let broken = e.is_unavailable();
+                fail_all(batch, e);
+                broken
+            }
         }
     }
 
@@ -424,13 +445,17 @@ impl GroupCommit {
         tags.sort_unstable();
         tags.dedup();
         let deleted = conn.bounded(store::delete_tags_batch(conn.client()?, &self.sql, &tags)).await?;
-        // Each caller counts the live rows that carried one of its tags, as its own delete would have.
-        let answers = writes.iter().map(|write| {
-            let Write::DeleteTags(asked) = write else { return Err(Error::Closed) };
-            let n = deleted.iter().filter(|row| row.iter().any(|tag| asked.contains(tag))).count();
-            Ok(Written::TagsDeleted(n as u64))
-        });
-        Ok(answers.collect())
+        // A live row counts for the first caller with one of its tags, as if the deletes ran in turn.
+        let mut counts = vec![0u64; writes.len()];
+        for row in &deleted {
+            let first = writes
+                .iter()
+                .position(|w| matches!(w, Write::DeleteTags(asked) if row.iter().any(|t| asked.contains(t))));
+            if let Some(n) = first.and_then(|i| counts.get_mut(i)) {
+                *n += 1;
+            }
+        }
+        Ok(counts.into_iter().map(|n| Ok(Written::TagsDeleted(n))).collect())
     }
 }
 
