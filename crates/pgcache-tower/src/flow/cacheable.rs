@@ -177,6 +177,9 @@ where
         if self.ctx.only_if_cached {
             return Ok(only_if_cached(&self.shared.config));
         }
+        if self.ctx.range {
+            return Box::pin(self.forward(CacheStatusMember::fwd("stale").detail("range"))).await;
+        }
         Box::pin(self.revalidate(key, Box::new(stored.clone()), entry.version, age)).await
     }
 }
@@ -209,6 +212,9 @@ where
     pub(super) async fn miss(self, key: String, fwd: &'static str) -> Result<Resp<RB>, S::Error> {
         if self.ctx.only_if_cached {
             return Ok(only_if_cached(&self.shared.config));
+        }
+        if self.ctx.range {
+            return self.forward(CacheStatusMember::fwd(fwd).detail("range")).await;
         }
         if self.ctx.credentialed {
             return self.fill_direct(key, fwd).await;
@@ -335,6 +341,9 @@ enum Refreshed<RB: http_body::Body, E> {
     Stored(Box<Stored>),
     /// The handler answered 304; the stale response was freshened and stored again.
     Validated(Box<Stored>),
+    /// The handler answered 304 for another validator (RFC 9111 §4.3.4): the stored response is served
+    /// as it is, and stays as it was.
+    Unselected(Box<Stored>),
     /// The handler's answer may not be stored: a hit-for-pass marker replaced the entry.
     Passed(Resp<RB>, &'static str),
     /// The handler answered with an error status (500, 502, 503, 504): the stale entry stays.
@@ -375,6 +384,10 @@ where
                 Ok(self.respond_refreshed(&new, code))
             }
             Ok(Loaded { output: Some(Refreshed::Validated(new)), .. }) => Ok(self.respond_refreshed(&new, 304)),
+            Ok(Loaded { output: Some(Refreshed::Unselected(old)), .. }) => {
+                let status = CacheStatusMember::fwd("stale").fwd_status(304).ttl(ttl_left(&old, age));
+                Ok(self.respond(&old, age, status))
+            }
             Ok(Loaded { output: Some(Refreshed::Failed(e)), .. }) => {
                 if stale_ok {
                     Ok(serve_stale(None))
@@ -455,6 +468,12 @@ where
         };
         let placement = self.placement();
         let hit_for_pass = self.shared.config.hit_for_pass_ttl;
+        if resp.status() == StatusCode::NOT_MODIFIED && !policy::selected_for_update(&old.headers, resp.headers()) {
+            // §4.3.4: a 304 naming another validator updates nothing; it still says the stored
+            // representation is current (it answered our conditional), so that one is served as it is.
+            let (value, options) = short(encode_stored(&old));
+            return Ok(Fill { value, options, output: Refreshed::Unselected(old) });
+        }
         if resp.status() == StatusCode::NOT_MODIFIED {
             let headers = policy::freshen(&old.headers, resp.headers());
             return match policy::decide(&self.shared.rules, self.ctx.facts, old.status, &headers) {
