@@ -25,6 +25,9 @@ use crate::status::CacheStatusMember;
 
 /// How long a refresh result stays under its refresh key (only concurrent requests read it).
 const REFRESH_RESULT_TTL: Duration = Duration::from_secs(5);
+/// How long the result of a revalidation whose 304 selected nothing stays under its refresh key: just
+/// long enough for the requests collapsed on it, since the stored response is still stale.
+const UNSELECTED_RESULT_TTL: Duration = Duration::from_millis(1);
 /// How long a failed fill or refresh is remembered, so waiters go to the handler in parallel.
 const ERROR_PASS_TTL: Duration = Duration::from_secs(1);
 
@@ -471,8 +474,9 @@ where
         if resp.status() == StatusCode::NOT_MODIFIED && !policy::selected_for_update(&old.headers, resp.headers()) {
             // §4.3.4: a 304 naming another validator updates nothing; it still says the stored
             // representation is current (it answered our conditional), so that one is served as it is.
-            let (value, options) = short(encode_stored(&old));
-            return Ok(Fill { value, options, output: Refreshed::Unselected(old) });
+            // Shared with the requests collapsed on this revalidation only: a later request validates again.
+            let options = SetOptions::ttl(Ttl::After(UNSELECTED_RESULT_TTL)).tags(self.ctx.keys.base_tags());
+            return Ok(Fill { value: encode_stored(&old), options, output: Refreshed::Unselected(old) });
         }
         if resp.status() == StatusCode::NOT_MODIFIED {
             let headers = policy::freshen(&old.headers, resp.headers());
