@@ -124,21 +124,24 @@ where
 {
     /// Reads the primary key and serves, fills or forwards.
     pub(super) async fn lookup(self) -> Result<Resp<RB>, S::Error> {
-        let primary = self.ctx.keys.primary.clone();
-        let entry = match self.shared.store.get_entry(&primary).await {
+        // Borrowed from a handle of its own (not from `self`, which the branches consume): a hit never
+        // copies the key.
+        let keys = Arc::clone(&self.ctx.keys);
+        let primary = keys.primary.as_str();
+        let entry = match self.shared.store.get_entry(primary).await {
             Ok(entry) => entry,
             Err(e) => return Box::pin(self.unavailable(e)).await,
         };
         let Some(entry) = entry else {
-            return Box::pin(self.miss(primary, "uri-miss")).await;
+            return Box::pin(self.miss(primary.to_owned(), "uri-miss")).await;
         };
-        let record = self.shared.decoded.record(&primary, &entry.value);
+        let record = self.shared.decoded.record(primary, &entry.value);
         match record.as_deref() {
             Some(Record::Response(stored)) if self.ctx.selects(stored) => self.serve(primary, stored, entry).await,
             Some(Record::Response(stored)) => Box::pin(self.variant(stored.vary_names())).await,
             Some(Record::Variants(index)) => Box::pin(self.variant(index.names.clone())).await,
             Some(Record::Pass(_)) => Box::pin(self.forward(CacheStatusMember::fwd("uri-miss").detail("pass"))).await,
-            None => Box::pin(self.miss(primary, "uri-miss")).await,
+            None => Box::pin(self.miss(primary.to_owned(), "uri-miss")).await,
         }
     }
 
@@ -151,7 +154,9 @@ where
             Ok(Some(entry)) => {
                 let record = self.shared.decoded.record(&vkey, &entry.value);
                 match record.as_deref() {
-                    Some(Record::Response(stored)) if self.ctx.selects(stored) => self.serve(vkey, stored, entry).await,
+                    Some(Record::Response(stored)) if self.ctx.selects(stored) => {
+                        self.serve(&vkey, stored, entry).await
+                    }
                     Some(Record::Pass(_)) => {
                         Box::pin(self.forward(CacheStatusMember::fwd("vary-miss").detail("pass"))).await
                     }
@@ -164,7 +169,7 @@ where
 
     /// A usable stored response under `key`: fresh → hit; stale within stale-while-revalidate → hit and
     /// one background refresh; otherwise (or `no-cache`) → revalidate now.
-    async fn serve(self, key: String, stored: &Stored, entry: Entry) -> Result<Resp<RB>, S::Error> {
+    async fn serve(self, key: &str, stored: &Stored, entry: Entry) -> Result<Resp<RB>, S::Error> {
         let age = stored.age(entry.expiry.remaining());
         let f = stored.freshness;
         let must_validate = f.no_cache || self.ctx.force_revalidate;
@@ -173,7 +178,7 @@ where
             return Ok(self.respond(stored, age, status));
         }
         if !must_validate && age < policy::add(f.lifetime, f.stale_while_revalidate) {
-            self.clone().spawn_refresh(key, Box::new(stored.clone()), entry.version);
+            self.clone().spawn_refresh(key.to_owned(), Box::new(stored.clone()), entry.version);
             let status = CacheStatusMember::hit().ttl(ttl_left(stored, age)).detail("stale-while-revalidate");
             return Ok(self.respond(stored, age, status));
         }
@@ -183,7 +188,7 @@ where
         if self.ctx.range {
             return Box::pin(self.forward(CacheStatusMember::fwd("stale").detail("range"))).await;
         }
-        Box::pin(self.revalidate(key, Box::new(stored.clone()), entry.version, age)).await
+        Box::pin(self.revalidate(key.to_owned(), Box::new(stored.clone()), entry.version, age)).await
     }
 }
 
