@@ -92,8 +92,8 @@ pub(crate) struct CompareArgs {
     /// (`harness/scripts/compare-python.sh` makes one in a throw-away venv).
     #[arg(long, env = "PGCACHE_COMPARE_PYTHON")]
     pub(crate) python: Option<PathBuf>,
-    /// Run with `fsync`, `synchronous_commit` and `full_page_writes` on, as production runs: turned on
-    /// with ALTER SYSTEM + reload for the run (and reset after) when the cluster was not started that way.
+    /// Require `fsync`, `synchronous_commit` and `full_page_writes` on, as production runs (start the cluster
+    /// with `PGCACHE_PG_DURABLE=1 scripts/with-postgres`); the header always shows the three settings.
     #[arg(long)]
     pub(crate) durable: bool,
     /// Instead of one table: run the backends once per writer count in this list (e.g. 1,2,4,8,16,32,64)
@@ -279,7 +279,7 @@ async fn compare(args: &CompareArgs, netem: Option<Netem>, work: Workload) -> an
             let python = args.python.as_deref().context("--python is required for the python-* backends")?;
             python::run(python, &dsn, mode, &work, &format!("cmppy_{id}_"), &format!("cmppy_{id}"))
                 .await
-                .with_context(|| format!("{}", backend.label()))?
+                .context(backend.label())?
                 .into_row(backend)
         } else if backend == Backend::Redis {
             let server = match RedisServer::start().await {
