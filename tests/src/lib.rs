@@ -114,7 +114,8 @@ pub async fn backends(client: &tokio_postgres::Client, app: &str) -> Result<Vec<
 ///
 /// PostgreSQL does not show which session listens on what, so the listener is recognised by its
 /// statements: it only ever runs `LISTEN "channel"`, its heartbeat (which reads the incarnation through
-/// `pg_control_system()`) and the reconcile read of versions, which the pooled connections never do.
+/// `pg_control_system()`), the reconcile read of versions, and the flusher's statements (tagged with a
+/// leading `/* pgcache listener prefix */`), which the pooled connections never do.
 pub async fn listener_pid(client: &tokio_postgres::Client, app: &str) -> Result<Option<i32>> {
     let pids: Vec<i32> = backends(client, app)
         .await?
@@ -123,6 +124,7 @@ pub async fn listener_pid(client: &tokio_postgres::Client, app: &str) -> Result<
             query.starts_with("LISTEN ")
                 || query.contains("pg_control_system()")
                 || query.starts_with("SELECT key, version FROM")
+                || query.starts_with("/* pgcache listener ")
         })
         .map(|(pid, _)| pid)
         .collect();

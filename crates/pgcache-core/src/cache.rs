@@ -184,7 +184,7 @@ impl Node {
         let coherence = Arc::new(coherence_for(settings));
         let (shutdown, _) = watch::channel(false);
         let node = Self {
-            sql: Arc::new(Statements::new(&settings.schema_prefix)),
+            sql: Arc::new(Statements::new(&settings.schema_prefix, !settings.disable_notify)),
             flights: Flights::default(),
             locks: Arc::new(LockSession::new(settings)?),
             plans: Plans::new(usize::try_from(settings.local_max_entries).unwrap_or(usize::MAX).clamp(1024, 1 << 20)),
