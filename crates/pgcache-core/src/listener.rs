@@ -334,8 +334,10 @@ async fn session(
                     None => return Err("notification stream ended".to_owned()),
                 },
                 _ = tokio::time::sleep_until(flusher.due()) => {
+                    // Bounded like the heartbeat: a batch that hangs is a hung connection (and it holds up
+                    // the heartbeat, which runs on this loop too).
                     let step = flusher.step(&client, &prepared.try_lock, &prepared.drain);
-                    bounded(bound, "flushing invalidations", step).await.map_err(|e| e.to_string())?;
+                    bounded(heartbeat_every, "flushing invalidations", step).await.map_err(|e| e.to_string())?;
                 }
                 _ = heartbeat.tick() => {
                     let sent = Instant::now();
@@ -382,5 +384,27 @@ mod tests {
         assert_eq!(e.keys, vec![("k".to_owned(), 7), ("x\"y".to_owned(), 8)]);
         let f: Event = serde_json::from_str(r#"{"p":"a_","op":"flush"}"#).unwrap();
         assert!(f.keys.is_empty());
+    }
+
+    #[test]
+    fn payload_versions_are_read_or_refused_never_misread() {
+        let evict = |keys: &[(&str, i64, bool)]| {
+            Some(Action::Evict(keys.iter().map(|(k, v, d)| ((*k).to_owned(), *v, *d)).collect()))
+        };
+        let read = |payload: &str| action("a_", payload).map(|(action, _)| action);
+        assert_eq!(read(r#"{"p":"a_","op":"delete","keys":[["k",3]]}"#), evict(&[("k", 3, true)]));
+        assert_eq!(read(r#"{"p":"a_","op":"flush"}"#), Some(Action::Flush));
+        assert_eq!(
+            read(r#"{"v":2,"p":"a_","t":1,"u":[["w",5]],"d":[["x",6]]}"#),
+            evict(&[("w", 5, false), ("x", 6, true)])
+        );
+        assert_eq!(read(r#"{"v":2,"p":"a_","t":1,"f":1}"#), Some(Action::Flush));
+        assert_eq!(read(r#"{"v":2,"p":"b_","t":1,"f":1}"#), Some(Action::Ignore));
+        assert_eq!(read(r#"{"p":"b_","op":"update","keys":[]}"#), Some(Action::Ignore));
+        // Unknown versions and shapes are refused (the caller flushes), whatever prefix they name.
+        assert_eq!(read(r#"{"v":3,"p":"a_","u":[]}"#), None);
+        assert_eq!(read(r#"{"v":3,"p":"b_","u":[]}"#), None);
+        assert_eq!(read(r#"{"p":"a_"}"#), None);
+        assert_eq!(read("not json"), None);
     }
 }
