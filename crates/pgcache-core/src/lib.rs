@@ -11,6 +11,7 @@ mod conn;
 mod error;
 mod flight;
 mod flusher;
+mod group_commit;
 mod listener;
 mod local;
 mod lock;

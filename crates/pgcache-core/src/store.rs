@@ -29,7 +29,6 @@ pub(crate) struct Statements {
     pub(crate) get_for_load: String,
     pub(crate) get_many: String,
     pub(crate) upsert: String,
-    pub(crate) upsert_many: String,
     pub(crate) replace: String,
     pub(crate) delete: String,
     pub(crate) delete_many: String,
@@ -39,10 +38,19 @@ pub(crate) struct Statements {
     pub(crate) touch: String,
     pub(crate) sweep: String,
     pub(crate) trim_log: String,
+    /// Group commit: the upsert of many rows, each with its own TTL, tags and refresh columns.
+    pub(crate) upsert_batch: String,
+    /// Group commit: the delete of many keys, telling which were live.
+    pub(crate) delete_batch: String,
+    /// Group commit: new TTLs for many keys, telling which were live.
+    pub(crate) touch_batch: String,
+    /// Group commit: the delete of every row carrying any of the tags, with the tags of the live ones.
+    pub(crate) delete_tags_batch: String,
 }
 
-/// Rows a library statement logs one by one; beyond this it logs one "every key" row (as the trigger does).
-const LOG_ROWS_MAX: usize = 256;
+/// Rows a library statement logs one by one; beyond this it logs one "every key" row. Above a group-commit
+/// batch's default row bound (1000), so a full batch of writes evicts its keys rather than every key.
+const LOG_ROWS_MAX: usize = 10_000;
 
 /// How a library statement logs its own invalidation (issue 9): a CTE appending the changed rows to the
 /// invalidation log in the statement's own transaction, or nothing when notifications are disabled.
@@ -89,10 +97,22 @@ impl Statements {
              refresh_at = now() + $7::bigint * interval '1 millisecond' \
              WHERE key = $1 AND version = $8"
         );
-        let upsert_many = format!(
-            "INSERT INTO {t} (key, value, expires_at) SELECT k, v, {expires} FROM unnest($1::text[], $2::bytea[]) AS u(k, v) \
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, tags = '{{}}', \
-             stale_until = NULL, compute_ms = NULL, refresh_at = NULL"
+        // Tags travel as one array literal per row (`{"a","b"}`, see `tags_literal`): unnest cannot
+        // take an array of arrays of different lengths.
+        let upsert_batch = format!(
+            "INSERT INTO {t} (key, value, expires_at, tags, stale_until, compute_ms, refresh_at) \
+             SELECT k, v, now() + ttl * interval '1 millisecond', tg::text[], \
+             now() + st * interval '1 millisecond', cm, now() + rf * interval '1 millisecond' \
+             FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::text[], $5::bigint[], $6::int4[], $7::bigint[]) \
+             AS u(k, v, ttl, tg, st, cm, rf) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
+             tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
+             refresh_at = EXCLUDED.refresh_at"
+        );
+        let touch_batch = format!(
+            "UPDATE {t} SET expires_at = now() + u.ttl * interval '1 millisecond', \
+             stale_until = now() + u.ttl * interval '1 millisecond' + (stale_until - expires_at) \
+             FROM unnest($1::text[], $2::bigint[]) AS u(k, ttl) WHERE key = u.k AND {LIVE}"
         );
         let live = format!(", {LIVE} AS live");
         // The stale window keeps its length past the new expiry (none without an expiry).
@@ -111,7 +131,6 @@ impl Statements {
             // A background refresh writes only over the version it refreshed: a write or delete that
             // landed while its loader ran wins (no deleted key comes back, no newer value is overwritten).
             replace: format!("{} SELECT version FROM w", log.with("w", &replace, "", false, "true")),
-            upsert_many: format!("{} SELECT count(*) FROM w", log.with("w", &upsert_many, "", false, "true")),
             delete: format!("{} SELECT live FROM d", log.with("d", &format!("DELETE FROM {t} WHERE key = $1"), &live, true, "live")),
             delete_many: format!(
                 "{} SELECT count(*) FILTER (WHERE live) FROM d",
@@ -138,6 +157,18 @@ impl Statements {
             sweep: format!(
                 "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE expires_at <= now() \
                  AND (stale_until IS NULL OR stale_until <= now()) LIMIT $1 FOR UPDATE SKIP LOCKED))"
+            ),
+            // Tags travel as one array literal per row (`{"a","b"}`, see `tags_literal`): unnest cannot
+            // take an array of arrays of different lengths.
+            upsert_batch: format!("{} SELECT key, version FROM w", log.with("w", &upsert_batch, "", false, "true")),
+            delete_batch: format!(
+                "{} SELECT key, live FROM d",
+                log.with("d", &format!("DELETE FROM {t} WHERE key = ANY($1)"), &live, true, "live")
+            ),
+            touch_batch: format!("{} SELECT key FROM w", log.with("w", &touch_batch, "", false, "true")),
+            delete_tags_batch: format!(
+                "{} SELECT tags FROM d WHERE live",
+                log.with("d", &format!("DELETE FROM {t} WHERE tags && $1"), &format!(", tags{live}"), true, "live")
             ),
         }
     }
@@ -271,20 +302,6 @@ pub(crate) async fn replace(
     }
 }
 
-/// Upsert of many entries in one statement (keys must be distinct).
-pub(crate) async fn upsert_many(
-    client: &Client,
-    sql: &Statements,
-    keys: &[&str],
-    values: &[&[u8]],
-    ttl_ms: Option<i64>,
-) -> Result<u64> {
-    let _timer = telemetry::statement("upsert_many");
-    let stmt = pg(client.prepare_cached(&sql.upsert_many).await)?;
-    let n: i64 = pg(pg(client.query_one(&stmt, &[&keys, &values, &ttl_ms]).await)?.try_get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
-}
-
 /// Delete of one key; returns whether a live row existed.
 pub(crate) async fn delete(client: &Client, sql: &Statements, key: &str) -> Result<bool> {
     let _timer = telemetry::statement("delete");
@@ -299,12 +316,6 @@ async fn count(client: &Client, text: &str, param: &(dyn tokio_postgres::types::
     let stmt = pg(client.prepare_cached(text).await)?;
     let n: i64 = pg(pg(client.query_one(&stmt, &[param]).await)?.try_get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
-}
-
-/// Delete of many keys; returns how many live rows existed.
-pub(crate) async fn delete_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<u64> {
-    let _timer = telemetry::statement("delete_many");
-    count(client, &sql.delete_many, &keys).await
 }
 
 /// Delete of every row carrying any of `tags`.
@@ -337,6 +348,86 @@ pub(crate) async fn touch(client: &Client, sql: &Statements, key: &str, ttl_ms: 
     let stmt = pg(client.prepare_cached(&sql.touch).await)?;
     let n: i64 = pg(pg(client.query_one(&stmt, &[&key, &ttl_ms]).await)?.try_get(0))?;
     Ok(n > 0)
+}
+
+// ---- Group commit (group_commit.rs): one statement for the writes of many callers ----
+
+/// One row of a group-commit upsert.
+#[derive(Clone, Debug)]
+pub(crate) struct UpsertRow {
+    pub(crate) key: String,
+    pub(crate) value: Bytes,
+    pub(crate) ttl_ms: Option<i64>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) meta: WriteMeta,
+}
+
+/// `tags` as a PostgreSQL array literal (`{"a","b\"c"}`), every element quoted and escaped, so any
+/// valid tag (non-empty, NUL-free) comes back exactly from `literal::text[]`.
+pub(crate) fn tags_literal(tags: &[String]) -> String {
+    let mut out = String::with_capacity(2 + tags.iter().map(|t| t.len() + 3).sum::<usize>());
+    out.push('{');
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in tag.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// Upsert of many distinct keys in one statement; returns `(key, version)` of every row written.
+pub(crate) async fn upsert_batch(client: &Client, sql: &Statements, rows: &[&UpsertRow]) -> Result<Vec<(String, i64)>> {
+    let _timer = telemetry::statement("upsert_batch");
+    let stmt = pg(client.prepare_cached(&sql.upsert_batch).await)?;
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let values: Vec<&[u8]> = rows.iter().map(|r| &r.value[..]).collect();
+    let ttls: Vec<Option<i64>> = rows.iter().map(|r| r.ttl_ms).collect();
+    let tags: Vec<String> = rows.iter().map(|r| tags_literal(&r.tags)).collect();
+    let stale: Vec<Option<i64>> = rows.iter().map(|r| r.meta.stale_ms).collect();
+    let compute: Vec<Option<i32>> = rows.iter().map(|r| r.meta.compute_ms).collect();
+    let refresh: Vec<Option<i64>> = rows.iter().map(|r| r.meta.refresh_ms).collect();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&keys, &values, &ttls, &tags, &stale, &compute, &refresh];
+    let out = pg(client.query(&stmt, &params).await)?;
+    out.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
+}
+
+/// Delete of many distinct keys in one statement; returns `(key, was live)` of every row deleted.
+pub(crate) async fn delete_batch(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, bool)>> {
+    let _timer = telemetry::statement("delete_batch");
+    let stmt = pg(client.prepare_cached(&sql.delete_batch).await)?;
+    let out = pg(client.query(&stmt, &[&keys]).await)?;
+    out.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
+}
+
+/// New TTLs for many distinct keys in one statement; returns the keys that were live.
+pub(crate) async fn touch_batch(
+    client: &Client,
+    sql: &Statements,
+    keys: &[&str],
+    ttls: &[Option<i64>],
+) -> Result<Vec<String>> {
+    let _timer = telemetry::statement("touch_batch");
+    let stmt = pg(client.prepare_cached(&sql.touch_batch).await)?;
+    let out = pg(client.query(&stmt, &[&keys, &ttls]).await)?;
+    out.iter().map(|row| pg(row.try_get(0))).collect()
+}
+
+/// Delete of every row carrying any of `tags`; returns the tags of each live row deleted.
+pub(crate) async fn delete_tags_batch(client: &Client, sql: &Statements, tags: &[&str]) -> Result<Vec<Vec<String>>> {
+    let _timer = telemetry::statement("delete_tags_batch");
+    let stmt = pg(client.prepare_cached(&sql.delete_tags_batch).await)?;
+    let out = pg(client.query(&stmt, &[&tags]).await)?;
+    out.iter().map(|row| pg(row.try_get(0))).collect()
 }
 
 /// Deletes up to `batch` expired rows, skipping rows locked by others; returns how many.
@@ -529,6 +620,13 @@ mod tests {
     fn statements_quote_the_table() {
         let st = Statements::new("a_", true);
         assert!(st.get.contains("FROM \"a_cache_entries\""));
-        assert!(st.upsert_many.contains("tags = '{}'"));
+        assert!(st.upsert_batch.contains("tg::text[]"));
+    }
+
+    #[test]
+    fn tags_literal_quotes_and_escapes_every_element() {
+        assert_eq!(tags_literal(&[]), "{}");
+        let tags = ["a".to_owned(), "b\"c".to_owned(), "d\\e".to_owned(), "{x, y}".to_owned(), "NULL".to_owned()];
+        assert_eq!(tags_literal(&tags), r#"{"a","b\"c","d\\e","{x, y}","NULL"}"#);
     }
 }
