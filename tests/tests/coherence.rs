@@ -16,8 +16,8 @@ use bytes::Bytes;
 use pgcache_core::prelude::*;
 use pgcache_core::{SetOptions, Source};
 use pgcache_tests::{
-    backends, connect, entries_table, eventually, listener_pid, make_local, node, row_count, settings_for, source_of,
-    sql_client, NotifyTap,
+    backends, connect, entries_table, eventually, listener_pid, log_drained, make_local, node, row_count, settings_for,
+    source_of, sql_client, NotifyTap,
 };
 use serde_json::json;
 
@@ -236,6 +236,7 @@ async fn two_prefixes_in_one_database_are_isolated() -> anyhow::Result<()> {
     assert_eq!(row_count(&sql, &s1).await?, 0);
     assert_eq!(row_count(&sql, &s2).await?, 2);
     assert_eq!(row_count(&sql, &s3).await?, 2);
+    log_drained(&sql, &s1).await?;
     assert!(tap2.drain(&s2.notify_channel).await?.is_empty(), "prefix 1 must not notify prefix 2's channel");
 
     // Once a later event of their own prefix has arrived, prefix 1's events have been handled too (one
