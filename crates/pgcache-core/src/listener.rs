@@ -8,7 +8,9 @@
 //! while it was away are lost, so the local cache is checked against the shared table before it is
 //! trusted again: reconciled key by key, or emptied when the table's incarnation (its recorded id, its
 //! oid, the server's system identifier and start time) changed, i.e. L2 itself was replaced. The
-//! heartbeat reads the incarnation too.
+//! heartbeat reads the incarnation too, and the age of the invalidation log's oldest row: when no
+//! flusher drains the log, notifications are not coming, so the lease ends and the session starts over.
+//! Each session also runs for invalidation flusher (`flusher.rs`) on its own connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -60,6 +60,17 @@ struct Log {
 }
 
 impl Log {
+    /// Like [`with`](Self::with) for a statement that changes at most one row (no row count to check).
+    fn with_one(&self, cte: &str, modify: &str, extra: &str, deleted: bool, filter: &str) -> String {
+        let Some(log) = &self.table else {
+            return format!("WITH {cte} AS ({modify} RETURNING key, version{extra})");
+        };
+        format!(
+            "WITH {cte} AS ({modify} RETURNING key, version{extra}), \
+             l AS (INSERT INTO {log} (key, version, deleted) SELECT key, version, {deleted} FROM {cte} WHERE {filter})"
+        )
+    }
+
     /// `WITH <cte> AS (<modify> RETURNING key, version, <extra>), l AS (INSERT INTO log ...)`, where the
     /// changed rows are `cte`; `deleted` tells deletes, `filter` which returned rows are logged.
     fn with(&self, cte: &str, modify: &str, extra: &str, deleted: bool, filter: &str) -> String {
@@ -127,11 +138,11 @@ impl Statements {
                 "SELECT value, version, {TTL_MS}, {LIVE}, compute_ms, {REFRESH_MS} FROM {t} WHERE key = $1 AND {USABLE}"
             ),
             get_many: format!("SELECT key, value, version, {TTL_MS} FROM {t} WHERE key = ANY($1) AND {LIVE}"),
-            upsert: format!("{} SELECT version FROM w", log.with("w", &upsert, "", false, "true")),
+            upsert: format!("{} SELECT version FROM w", log.with_one("w", &upsert, "", false, "true")),
             // A background refresh writes only over the version it refreshed: a write or delete that
             // landed while its loader ran wins (no deleted key comes back, no newer value is overwritten).
-            replace: format!("{} SELECT version FROM w", log.with("w", &replace, "", false, "true")),
-            delete: format!("{} SELECT live FROM d", log.with("d", &format!("DELETE FROM {t} WHERE key = $1"), &live, true, "live")),
+            replace: format!("{} SELECT version FROM w", log.with_one("w", &replace, "", false, "true")),
+            delete: format!("{} SELECT live FROM d", log.with_one("d", &format!("DELETE FROM {t} WHERE key = $1"), &live, true, "live")),
             delete_many: format!(
                 "{} SELECT count(*) FILTER (WHERE live) FROM d",
                 log.with("d", &format!("DELETE FROM {t} WHERE key = ANY($1)"), &live, true, "live")
@@ -145,7 +156,7 @@ impl Statements {
                 log.with("d", &format!("DELETE FROM {t}"), &live, true, "live")
             ),
             ttl: format!("SELECT {TTL_MS} FROM {t} WHERE key = $1 AND {LIVE}"),
-            touch: format!("{} SELECT count(*) FROM w", log.with("w", &touch, "", false, "true")),
+            touch: format!("{} SELECT count(*) FROM w", log.with_one("w", &touch, "", false, "true")),
             // Log rows nobody drained for a minute: no flusher ran (no node listens), or it stalled and
             // every listening node has long stopped serving its local copies and reconciles before it
             // serves them again (listener.rs), so these rows are of no use to anyone.
