@@ -333,7 +333,7 @@ fn header(args: &CompareArgs, netem: Option<Netem>, durability: &Durability, wri
     let work = args.workload(writers);
     format!(
         "writers={} readers={} keyspace={} write_iterations={} read_iterations={} ttl={:?} shape={} \
-         think=U(0,{:?})/U(0,{:?}) pool_size={} network={} durability: {}",
+         think={} pool_size={} network={} durability: {}",
         work.writers,
         work.readers,
         work.keyspace,
@@ -341,8 +341,11 @@ fn header(args: &CompareArgs, netem: Option<Netem>, durability: &Durability, wri
         work.read_iterations,
         work.ttl,
         if work.instance_per_client { "instance-per-client" } else { "shared-instance" },
-        work.write_think,
-        work.read_think,
+        if work.write_think.is_zero() && work.read_think.is_zero() {
+            "off".to_owned()
+        } else {
+            format!("U(0,{:?})/U(0,{:?})", work.write_think, work.read_think)
+        },
         work.pool_size,
         netem.map_or_else(|| "loopback".to_owned(), |n| format!("+{:?} rtt ±{:?}", n.rtt, n.jitter / 2)),
         durability,
