@@ -380,11 +380,16 @@ pub(crate) fn table(rows: &[Row]) -> String {
         .filter(|r| r.write_think_mean_ms > 0.0 || r.read_think_mean_ms > 0.0)
         .map(|r| format!("{} {:.2}/{:.2}", r.backend.label(), r.write_think_mean_ms, r.read_think_mean_ms))
         .collect();
+    // Notes go after a blank line: a text line right under a markdown table would become one of its rows.
+    let mut notes = Vec::new();
     if !think.is_empty() {
-        out.push_str(&format!("\nthink time slept per write/read (ms): {}\n", think.join("; ")));
+        notes.push(format!("think time slept per write/read (ms): {}", think.join("; ")));
     }
     if let Some(v) = rows.iter().find_map(|r| r.library_version.as_deref()) {
-        out.push_str(&format!("python postgres-cache version: {v}\n"));
+        notes.push(format!("python postgres-cache version: {v}"));
+    }
+    if !notes.is_empty() {
+        out.push_str(&format!("\n{}\n", notes.join("\n\n")));
     }
     out
 }
