@@ -327,3 +327,32 @@ async fn listeners_read_payload_versions_one_and_two_and_flush_on_unknown_ones()
     a.close().await;
     Ok(())
 }
+
+/// A write and the delete of the same row carry the same version (the deleted row's); when both wait in
+/// one flusher batch, the delete is what is sent, so a node holding that version evicts it.
+#[tokio::test]
+async fn a_write_and_its_delete_in_one_batch_evict_as_a_delete() -> anyhow::Result<()> {
+    let settings = settings_for("il_tie");
+    PostgresCache::init_db(&settings).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    // No flusher while the two rows are logged: the test's session holds the lock (for well under the
+    // nodes' stall bound of 1 s).
+    let squatter = sql_client(&settings.dsn).await?;
+    assert!(squatter
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&flusher_key(&settings)])
+        .await?
+        .try_get::<_, bool>(0)?);
+    let writer = connect(&node(&settings, "w").local_max_entries(0)).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    writer.set("k", &"v", None).await?;
+    make_local(&b, "k").await?;
+    assert!(writer.delete("k").await?);
+    let logged = log_rows(&sql, &settings).await?;
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert_eq!(logged[0].1, logged[1].1, "the delete logs the version the write gave the row");
+    squatter.execute("SELECT pg_advisory_unlock_all()", &[]).await?;
+    eventually(DEADLINE, || async { value_of(&b, "k").await.is_none() }).await?;
+    writer.close().await;
+    b.close().await;
+    Ok(())
+}

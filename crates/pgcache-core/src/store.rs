@@ -543,7 +543,9 @@ const PAYLOAD_MAX: usize = 7900;
 /// The flusher's batch statement, see [`CoherenceStatements::drain`]. Payload version 2 (listener.rs):
 /// `{"v":2,"p":prefix,"t":ms,"u":[[key,version],...],"d":[[key,version],...]}` (written, deleted) or
 /// `{"v":2,"p":prefix,"t":ms,"f":1}` (every key). `t` is when the oldest change of the batch was written.
-/// A key written several times in a batch is sent once, with its newest version.
+/// A key written several times in a batch is sent once, with its newest version; a delete wins over the
+/// write of the same version (the deleted row's version is the one its last write gave it), else a node
+/// holding that version would keep it.
 fn drain_sql(prefix: &str, channel: &str) -> String {
     let log = format!("\"{prefix}cache_invalidations\"");
     let flush = format!(r#"format('{{"v":2,"p":"{prefix}","t":%s,"f":1}}', (SELECT t FROM m))"#);
@@ -552,7 +554,8 @@ fn drain_sql(prefix: &str, channel: &str) -> String {
          RETURNING key, version, deleted, t), \
          m AS (SELECT coalesce((EXTRACT(EPOCH FROM min(t)) * 1000)::bigint, 0) AS t, \
                coalesce(bool_or(key IS NULL), false) AS everything FROM d), \
-         k AS (SELECT DISTINCT ON (key) key, version, deleted FROM d WHERE key IS NOT NULL ORDER BY key, version DESC), \
+         k AS (SELECT DISTINCT ON (key) key, version, deleted FROM d WHERE key IS NOT NULL \
+         ORDER BY key, version DESC, deleted DESC), \
          c AS (SELECT key, version, deleted, sum(octet_length(key) + 24) OVER (ORDER BY key) / {CHUNK_BYTES} AS chunk FROM k), \
          p AS (SELECT json_build_object('v', 2, 'p', '{prefix}', 't', (SELECT t FROM m), \
                  'u', coalesce(json_agg(json_build_array(key, version)) FILTER (WHERE NOT deleted), '[]'), \
