@@ -186,7 +186,7 @@ impl Node {
         db.warm(settings.min_pool_size).await?;
         let coherence = Arc::new(coherence_for(settings));
         let (shutdown, _) = watch::channel(false);
-        let sql = Arc::new(Statements::new(&settings.schema_prefix));
+        let sql = Arc::new(Statements::new(&settings.schema_prefix, !settings.disable_notify));
         let node = Self {
             writes: GroupCommit::new(Arc::clone(&db), Arc::clone(&sql), settings),
             sql,
