@@ -184,7 +184,7 @@ impl Node {
         let coherence = Arc::new(coherence_for(settings));
         let (shutdown, _) = watch::channel(false);
         let node = Self {
-            sql: Arc::new(Statements::new(&settings.schema_prefix)),
+            sql: Arc::new(Statements::new(&settings.schema_prefix, settings.prepared_statements)),
             flights: Flights::default(),
             locks: Arc::new(LockSession::new(settings)?),
             plans: Plans::new(usize::try_from(settings.local_max_entries).unwrap_or(usize::MAX).clamp(1024, 1 << 20)),
@@ -357,7 +357,8 @@ fn coherence_for(settings: &CacheSettings) -> Coherence {
 
 /// Checks that the schema is installed, current and intact before anything relies on it.
 async fn check_schema(db: &Db, settings: &CacheSettings) -> Result<()> {
-    let conn = db.conn().await?;
+    // On the direct connection when there is one: the checks are plain (unprepared-by-us) queries.
+    let conn = db.lock_conn().await?;
     conn.bounded(schema::verify(&***conn.client()?, settings)).await
 }
 
@@ -404,6 +405,7 @@ impl PostgresCache<JsonCodec> {
     /// run; [`Error::SchemaDamaged`]; [`Error::TooManyConnections`] and other database errors.
     pub async fn connect(settings: CacheSettings) -> Result<Self> {
         settings.validate()?;
+        reject_shards(&settings)?;
         let node = Node::start(&settings).await?;
         let cache = Self::unconnected(settings);
         // A fresh cell: cannot be set already.
@@ -429,6 +431,7 @@ impl PostgresCache<JsonCodec> {
     /// [`Error::InvalidSetting`]/[`Error::InvalidDsn`].
     pub fn connect_lazy(settings: CacheSettings) -> Result<Self> {
         settings.validate()?;
+        reject_shards(&settings)?;
         Ok(Self::unconnected(settings))
     }
 
@@ -451,6 +454,18 @@ impl PostgresCache<JsonCodec> {
         };
         Self { shared: Arc::new(shared), codec: JsonCodec }
     }
+}
+
+/// A `PostgresCache` talks to one server: settings naming shards belong to a
+/// [`ShardedCache`](crate::ShardedCache).
+fn reject_shards(settings: &CacheSettings) -> Result<()> {
+    if settings.shard_dsns.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidSetting {
+        name: "shard_dsns",
+        reason: "a PostgresCache uses `dsn` only: connect a ShardedCache for several shards".to_owned(),
+    })
 }
 
 impl<C> PostgresCache<C> {

@@ -53,7 +53,7 @@ const ONE_MS: Duration = Duration::from_millis(1);
 /// ```
 ///
 /// # Environment
-/// [`from_env`](Self::from_env) reads `PGCACHE_DSN` (required) and, when set, `PGCACHE_LISTEN_DSN`,
+/// [`from_env`](Self::from_env) reads `PGCACHE_DSN` (required) and, when set, `PGCACHE_LISTEN_DSN`, `PGCACHE_SHARDS` (DSNs separated by commas or spaces), `PGCACHE_PREPARED_STATEMENTS`,
 /// `PGCACHE_NOTIFY_CHANNEL`, `PGCACHE_SCHEMA_PREFIX`, `PGCACHE_DISABLE_NOTIFY` (`true`/`false`),
 /// `PGCACHE_LOCAL_MAX_ENTRIES`, `PGCACHE_LOCAL_MAX_BYTES`, `PGCACHE_LOCAL_TTL`, `PGCACHE_DEFAULT_TTL`,
 /// `PGCACHE_MIN_POOL_SIZE`, `PGCACHE_MAX_POOL_SIZE`, `PGCACHE_POOL_TIMEOUT`, `PGCACHE_STATEMENT_TIMEOUT`,
@@ -92,11 +92,23 @@ pub struct CacheSettings {
     /// Its password is redacted in `Debug` and `Serialize`.
     #[serde(serialize_with = "serialize_redacted_dsn")]
     pub dsn: String,
-    /// Optional direct DSN for the LISTEN connection and advisory locks, for when `dsn` goes through a
+    /// Optional direct DSN for the LISTEN connection, advisory locks and schema work (`init_db`, the
+    /// schema check at connect, row triggers), for when `dsn` goes through a
     /// transaction pooler (PgBouncer in transaction mode breaks LISTEN and session locks). Default: `None` (use `dsn`).
     /// Its password is redacted in `Debug` and `Serialize`.
     #[serde(serialize_with = "serialize_redacted_listen_dsn")]
     pub listen_dsn: Option<String>,
+    /// The primaries of a sharded cache ([`ShardedCache`](crate::ShardedCache)), one DSN each; keys map to
+    /// them by rendezvous hashing. Empty (default): not sharded, `dsn` is the only server. A
+    /// [`PostgresCache`](crate::PostgresCache) refuses settings with shards. Passwords are redacted in
+    /// `Debug` and `Serialize`.
+    #[serde(serialize_with = "serialize_redacted_dsns")]
+    pub shard_dsns: Vec<String>,
+    /// Use server-side prepared statements (`prepare_cached`, the fastest path). Turn it off when `dsn`
+    /// goes through a transaction pooler that cannot track them (PgBouncer before 1.21, or 1.21+ without
+    /// `max_prepared_statements`): each statement is then sent as an unnamed, typed statement in a single
+    /// round trip. Default: `true`.
+    pub prepared_statements: bool,
     /// LISTEN/NOTIFY channel for invalidations: lowercase letters, digits, `_`, at most 63 bytes.
     /// Default: `pgcache_events`.
     pub notify_channel: String,
@@ -188,6 +200,8 @@ impl Default for CacheSettings {
         Self {
             dsn: String::new(),
             listen_dsn: None,
+            shard_dsns: Vec::new(),
+            prepared_statements: true,
             notify_channel: "pgcache_events".to_owned(),
             schema_prefix: "pgcache_".to_owned(),
             disable_notify: false,
@@ -222,6 +236,8 @@ impl fmt::Debug for CacheSettings {
         let Self {
             dsn,
             listen_dsn,
+            shard_dsns,
+            prepared_statements,
             notify_channel,
             schema_prefix,
             disable_notify,
@@ -249,6 +265,8 @@ impl fmt::Debug for CacheSettings {
         f.debug_struct("CacheSettings")
             .field("dsn", &redact_dsn(dsn))
             .field("listen_dsn", &listen_dsn.as_deref().map(redact_dsn))
+            .field("shard_dsns", &shard_dsns.iter().map(|d| redact_dsn(d)).collect::<Vec<_>>())
+            .field("prepared_statements", prepared_statements)
             .field("notify_channel", notify_channel)
             .field("schema_prefix", schema_prefix)
             .field("disable_notify", disable_notify)
@@ -293,6 +311,24 @@ impl CacheSettings {
     /// Settings with every default and the given DSN.
     pub fn new(dsn: impl Into<String>) -> Self {
         Self { dsn: dsn.into(), ..Self::default() }
+    }
+
+    /// Sets [`shard_dsns`](Self::shard_dsns): the primaries of a [`ShardedCache`](crate::ShardedCache).
+    #[must_use]
+    pub fn shard_dsns<I, S>(mut self, dsns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.shard_dsns = dsns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`prepared_statements`](Self::prepared_statements).
+    #[must_use]
+    pub fn prepared_statements(mut self, on: bool) -> Self {
+        self.prepared_statements = on;
+        self
     }
 
     /// Sets [`listen_dsn`](Self::listen_dsn).
@@ -405,6 +441,13 @@ impl CacheSettings {
         if let Some(v) = var("PGCACHE_LISTEN_DSN") {
             s.listen_dsn = Some(v);
         }
+        if let Some(v) = var("PGCACHE_SHARDS") {
+            s.shard_dsns =
+                v.split([',', ' ', '\n']).filter(|d| !d.trim().is_empty()).map(|d| d.trim().to_owned()).collect();
+        }
+        if let Some(v) = var("PGCACHE_PREPARED_STATEMENTS") {
+            s.prepared_statements = parse_bool("prepared_statements", &v)?;
+        }
         if let Some(v) = var("PGCACHE_NOTIFY_CHANNEL") {
             s.notify_channel = v;
         }
@@ -478,6 +521,9 @@ impl CacheSettings {
         parse_dsn("dsn", &self.dsn)?;
         if let Some(listen) = &self.listen_dsn {
             parse_dsn("listen_dsn", listen)?;
+        }
+        for shard in &self.shard_dsns {
+            parse_dsn("shard_dsns", shard)?;
         }
         let invalid = |name: &'static str, reason: String| Error::InvalidSetting { name, reason };
         if self.max_pool_size == 0 {
@@ -727,6 +773,13 @@ fn serialize_redacted_dsn<S: serde::Serializer>(dsn: &str, serializer: S) -> std
     serializer.serialize_str(&redact_dsn(dsn))
 }
 
+fn serialize_redacted_dsns<S: serde::Serializer>(
+    dsns: &[String],
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_seq(dsns.iter().map(|d| redact_dsn(d)))
+}
+
 fn serialize_redacted_listen_dsn<S: serde::Serializer>(
     dsn: &Option<String>,
     serializer: S,
@@ -913,9 +966,15 @@ mod tests {
             ("PGCACHE_LOCAL_MAX_ENTRIES", "7"),
             ("PGCACHE_DEFAULT_TTL", "90s"),
             ("PGCACHE_SWEEPER_INTERVAL", "0"),
+            ("PGCACHE_SHARDS", "postgresql://u:pw1@h1/db, postgresql://u:pw2@h2/db"),
+            ("PGCACHE_PREPARED_STATEMENTS", "false"),
         ];
         let s = CacheSettings::from_lookup(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
             .expect("valid env");
+        assert_eq!(s.shard_dsns, ["postgresql://u:pw1@h1/db", "postgresql://u:pw2@h2/db"]);
+        assert!(!s.prepared_statements);
+        let shown = format!("{s:?} {}", serde_json::to_string(&s).expect("serializes"));
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
         assert_eq!(s.notify_channel, "chan");
         assert_eq!(s.schema_prefix, "p_");
         assert!(s.disable_notify);

@@ -2,11 +2,15 @@
 //! operation. Schema objects are created by `schema.rs` from the files in `sql/`.
 //!
 //! Identifiers (`schema_prefix`) are validated by [`CacheSettings::validate`] before they are formatted
-//! into SQL here; keys, values, TTLs and tags are always bind parameters. Every hot statement goes through
-//! `prepare_cached`.
+//! into SQL here; keys, values, TTLs and tags are always bind parameters. Every statement goes through
+//! [`rows`]/[`execute`]: `prepare_cached` by default, or, with `prepared_statements` off (a transaction
+//! pooler that cannot track prepared statements), an unnamed statement with its parameter types given,
+//! parsed, bound and run in one round trip (`query_typed`), so that no statement outlives its transaction.
 
 use bytes::Bytes;
 use deadpool_postgres::Client;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
 
 use crate::cache_store::Entry;
 use crate::error::{Error, Result};
@@ -38,10 +42,12 @@ pub(crate) struct Statements {
     pub(crate) ttl: String,
     pub(crate) touch: String,
     pub(crate) sweep: String,
+    /// Server-side prepared statements (`prepare_cached`), or unnamed typed ones (`query_typed`).
+    pub(crate) prepared: bool,
 }
 
 impl Statements {
-    pub(crate) fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str, prepared: bool) -> Self {
         let t = format!("\"{prefix}cache_entries\"");
         let expires = "now() + $3::bigint * interval '1 millisecond'";
         Self {
@@ -93,12 +99,61 @@ impl Statements {
                 "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE expires_at <= now() \
                  AND (stale_until IS NULL OR stale_until <= now()) LIMIT $1 FOR UPDATE SKIP LOCKED))"
             ),
+            prepared,
         }
     }
 }
 
 fn pg<T>(r: std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
     r.map_err(Error::from_pg)
+}
+
+/// One bind parameter with its PostgreSQL type (needed by unnamed statements, which are not described
+/// before they run).
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// Runs `text` and returns its rows, prepared or not as `sql` says.
+async fn rows(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+    if sql.prepared {
+        let stmt = pg(client.prepare_cached(text).await)?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+        pg(client.query(&stmt, &values).await)
+    } else {
+        pg(client.query_typed(text, params).await)
+    }
+}
+
+/// The only row of `text`, if any ([`Error::Postgres`] for more than one).
+async fn row_opt(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
+    if sql.prepared {
+        let stmt = pg(client.prepare_cached(text).await)?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+        pg(client.query_opt(&stmt, &values).await)
+    } else {
+        pg(client.query_typed_opt(text, params).await)
+    }
+}
+
+/// The one row of `text`.
+async fn row_one(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Row> {
+    if sql.prepared {
+        let stmt = pg(client.prepare_cached(text).await)?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+        pg(client.query_one(&stmt, &values).await)
+    } else {
+        pg(client.query_typed_one(text, params).await)
+    }
+}
+
+/// Runs `text`; returns how many rows it changed.
+async fn execute(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<u64> {
+    if sql.prepared {
+        let stmt = pg(client.prepare_cached(text).await)?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+        pg(client.execute(&stmt, &values).await)
+    } else {
+        pg(client.execute_typed(text, params).await)
+    }
 }
 
 fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Entry> {
@@ -113,8 +168,7 @@ fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Entry> {
 /// `GET`: the live row for `key`.
 pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<Option<Entry>> {
     let _timer = telemetry::statement("get");
-    let stmt = pg(client.prepare_cached(&sql.get).await)?;
-    match pg(client.query_opt(&stmt, &[&key]).await)? {
+    match row_opt(client, sql, &sql.get, &[(&key, Type::TEXT)]).await? {
         Some(row) => row_of(&row, 0).map(Some),
         None => Ok(None),
     }
@@ -123,8 +177,7 @@ pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<
 /// `GET` of many keys in one round trip; returns (key, row) pairs for the live ones.
 pub(crate) async fn get_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, Entry)>> {
     let _timer = telemetry::statement("get_many");
-    let stmt = pg(client.prepare_cached(&sql.get_many).await)?;
-    let rows = pg(client.query(&stmt, &[&keys]).await)?;
+    let rows = rows(client, sql, &sql.get_many, &[(&keys, Type::TEXT_ARRAY)]).await?;
     rows.iter().map(|row| Ok((pg(row.try_get::<_, String>(0))?, row_of(row, 1)?))).collect()
 }
 
@@ -143,8 +196,7 @@ pub(crate) struct LoadRow {
 /// `GET` for `get_or_load`: the row for `key` if live or within its stale window.
 pub(crate) async fn get_for_load(client: &Client, sql: &Statements, key: &str) -> Result<Option<LoadRow>> {
     let _timer = telemetry::statement("get_for_load");
-    let stmt = pg(client.prepare_cached(&sql.get_for_load).await)?;
-    let Some(row) = pg(client.query_opt(&stmt, &[&key]).await)? else { return Ok(None) };
+    let Some(row) = row_opt(client, sql, &sql.get_for_load, &[(&key, Type::TEXT)]).await? else { return Ok(None) };
     let compute: Option<i32> = pg(row.try_get(4))?;
     let refresh_ms: Option<i64> = pg(row.try_get(5))?;
     let millis = |ms: i64| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
@@ -196,10 +248,16 @@ pub(crate) async fn upsert(
     meta: WriteMeta,
 ) -> Result<i64> {
     let _timer = telemetry::statement("upsert");
-    let stmt = pg(client.prepare_cached(&sql.upsert).await)?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-        [&key, &value, &ttl_ms, &tags, &meta.stale_ms, &meta.compute_ms, &meta.refresh_ms];
-    pg(pg(client.query_one(&stmt, &params).await)?.try_get(0))
+    let params: [Param<'_>; 7] = [
+        (&key, Type::TEXT),
+        (&value, Type::BYTEA),
+        (&ttl_ms, Type::INT8),
+        (&tags, Type::TEXT_ARRAY),
+        (&meta.stale_ms, Type::INT8),
+        (&meta.compute_ms, Type::INT4),
+        (&meta.refresh_ms, Type::INT8),
+    ];
+    pg(row_one(client, sql, &sql.upsert, &params).await?.try_get(0))
 }
 
 /// Rewrite of one entry only if it is still at version `seen`; returns its new version, or `None`
@@ -216,10 +274,17 @@ pub(crate) async fn replace(
     seen: i64,
 ) -> Result<Option<i64>> {
     let _timer = telemetry::statement("replace");
-    let stmt = pg(client.prepare_cached(&sql.replace).await)?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
-        [&key, &value, &ttl_ms, &tags, &meta.stale_ms, &meta.compute_ms, &meta.refresh_ms, &seen];
-    match pg(client.query_opt(&stmt, &params).await)? {
+    let params: [Param<'_>; 8] = [
+        (&key, Type::TEXT),
+        (&value, Type::BYTEA),
+        (&ttl_ms, Type::INT8),
+        (&tags, Type::TEXT_ARRAY),
+        (&meta.stale_ms, Type::INT8),
+        (&meta.compute_ms, Type::INT4),
+        (&meta.refresh_ms, Type::INT8),
+        (&seen, Type::INT8),
+    ];
+    match row_opt(client, sql, &sql.replace, &params).await? {
         Some(row) => pg(row.try_get(0)).map(Some),
         None => Ok(None),
     }
@@ -234,51 +299,46 @@ pub(crate) async fn upsert_many(
     ttl_ms: Option<i64>,
 ) -> Result<u64> {
     let _timer = telemetry::statement("upsert_many");
-    let stmt = pg(client.prepare_cached(&sql.upsert_many).await)?;
-    pg(client.execute(&stmt, &[&keys, &values, &ttl_ms]).await)
+    let params: [Param<'_>; 3] = [(&keys, Type::TEXT_ARRAY), (&values, Type::BYTEA_ARRAY), (&ttl_ms, Type::INT8)];
+    execute(client, sql, &sql.upsert_many, &params).await
 }
 
 /// Delete of one key; returns whether a live row existed.
 pub(crate) async fn delete(client: &Client, sql: &Statements, key: &str) -> Result<bool> {
     let _timer = telemetry::statement("delete");
-    let stmt = pg(client.prepare_cached(&sql.delete).await)?;
-    match pg(client.query_opt(&stmt, &[&key]).await)? {
+    match row_opt(client, sql, &sql.delete, &[(&key, Type::TEXT)]).await? {
         Some(row) => pg(row.try_get(0)),
         None => Ok(false),
     }
 }
 
-async fn count(client: &Client, text: &str, param: &(dyn tokio_postgres::types::ToSql + Sync)) -> Result<u64> {
-    let stmt = pg(client.prepare_cached(text).await)?;
-    let n: i64 = pg(pg(client.query_one(&stmt, &[param]).await)?.try_get(0))?;
+async fn count(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<u64> {
+    let n: i64 = pg(row_one(client, sql, text, params).await?.try_get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Delete of many keys; returns how many live rows existed.
 pub(crate) async fn delete_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<u64> {
     let _timer = telemetry::statement("delete_many");
-    count(client, &sql.delete_many, &keys).await
+    count(client, sql, &sql.delete_many, &[(&keys, Type::TEXT_ARRAY)]).await
 }
 
 /// Delete of every row carrying any of `tags`.
 pub(crate) async fn delete_tags(client: &Client, sql: &Statements, tags: &[&str]) -> Result<u64> {
     let _timer = telemetry::statement("delete_tags");
-    count(client, &sql.delete_tags, &tags).await
+    count(client, sql, &sql.delete_tags, &[(&tags, Type::TEXT_ARRAY)]).await
 }
 
 /// Delete of every row of the prefix.
 pub(crate) async fn clear(client: &Client, sql: &Statements) -> Result<u64> {
     let _timer = telemetry::statement("clear");
-    let stmt = pg(client.prepare_cached(&sql.clear).await)?;
-    let n: i64 = pg(pg(client.query_one(&stmt, &[]).await)?.try_get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    count(client, sql, &sql.clear, &[]).await
 }
 
 /// Remaining TTL of a live key.
 pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<Option<Expiry>> {
     let _timer = telemetry::statement("ttl");
-    let stmt = pg(client.prepare_cached(&sql.ttl).await)?;
-    match pg(client.query_opt(&stmt, &[&key]).await)? {
+    match row_opt(client, sql, &sql.ttl, &[(&key, Type::TEXT)]).await? {
         Some(row) => Ok(Some(Expiry::from_sql_millis(pg(row.try_get(0))?))),
         None => Ok(None),
     }
@@ -287,15 +347,13 @@ pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<
 /// New TTL for a live key; returns whether it existed.
 pub(crate) async fn touch(client: &Client, sql: &Statements, key: &str, ttl_ms: Option<i64>) -> Result<bool> {
     let _timer = telemetry::statement("touch");
-    let stmt = pg(client.prepare_cached(&sql.touch).await)?;
-    Ok(pg(client.execute(&stmt, &[&key, &ttl_ms]).await)? > 0)
+    Ok(execute(client, sql, &sql.touch, &[(&key, Type::TEXT), (&ttl_ms, Type::INT8)]).await? > 0)
 }
 
 /// Deletes up to `batch` expired rows, skipping rows locked by others; returns how many.
 pub(crate) async fn sweep_batch(client: &Client, sql: &Statements, batch: i64) -> Result<u64> {
     let _timer = telemetry::statement("sweep_batch");
-    let stmt = pg(client.prepare_cached(&sql.sweep).await)?;
-    pg(client.execute(&stmt, &[&batch]).await)
+    execute(client, sql, &sql.sweep, &[(&batch, Type::INT8)]).await
 }
 
 /// `pg_try_advisory_lock`: true when this session now holds the lock.
@@ -394,7 +452,7 @@ mod tests {
 
     #[test]
     fn statements_quote_the_table() {
-        let st = Statements::new("a_");
+        let st = Statements::new("a_", true);
         assert!(st.get.contains("FROM \"a_cache_entries\""));
         assert!(st.upsert_many.contains("tags = '{}'"));
     }
