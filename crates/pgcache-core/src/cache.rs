@@ -21,12 +21,13 @@ use crate::coherence::{Coherence, Lease, Snapshot};
 use crate::conn::{Conn, Db};
 use crate::error::{excerpt, Error, Result};
 use crate::flight::Flights;
+use crate::group_commit::{GroupCommit, Write, Written};
 use crate::local::LocalCache;
 use crate::lock::{KeyLock, LockSession};
 use crate::lock_key::lock_key;
 use crate::refresh::Plans;
 use crate::settings::CacheSettings;
-use crate::store::{self, LoadRow, Statements, WriteMeta};
+use crate::store::{self, LoadRow, Statements, UpsertRow, WriteMeta};
 use crate::telemetry::{LockWait, Op, Outcome, Telemetry};
 use crate::transaction::CacheTx;
 use crate::ttl::{Expiry, Ttl};
@@ -99,8 +100,10 @@ struct Node {
     sql: Arc<Statements>,
     coherence: Arc<Coherence>,
     flights: Flights,
-    /// The connection multiplexing `get_or_load`'s advisory locks (and the writes made under them).
+    /// The connection multiplexing `get_or_load`'s advisory locks (and the re-checks made under them).
     locks: Arc<LockSession>,
+    /// Where writes go: group commit, or one statement per write.
+    writes: Arc<GroupCommit>,
     /// What each entry asked for in early refresh.
     plans: Plans,
     default_ttl: Duration,
@@ -183,8 +186,10 @@ impl Node {
         db.warm(settings.min_pool_size).await?;
         let coherence = Arc::new(coherence_for(settings));
         let (shutdown, _) = watch::channel(false);
+        let sql = Arc::new(Statements::new(&settings.schema_prefix, settings.prepared_statements));
         let node = Self {
-            sql: Arc::new(Statements::new(&settings.schema_prefix, settings.prepared_statements)),
+            writes: GroupCommit::new(Arc::clone(&db), Arc::clone(&sql), settings),
+            sql,
             flights: Flights::default(),
             locks: Arc::new(LockSession::new(settings)?),
             plans: Plans::new(usize::try_from(settings.local_max_entries).unwrap_or(usize::MAX).clamp(1024, 1 << 20)),
@@ -321,7 +326,8 @@ impl Node {
         Ok(version)
     }
 
-    /// [`write`](Self::write) on a pooled connection.
+    /// Writes through group commit (a refresh, which writes only over the version it refreshed, alone
+    /// on a pooled connection) and installs the value locally at `snapshot`; returns the new version.
     async fn write_pooled(
         &self,
         key: &str,
@@ -330,8 +336,31 @@ impl Node {
         snapshot: Snapshot,
         origin: Origin,
     ) -> Result<i64> {
-        let conn = self.db.conn().await?;
-        self.write(&conn, key, value, options, snapshot, origin).await
+        if origin.replaces.is_some() {
+            let conn = self.db.conn().await?;
+            return self.write(&conn, key, value, options, snapshot, origin).await;
+        }
+        let ttl_ms = options.ttl.to_sql_millis(self.default_ttl);
+        let meta = WriteMeta::new(ttl_ms, options, origin.compute);
+        let row = UpsertRow { key: key.to_owned(), value: value.clone(), ttl_ms, tags: options.tags.clone(), meta };
+        let (version, stored) = match self.writes.submit(Write::Upsert(vec![row])).await? {
+            Written::Upserted(rows) => rows.first().copied().ok_or(Error::Closed)?,
+            _ => return Err(Error::Closed),
+        };
+        if stored {
+            let expiry = options.ttl.expiry(self.default_ttl);
+            self.coherence.install(key, value.clone(), version, expiry, snapshot).await;
+            self.plans.record(key, version, meta.compute(), options.refresh_after, expiry);
+        } else {
+            // A later write of the key in the same batch replaced this value: that one is installed.
+            self.coherence.evict(key).await;
+        }
+        Ok(version)
+    }
+
+    /// A write of keys, deletes or TTLs through group commit.
+    async fn submit(&self, write: Write) -> Result<Written> {
+        self.writes.submit(write).await
     }
 }
 
@@ -963,8 +992,11 @@ impl Shared {
         let origin = Origin { compute: Some(started.elapsed()), replaces };
         let written = match (shared.unstorable(&key, &fill), guard.conn()) {
             (Some(e), _) => Err(e),
-            (None, Some(conn)) => node.write(conn, &key, &fill.value, &fill.options, snapshot, origin).await,
-            (None, None) => node.write_pooled(&key, &fill.value, &fill.options, snapshot, origin).await,
+            // A refresh writes on the lock session, only over the version it refreshed.
+            (None, Some(conn)) if replaces.is_some() => {
+                node.write(conn, &key, &fill.value, &fill.options, snapshot, origin).await
+            }
+            (None, _) => node.write_pooled(&key, &fill.value, &fill.options, snapshot, origin).await,
         };
         if let Err(e) = &written {
             guard.failed(e).await;
@@ -1137,14 +1169,19 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             return Ok(());
         }
         let node = self.node().await?;
-        let (keys, values): (Vec<&str>, Vec<&[u8]>) = latest.into_iter().unzip();
         let ttl_ms = ttl.to_sql_millis(node.default_ttl);
-        let write = async {
-            let conn = node.db.conn().await?;
-            conn.bounded(store::upsert_many(conn.client()?, &node.sql, &keys, &values, ttl_ms)).await
-        };
-        let result = write.await;
-        for key in &keys {
+        let rows = latest
+            .iter()
+            .map(|(key, value)| UpsertRow {
+                key: (*key).to_owned(),
+                value: Bytes::copy_from_slice(value),
+                ttl_ms,
+                tags: Vec::new(),
+                meta: WriteMeta::default(),
+            })
+            .collect();
+        let result = node.submit(Write::Upsert(rows)).await;
+        for (key, _) in &latest {
             node.coherence.evict(key).await;
         }
         result.map(drop)
@@ -1154,15 +1191,11 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
     async fn delete(&self, key: &str) -> Result<bool> {
         self.check_key(key)?;
         let node = self.node().await?;
-        let delete = async {
-            let conn = node.db.conn().await?;
-            conn.bounded(store::delete(conn.client()?, &node.sql, key)).await
-        };
         // Evicted locally whatever happened: a delete that may not have reached the table must not leave
         // this node serving the old value.
-        let result = delete.await;
+        let result = node.submit(Write::Delete(vec![key.to_owned()])).await;
         node.coherence.evict(key).await;
-        result
+        result.map(|written| matches!(written, Written::Deleted(n) if n > 0))
     }
 
     #[tracing::instrument(name = "pgcache.delete_many", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "delete_many", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
@@ -1170,28 +1203,35 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         for key in keys {
             self.check_key(key)?;
         }
+        if keys.is_empty() {
+            return Ok(0);
+        }
         let node = self.node().await?;
-        let delete = async {
-            let conn = node.db.conn().await?;
-            conn.bounded(store::delete_many(conn.client()?, &node.sql, keys)).await
-        };
-        let result = delete.await;
+        let result = node.submit(Write::Delete(keys.iter().map(|k| (*k).to_owned()).collect())).await;
         for key in keys {
             node.coherence.evict(key).await;
         }
-        result
+        result.map(|written| match written {
+            Written::Deleted(n) => n,
+            _ => 0,
+        })
     }
 
     #[tracing::instrument(name = "pgcache.delete_tags", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "delete_tags", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]
     async fn delete_tags(&self, tags: &[&str]) -> Result<u64> {
         self.check_open()?;
         validate::tags(tags)?;
+        if tags.is_empty() {
+            return Ok(0);
+        }
         let node = self.node().await?;
-        let delete = async {
-            let conn = node.db.conn().await?;
-            conn.bounded(store::delete_tags(conn.client()?, &node.sql, tags)).await
-        };
-        let result = delete.await;
+        let result =
+            node.submit(Write::DeleteTags(tags.iter().map(|t| (*t).to_owned()).collect())).await.map(|written| {
+                match written {
+                    Written::TagsDeleted(n) => n,
+                    _ => 0,
+                }
+            });
         // Which keys carried the tags is only known to the database (the trigger tells the other nodes):
         // flush this node's copies unless the delete is known to have removed nothing.
         if !matches!(result, Ok(0)) {
@@ -1225,13 +1265,9 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         self.check_key(key)?;
         let node = self.node().await?;
         let ttl_ms = ttl.to_sql_millis(node.default_ttl);
-        let touch = async {
-            let conn = node.db.conn().await?;
-            conn.bounded(store::touch(conn.client()?, &node.sql, key, ttl_ms)).await
-        };
-        let result = touch.await;
+        let result = node.submit(Write::Touch { key: key.to_owned(), ttl_ms }).await;
         node.coherence.evict(key).await;
-        result
+        result.map(|written| matches!(written, Written::Touched(true)))
     }
 
     #[tracing::instrument(name = "pgcache.cleanup_expired", level = "debug", target = "pgcache::cache", skip_all, fields(cache.operation = "cleanup_expired", cache.outcome = tracing::field::Empty, db.system = "postgresql"))]

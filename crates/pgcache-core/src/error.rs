@@ -185,6 +185,18 @@ pub enum Error {
     /// The cache was closed with [`close`](crate::PostgresCache::close).
     #[error("the cache is closed")]
     Closed,
+    /// The group-commit batch this write shared with other writes failed as a whole (its connection
+    /// broke, or its statement overran): every write in it gets this error. As for a single write that
+    /// loses its connection, the batch may or may not have been applied; this node's copies of its keys
+    /// are evicted either way. See [`CacheSettings::group_commit`](crate::CacheSettings::group_commit).
+    #[error("a group-commit batch of {writes} writes failed: {source}")]
+    BatchFailed {
+        /// How many writes (callers) shared the batch.
+        writes: usize,
+        /// What failed, shared by every write of the batch.
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
 }
 
 impl Error {
@@ -219,6 +231,7 @@ impl Error {
             Error::Pool(deadpool_postgres::PoolError::Backend(e)) => is_outage(e),
             Error::Pool(_) | Error::Timeout { .. } | Error::TooManyConnections { .. } => true,
             Error::ConnectBackoff { outage, .. } => *outage,
+            Error::BatchFailed { source, .. } => source.is_unavailable(),
             _ => false,
         }
     }

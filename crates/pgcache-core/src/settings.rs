@@ -23,6 +23,12 @@ const MAX_SWEEPER_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_KEY_BYTES: usize = 2048;
 /// Largest accepted `max_value_bytes`: PostgreSQL's `bytea` limit is 1 GB.
 const MAX_VALUE_BYTES: usize = 1_000_000_000;
+/// Most rows a group-commit batch may be allowed.
+const MAX_BATCH_ROWS: usize = 100_000;
+/// Most group-commit batches in flight that may be allowed.
+const MAX_BATCHES_IN_FLIGHT: usize = 64;
+/// Fewest bytes a group-commit batch may be allowed.
+const MIN_BATCH_BYTES: usize = 1024;
 /// Smallest non-zero duration, the lower bound of settings that must be "greater than zero".
 const NONZERO: Duration = Duration::from_nanos(1);
 /// One millisecond, the lower bound of settings PostgreSQL or the listener count in milliseconds.
@@ -193,6 +199,20 @@ pub struct CacheSettings {
     /// `None` (default): no bound. Accepted: 1 ms to 1 h. In serde, `null` and `"0"` mean `None`.
     #[serde(with = "optional_duration_format")]
     pub loader_hard_timeout: Option<Duration>,
+    /// Group commit: concurrent writes of this instance (`set`, `set_many`, `delete`, `delete_many`,
+    /// `touch`, `delete_tags`, `get_or_set` fills) share one statement and one commit, hence one
+    /// invalidation. No timer: a batch leaves as soon as a connection is free and grows while others are
+    /// in flight, so a lone write costs what it did. `false`: one statement per write. Default: `true`.
+    pub group_commit: bool,
+    /// Most rows in one group-commit batch. Default: 1000. Accepted: 1 to 100,000. A single call with
+    /// more rows (`set_many`) is a batch of its own.
+    pub write_batch_max_rows: usize,
+    /// Most value and key bytes in one group-commit batch. Default: 8 MiB. Accepted: 1 KiB to 1 GB. A
+    /// single call over it is a batch of its own.
+    pub write_batch_max_bytes: usize,
+    /// Group-commit batches of this instance in flight at once (each on a pooled connection).
+    /// Default: 2. Accepted: 1 to 64; never more than `max_pool_size` are used.
+    pub write_batches_in_flight: usize,
 }
 
 impl Default for CacheSettings {
@@ -225,6 +245,10 @@ impl Default for CacheSettings {
             tls_root_cert: None,
             loader_soft_timeout: None,
             loader_hard_timeout: None,
+            group_commit: true,
+            write_batch_max_rows: 1000,
+            write_batch_max_bytes: 8 * 1024 * 1024,
+            write_batches_in_flight: 2,
         }
     }
 }
@@ -261,6 +285,10 @@ impl fmt::Debug for CacheSettings {
             tls_root_cert,
             loader_soft_timeout,
             loader_hard_timeout,
+            group_commit,
+            write_batch_max_rows,
+            write_batch_max_bytes,
+            write_batches_in_flight,
         } = self;
         f.debug_struct("CacheSettings")
             .field("dsn", &redact_dsn(dsn))
@@ -290,6 +318,10 @@ impl fmt::Debug for CacheSettings {
             .field("tls_root_cert", tls_root_cert)
             .field("loader_soft_timeout", loader_soft_timeout)
             .field("loader_hard_timeout", loader_hard_timeout)
+            .field("group_commit", group_commit)
+            .field("write_batch_max_rows", write_batch_max_rows)
+            .field("write_batch_max_bytes", write_batch_max_bytes)
+            .field("write_batches_in_flight", write_batches_in_flight)
             .finish()
     }
 }
@@ -420,6 +452,14 @@ impl CacheSettings {
         heartbeat_interval: Duration,
         /// Sets [`fail_open`](Self::fail_open).
         fail_open: bool,
+        /// Sets [`group_commit`](Self::group_commit).
+        group_commit: bool,
+        /// Sets [`write_batch_max_rows`](Self::write_batch_max_rows).
+        write_batch_max_rows: usize,
+        /// Sets [`write_batch_max_bytes`](Self::write_batch_max_bytes).
+        write_batch_max_bytes: usize,
+        /// Sets [`write_batches_in_flight`](Self::write_batches_in_flight).
+        write_batches_in_flight: usize,
     }
 
     /// Reads settings from `PGCACHE_*` environment variables (see the type's docs).
@@ -463,6 +503,9 @@ impl CacheSettings {
         if let Some(v) = var("PGCACHE_UNLOGGED") {
             s.unlogged = parse_bool("unlogged", &v)?;
         }
+        if let Some(v) = var("PGCACHE_GROUP_COMMIT") {
+            s.group_commit = parse_bool("group_commit", &v)?;
+        }
         macro_rules! number {
             ($env:literal, $field:ident) => {
                 if let Some(v) = var($env) {
@@ -480,6 +523,9 @@ impl CacheSettings {
         number!("PGCACHE_MAX_KEY_BYTES", max_key_bytes);
         number!("PGCACHE_MAX_VALUE_BYTES", max_value_bytes);
         number!("PGCACHE_CLEANUP_BATCH_SIZE", cleanup_batch_size);
+        number!("PGCACHE_WRITE_BATCH_MAX_ROWS", write_batch_max_rows);
+        number!("PGCACHE_WRITE_BATCH_MAX_BYTES", write_batch_max_bytes);
+        number!("PGCACHE_WRITE_BATCHES_IN_FLIGHT", write_batches_in_flight);
         macro_rules! duration {
             ($env:literal, $field:ident) => {
                 if let Some(v) = var($env) {
@@ -553,6 +599,15 @@ impl CacheSettings {
         }
         if self.cleanup_batch_size == 0 {
             return Err(invalid("cleanup_batch_size", "must be at least 1".to_owned()));
+        }
+        for (name, value, min, max) in [
+            ("write_batch_max_rows", self.write_batch_max_rows, 1, MAX_BATCH_ROWS),
+            ("write_batch_max_bytes", self.write_batch_max_bytes, MIN_BATCH_BYTES, MAX_VALUE_BYTES),
+            ("write_batches_in_flight", self.write_batches_in_flight, 1, MAX_BATCHES_IN_FLIGHT),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(name, format!("is {value}, must be between {min} and {max}")));
+            }
         }
         for (name, value, min, max) in [
             ("local_ttl", self.local_ttl, Duration::ZERO, MAX_LOCAL_TTL),

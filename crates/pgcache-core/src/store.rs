@@ -3,7 +3,7 @@
 //!
 //! Identifiers (`schema_prefix`) are validated by [`CacheSettings::validate`] before they are formatted
 //! into SQL here; keys, values, TTLs and tags are always bind parameters. Every statement goes through
-//! [`rows`]/[`execute`]: `prepare_cached` by default, or, with `prepared_statements` off (a transaction
+//! [`query_rows`]/[`execute`]: `prepare_cached` by default, or, with `prepared_statements` off (a transaction
 //! pooler that cannot track prepared statements), an unnamed statement with its parameter types given,
 //! parsed, bound and run in one round trip (`query_typed`), so that no statement outlives its transaction.
 
@@ -33,7 +33,6 @@ pub(crate) struct Statements {
     pub(crate) get_for_load: String,
     pub(crate) get_many: String,
     pub(crate) upsert: String,
-    pub(crate) upsert_many: String,
     pub(crate) replace: String,
     pub(crate) delete: String,
     pub(crate) delete_many: String,
@@ -42,6 +41,14 @@ pub(crate) struct Statements {
     pub(crate) ttl: String,
     pub(crate) touch: String,
     pub(crate) sweep: String,
+    /// Group commit: the upsert of many rows, each with its own TTL, tags and refresh columns.
+    pub(crate) upsert_batch: String,
+    /// Group commit: the delete of many keys, telling which were live.
+    pub(crate) delete_batch: String,
+    /// Group commit: new TTLs for many keys, telling which were live.
+    pub(crate) touch_batch: String,
+    /// Group commit: the delete of every row carrying any of the tags, with the tags of the live ones.
+    pub(crate) delete_tags_batch: String,
     /// Server-side prepared statements (`prepare_cached`), or unnamed typed ones (`query_typed`).
     pub(crate) prepared: bool,
 }
@@ -72,11 +79,6 @@ impl Statements {
                  refresh_at = now() + $7::bigint * interval '1 millisecond' \
                  WHERE key = $1 AND version = $8 RETURNING version"
             ),
-            upsert_many: format!(
-                "INSERT INTO {t} (key, value, expires_at) SELECT k, v, {expires} FROM unnest($1::text[], $2::bytea[]) AS u(k, v) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, tags = '{{}}', \
-                 stale_until = NULL, compute_ms = NULL, refresh_at = NULL"
-            ),
             delete: format!("DELETE FROM {t} WHERE key = $1 RETURNING {LIVE}"),
             delete_many: format!(
                 "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING {LIVE} AS live) \
@@ -99,6 +101,28 @@ impl Statements {
                 "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE expires_at <= now() \
                  AND (stale_until IS NULL OR stale_until <= now()) LIMIT $1 FOR UPDATE SKIP LOCKED))"
             ),
+            // Tags travel as one array literal per row (`{"a","b"}`, see `tags_literal`): unnest cannot
+            // take an array of arrays of different lengths.
+            upsert_batch: format!(
+                "INSERT INTO {t} (key, value, expires_at, tags, stale_until, compute_ms, refresh_at) \
+                 SELECT k, v, now() + ttl * interval '1 millisecond', tg::text[], \
+                 now() + st * interval '1 millisecond', cm, now() + rf * interval '1 millisecond' \
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::text[], $5::bigint[], $6::int4[], $7::bigint[]) \
+                 AS u(k, v, ttl, tg, st, cm, rf) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
+                 tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
+                 refresh_at = EXCLUDED.refresh_at RETURNING key, version"
+            ),
+            delete_batch: format!("DELETE FROM {t} WHERE key = ANY($1) RETURNING key, {LIVE}"),
+            touch_batch: format!(
+                "UPDATE {t} SET expires_at = now() + u.ttl * interval '1 millisecond', \
+                 stale_until = now() + u.ttl * interval '1 millisecond' + (stale_until - expires_at) \
+                 FROM unnest($1::text[], $2::bigint[]) AS u(k, ttl) WHERE key = u.k AND {LIVE} RETURNING key"
+            ),
+            delete_tags_batch: format!(
+                "WITH d AS (DELETE FROM {t} WHERE tags && $1 RETURNING tags, {LIVE} AS live) \
+                 SELECT tags FROM d WHERE live"
+            ),
             prepared,
         }
     }
@@ -113,7 +137,7 @@ fn pg<T>(r: std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
 type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 /// Runs `text` and returns its rows, prepared or not as `sql` says.
-async fn rows(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+async fn query_rows(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
     if sql.prepared {
         let stmt = pg(client.prepare_cached(text).await)?;
         let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
@@ -177,7 +201,7 @@ pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<
 /// `GET` of many keys in one round trip; returns (key, row) pairs for the live ones.
 pub(crate) async fn get_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, Entry)>> {
     let _timer = telemetry::statement("get_many");
-    let rows = rows(client, sql, &sql.get_many, &[(&keys, Type::TEXT_ARRAY)]).await?;
+    let rows = query_rows(client, sql, &sql.get_many, &[(&keys, Type::TEXT_ARRAY)]).await?;
     rows.iter().map(|row| Ok((pg(row.try_get::<_, String>(0))?, row_of(row, 1)?))).collect()
 }
 
@@ -290,19 +314,6 @@ pub(crate) async fn replace(
     }
 }
 
-/// Upsert of many entries in one statement (keys must be distinct).
-pub(crate) async fn upsert_many(
-    client: &Client,
-    sql: &Statements,
-    keys: &[&str],
-    values: &[&[u8]],
-    ttl_ms: Option<i64>,
-) -> Result<u64> {
-    let _timer = telemetry::statement("upsert_many");
-    let params: [Param<'_>; 3] = [(&keys, Type::TEXT_ARRAY), (&values, Type::BYTEA_ARRAY), (&ttl_ms, Type::INT8)];
-    execute(client, sql, &sql.upsert_many, &params).await
-}
-
 /// Delete of one key; returns whether a live row existed.
 pub(crate) async fn delete(client: &Client, sql: &Statements, key: &str) -> Result<bool> {
     let _timer = telemetry::statement("delete");
@@ -315,12 +326,6 @@ pub(crate) async fn delete(client: &Client, sql: &Statements, key: &str) -> Resu
 async fn count(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<u64> {
     let n: i64 = pg(row_one(client, sql, text, params).await?.try_get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
-}
-
-/// Delete of many keys; returns how many live rows existed.
-pub(crate) async fn delete_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<u64> {
-    let _timer = telemetry::statement("delete_many");
-    count(client, sql, &sql.delete_many, &[(&keys, Type::TEXT_ARRAY)]).await
 }
 
 /// Delete of every row carrying any of `tags`.
@@ -348,6 +353,90 @@ pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<
 pub(crate) async fn touch(client: &Client, sql: &Statements, key: &str, ttl_ms: Option<i64>) -> Result<bool> {
     let _timer = telemetry::statement("touch");
     Ok(execute(client, sql, &sql.touch, &[(&key, Type::TEXT), (&ttl_ms, Type::INT8)]).await? > 0)
+}
+
+// ---- Group commit (group_commit.rs): one statement for the writes of many callers ----
+
+/// One row of a group-commit upsert.
+#[derive(Clone, Debug)]
+pub(crate) struct UpsertRow {
+    pub(crate) key: String,
+    pub(crate) value: Bytes,
+    pub(crate) ttl_ms: Option<i64>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) meta: WriteMeta,
+}
+
+/// `tags` as a PostgreSQL array literal (`{"a","b\"c"}`), every element quoted and escaped, so any
+/// valid tag (non-empty, NUL-free) comes back exactly from `literal::text[]`.
+pub(crate) fn tags_literal(tags: &[String]) -> String {
+    let mut out = String::with_capacity(2 + tags.iter().map(|t| t.len() + 3).sum::<usize>());
+    out.push('{');
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in tag.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// Upsert of many distinct keys in one statement; returns `(key, version)` of every row written.
+pub(crate) async fn upsert_batch(client: &Client, sql: &Statements, rows: &[&UpsertRow]) -> Result<Vec<(String, i64)>> {
+    let _timer = telemetry::statement("upsert_batch");
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let values: Vec<&[u8]> = rows.iter().map(|r| &r.value[..]).collect();
+    let ttls: Vec<Option<i64>> = rows.iter().map(|r| r.ttl_ms).collect();
+    let tags: Vec<String> = rows.iter().map(|r| tags_literal(&r.tags)).collect();
+    let stale: Vec<Option<i64>> = rows.iter().map(|r| r.meta.stale_ms).collect();
+    let compute: Vec<Option<i32>> = rows.iter().map(|r| r.meta.compute_ms).collect();
+    let refresh: Vec<Option<i64>> = rows.iter().map(|r| r.meta.refresh_ms).collect();
+    let params: [Param<'_>; 7] = [
+        (&keys, Type::TEXT_ARRAY),
+        (&values, Type::BYTEA_ARRAY),
+        (&ttls, Type::INT8_ARRAY),
+        (&tags, Type::TEXT_ARRAY),
+        (&stale, Type::INT8_ARRAY),
+        (&compute, Type::INT4_ARRAY),
+        (&refresh, Type::INT8_ARRAY),
+    ];
+    let out = query_rows(client, sql, &sql.upsert_batch, &params).await?;
+    out.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
+}
+
+/// Delete of many distinct keys in one statement; returns `(key, was live)` of every row deleted.
+pub(crate) async fn delete_batch(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, bool)>> {
+    let _timer = telemetry::statement("delete_batch");
+    let out = query_rows(client, sql, &sql.delete_batch, &[(&keys, Type::TEXT_ARRAY)]).await?;
+    out.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
+}
+
+/// New TTLs for many distinct keys in one statement; returns the keys that were live.
+pub(crate) async fn touch_batch(
+    client: &Client,
+    sql: &Statements,
+    keys: &[&str],
+    ttls: &[Option<i64>],
+) -> Result<Vec<String>> {
+    let _timer = telemetry::statement("touch_batch");
+    let out =
+        query_rows(client, sql, &sql.touch_batch, &[(&keys, Type::TEXT_ARRAY), (&ttls, Type::INT8_ARRAY)]).await?;
+    out.iter().map(|row| pg(row.try_get(0))).collect()
+}
+
+/// Delete of every row carrying any of `tags`; returns the tags of each live row deleted.
+pub(crate) async fn delete_tags_batch(client: &Client, sql: &Statements, tags: &[&str]) -> Result<Vec<Vec<String>>> {
+    let _timer = telemetry::statement("delete_tags_batch");
+    let out = query_rows(client, sql, &sql.delete_tags_batch, &[(&tags, Type::TEXT_ARRAY)]).await?;
+    out.iter().map(|row| pg(row.try_get(0))).collect()
 }
 
 /// Deletes up to `batch` expired rows, skipping rows locked by others; returns how many.
@@ -454,6 +543,13 @@ mod tests {
     fn statements_quote_the_table() {
         let st = Statements::new("a_", true);
         assert!(st.get.contains("FROM \"a_cache_entries\""));
-        assert!(st.upsert_many.contains("tags = '{}'"));
+        assert!(st.upsert_batch.contains("tg::text[]"));
+    }
+
+    #[test]
+    fn tags_literal_quotes_and_escapes_every_element() {
+        assert_eq!(tags_literal(&[]), "{}");
+        let tags = ["a".to_owned(), "b\"c".to_owned(), "d\\e".to_owned(), "{x, y}".to_owned(), "NULL".to_owned()];
+        assert_eq!(tags_literal(&tags), r#"{"a","b\"c","d\\e","{x, y}","NULL"}"#);
     }
 }
