@@ -52,9 +52,13 @@ pgcache_free_port() {
   return 1
 }
 
-# initdb + start a throw-away cluster in DIR; prints the port.
+# initdb + start a throw-away cluster in DIR; prints the port. Durability is off (fast tests) unless
+# PGCACHE_PG_DURABLE=1: then fsync, synchronous_commit and full_page_writes are on, as production runs.
 pgcache_start_cluster() {
-  local bin="$1" dir="$2" port
+  local bin="$1" dir="$2" port durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  if [ "${PGCACHE_PG_DURABLE:-0}" = "1" ]; then
+    durability="-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+  fi
   chmod 755 "$dir"
   pgcache_as_owner "$dir" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 || {
     cat "$dir/initdb.log" >&2
@@ -63,7 +67,7 @@ pgcache_start_cluster() {
   for _ in 1 2 3 4 5; do
     port="$(pgcache_free_port)"
     if pgcache_as_owner "$dir" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=256MB" \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=400 $durability -c shared_buffers=256MB" \
       start >/dev/null 2>&1; then
       echo "$port"
       return 0

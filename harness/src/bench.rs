@@ -7,9 +7,12 @@
 //! | L2 hit latency | `get_bytes`, local cache off | raw tokio-postgres prepared `SELECT` of the same row (the core's statement) |
 //! | L2 hit throughput | 16 tasks, local cache off, pool 16 | 16 tasks on a deadpool pool of 16, prepared `SELECT` |
 //! | set latency | `set_bytes` | the core's upsert statement on the same table (same triggers); and on a copy without triggers |
+//! | set latency, group commit | `set_bytes`, one client, group commit on | the same, `group_commit = false` (a lone write must be no slower) |
+//! | writes/s, 16 and 64 writers | `set_bytes` from N tasks on one instance (pool 16), group commit on | a bare prepared upsert (no triggers) from N tasks on a deadpool pool of 16 (the floor); and group commit off |
 //! | get_many(16) | one `get_many_bytes` of 16 keys | 16 sequential `get_bytes` |
 //! | Redis | L2 hit and L1 hit | redis-rs `GET` over loopback |
 //! | invalidation | probe write on one process, change seen on another (idle database) | target p99 ≤ 10 ms |
+//! | invalidation under writes | the same while 2 processes x 16 tasks write | report |
 //! | HTTP from L1 | axum route behind `PgCacheLayer`, served from L1 | the same route without the layer |
 //! | HTTP miss | 100 concurrent requests for one URL over 2 layer instances, 50 ms handler | handler runs once |
 //!
@@ -62,6 +65,8 @@ pub(crate) enum Section {
     Throughput,
     /// set vs raw upsert, and the trigger's cost.
     Set,
+    /// Writes per second with 16 and 64 concurrent writers, group commit on and off, against a bare upsert.
+    Writes,
     /// get_many(16) vs sequential gets.
     GetMany,
     /// Redis GET.
@@ -119,6 +124,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) -> anyhow::Result<Vec<BenchRow>> {
     let full = PostgresCache::connect(base.clone()).await?;
+    let unbatched = PostgresCache::connect(base.clone().group_commit(false)).await?;
     let remote = PostgresCache::connect(base.clone().local_max_entries(0)).await?;
     let value = Bytes::from(vec![b'v'; args.value_size]);
     let items: Vec<(String, Bytes)> = (0..KEYS).map(|i| (key(i), value.clone())).collect();
@@ -242,6 +248,7 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
         let with_trigger = raw.prepare(&upsert(&table)).await?;
         let without_trigger = raw.prepare(&upsert(&bare)).await?;
         let (mut set, mut raw_set, mut bare_set) = (Latency::new(), Latency::new(), Latency::new());
+        let mut set_unbatched = Latency::new();
         let ttl_ms: Option<i64> = Some(300_000);
         let tags: Vec<String> = Vec::new();
         for _ in 0..5 {
@@ -250,6 +257,12 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
                 let t = Instant::now();
                 full.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
                 set.record(ns(t.elapsed()));
+            }
+            for _ in 0..n(500.0) {
+                let k = key(rng.gen_range(0..KEYS));
+                let t = Instant::now();
+                unbatched.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
+                set_unbatched.record(ns(t.elapsed()));
             }
             for _ in 0..n(500.0) {
                 let k = key(rng.gen_range(0..KEYS));
@@ -266,6 +279,14 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
         }
         let (s, r, b) = (set.summary(), raw_set.summary(), bare_set.summary());
         out.push(latency_row("set latency (p50)", s.p50_us, r.p50_us, "raw upsert, same triggers", 1.2));
+        let u = set_unbatched.summary();
+        out.push(latency_row(
+            "set latency, 1 client, group commit on (p50)",
+            s.p50_us,
+            u.p50_us,
+            "group commit off",
+            1.1,
+        ));
         out.push(BenchRow {
             what: "cost of the notify trigger (p50)".into(),
             pgcache: format!("{} with trigger", fmt_us(r.p50_us)),
@@ -274,6 +295,9 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
             target: "report".into(),
             met: None,
         });
+    }
+    if want(Section::Writes) {
+        out.extend(write_rows(&full, &unbatched, &raw, &table, &base.dsn, &value, window).await?);
     }
     if want(Section::GetMany) {
         // get_many(16) vs 16 sequential gets, L1 off.
@@ -350,6 +374,7 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
         }
     }
     full.close().await;
+    unbatched.close().await;
     remote.close().await;
 
     if want(Section::Invalidation) {
@@ -382,6 +407,46 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
             target: "p99 ≤ 10ms".into(),
             // No sample is no measurement, never a pass.
             met: Some(report.invalidation.samples > 0 && p99 <= 10_000.0),
+        });
+    }
+    if want(Section::Invalidation) {
+        eprintln!("bench: invalidation propagation (2 processes x 16 writing tasks)");
+        let secs = format!("{}s", (5.0 * args.scale).clamp(2.0, 60.0));
+        let out_dir = args.out.join("bench-invalidation-load");
+        let load = crate::cli::load_args(&[
+            "--dsn",
+            &base.dsn,
+            "--processes",
+            "2",
+            "--tasks",
+            "16",
+            "--reads",
+            "0",
+            "--get-or-set",
+            "0",
+            "--writes",
+            "90",
+            "--deletes",
+            "10",
+            "--keys",
+            "1000",
+            "--probe-interval",
+            "10ms",
+            "--duration",
+            &secs,
+            "--quiet",
+            "--out",
+            &out_dir.to_string_lossy(),
+        ])?;
+        let report = crate::load::run_quiet(&load).await?;
+        let inv = &report.invalidation;
+        out.push(BenchRow {
+            what: format!("invalidation propagation p99 under 2 x 16 writers ({} samples)", inv.samples),
+            pgcache: format!("{} (p50 {})", fmt_us(inv.delay.p99_us), fmt_us(inv.delay.p50_us)),
+            baseline: "-".into(),
+            ratio: None,
+            target: "report".into(),
+            met: None,
         });
     }
     if want(Section::Http) {
@@ -432,6 +497,76 @@ async fn l1_with_metrics(
     observed.close().await;
     let per_op = |d: Duration| ns(d) as f64 / ops as f64 / 1000.0;
     Ok(latency_row("L1 hit latency, metrics on (mean)", per_op(on), per_op(off), "metrics off", 1.05))
+}
+
+/// Writes per second from 16 and 64 tasks: `set_bytes` with group commit on and off, against a bare
+/// prepared upsert (a copy of the table without triggers) on a deadpool pool of 16, interleaved in rounds.
+async fn write_rows(
+    batched: &PostgresCache,
+    unbatched: &PostgresCache,
+    raw: &tokio_postgres::Client,
+    table: &str,
+    dsn: &str,
+    value: &Bytes,
+    window: Duration,
+) -> anyhow::Result<Vec<BenchRow>> {
+    let bare = format!("{}_floor\"", table.trim_end_matches('"'));
+    raw.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {bare} (LIKE {table} INCLUDING ALL)")).await?;
+    let sql = Arc::new(format!(
+        "INSERT INTO {bare} (key, value, expires_at) VALUES ($1, $2, now() + interval '300 seconds') \
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
+    ));
+    let pool = raw_pool(dsn)?;
+    let mut out = Vec::new();
+    for writers in [16usize, 64] {
+        eprintln!("bench: writes/s, {writers} writers");
+        let (mut on, mut off, mut floor) = (0.0, 0.0, 0.0);
+        for _ in 0..2 {
+            for (cache, sum) in [(batched, &mut on), (unbatched, &mut off)] {
+                let (cache, value) = (cache.clone(), value.clone());
+                *sum += throughput(writers, window, move |k| {
+                    let (cache, value) = (cache.clone(), value.clone());
+                    async move {
+                        cache
+                            .set_bytes(&k, value, Ttl::After(Duration::from_secs(300)))
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                })
+                .await?;
+            }
+            let (pool, sql, value) = (pool.clone(), Arc::clone(&sql), value.clone());
+            floor += throughput(writers, window, move |k| {
+                let (pool, sql, value) = (pool.clone(), Arc::clone(&sql), value.clone());
+                async move {
+                    let client = pool.get().await?;
+                    let stmt = client.prepare_cached(&sql).await?;
+                    client.execute(&stmt, &[&k, &&value[..]]).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .await?;
+        }
+        let (on, off, floor) = (on / 2.0, off / 2.0, floor / 2.0);
+        out.push(BenchRow {
+            what: format!("writes/s, {writers} writers, group commit on"),
+            pgcache: format!("{on:.0}"),
+            baseline: format!("{floor:.0} bare upsert (no triggers), pool 16"),
+            ratio: Some(on / floor),
+            target: "report".into(),
+            met: None,
+        });
+        out.push(throughput_row(
+            &format!("writes/s, {writers} writers, group commit on vs off"),
+            on,
+            off,
+            "group commit off",
+            1.0,
+        ));
+    }
+    pool.close();
+    raw.batch_execute(&format!("DROP TABLE IF EXISTS {bare}")).await?;
+    Ok(out)
 }
 
 fn select_sql(table: &str) -> String {

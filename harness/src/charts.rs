@@ -16,7 +16,7 @@ use crate::load::events::{Event, Op, Via};
 use crate::stats::Latency;
 
 /// Fonts tried in order (DejaVu ships with most Linux distributions).
-const FONTS: [&str; 3] = [
+pub(crate) const FONTS: [&str; 3] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",

@@ -273,6 +273,22 @@ impl Node {
         Ok(row)
     }
 
+    /// Reads the row `get_or_load` may use and, when it is not live, tries the key's advisory lock `lock`
+    /// in the same statement, on the lock session (one round trip for a miss; see
+    /// [`LockSession::read_or_lock`]). A live row is installed locally.
+    async fn read_or_lock(
+        &self,
+        key: &str,
+        lock: i64,
+        snapshot: Snapshot,
+    ) -> Result<(Option<LoadRow>, Option<KeyLock>)> {
+        let (row, guard) = self.locks.read_or_lock(&self.sql, key, lock).await?;
+        if let Some(row) = &row {
+            self.found_for_load(key, row, snapshot).await;
+        }
+        Ok((row, guard))
+    }
+
     /// Reads the row `get_or_load` may use (live, or within its stale window), installing a live one
     /// locally. On a pooled connection when one is free at once, else on the lock session (pipelined):
     /// a burst of misses never queues for the pool, so unrelated traffic keeps it.
@@ -754,14 +770,22 @@ impl<C> PostgresCache<C> {
             }
         }
         let snapshot = node.coherence.snapshot(key);
-        let loaded = match node.read_for_load(key, snapshot).await {
-            Ok(Some(row)) if row.fresh => {
+        let loaded = match node.read_or_lock(key, self.lock_key(key), snapshot).await {
+            Ok((Some(row), _)) if row.fresh => {
                 if node.plans.due(key, row.entry.version) {
                     Shared::refresh_in_background(&self.shared, key, loader, row.entry.version);
                 }
                 Loaded::found(row.entry, if flight.waited { Source::Collapsed } else { Source::Shared })
             }
-            Ok(row) => self.fill_across_processes(node, key, loader, snapshot, row.map(|r| r.entry)).await?,
+            Ok((row, lock)) => {
+                let stale = row.map(|r| r.entry);
+                match lock {
+                    Some(guard) => {
+                        self.fill_under_lock(node, key, loader, snapshot, (guard, Instant::now()), stale).await?
+                    }
+                    None => self.fill_across_processes(node, key, loader, snapshot, stale).await?,
+                }
+            }
             Err(e) if self.shared.fails_open(&e) => self.load_uncached(key, loader, e).await?,
             Err(e) => return Err(e.into()),
         };
@@ -771,9 +795,10 @@ impl<C> PostgresCache<C> {
         Ok(loaded)
     }
 
-    /// Takes the key's advisory lock on the lock session (re-check, load, write, unlock) or waits for the
-    /// holder's fill: woken by the listener when another process writes the key, polling the lock with
-    /// back-off, up to `lock_wait_timeout`. It never loads while another caller holds the lock: past the
+    /// Called when the first try of the key's advisory lock (with the read) found it taken: waits for the
+    /// holder's fill, woken by the listener when another process writes the key, polling the lock with
+    /// back-off, up to `lock_wait_timeout`; a caller that gets the lock fills (re-check, load, write,
+    /// unlock). It never loads while another caller holds the lock: past the
     /// wait it answers with the stale value (`stale`, from the entry's fail-safe window) or
     /// [`Error::LockTimeout`]. With a stale value it does not wait at all: the holder is refreshing it.
     async fn fill_across_processes(
@@ -791,8 +816,11 @@ impl<C> PostgresCache<C> {
         let deadline = waiting + settings.lock_wait_timeout;
         let mut backoff = FILL_POLL.0;
         let waited = |how| self.shared.telemetry.lock_waited(waiting, how);
+        // The read already tried the lock once.
+        let mut tried = true;
         loop {
-            match node.locks.try_lock(lock).await {
+            let attempt = if std::mem::take(&mut tried) { Ok(None) } else { node.locks.try_lock(lock).await };
+            match attempt {
                 Ok(Some(guard)) => {
                     return self.fill_under_lock(node, key, loader, snapshot, (guard, waiting), stale).await;
                 }

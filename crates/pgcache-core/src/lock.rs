@@ -15,7 +15,7 @@ use deadpool_postgres::Pool;
 use crate::conn::{build_pool, statement_bound, Conn, Db};
 use crate::error::{Error, Result};
 use crate::settings::CacheSettings;
-use crate::store;
+use crate::store::{self, LoadRow, Statements};
 
 /// Connections the lock session's pool may hold: one in use, plus ones being retired after a failure
 /// (still referenced by holders finishing on them).
@@ -82,6 +82,53 @@ impl LockSession {
                     self.retire(&conn, &e).await;
                 }
                 self.held_set().remove(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads `key`'s row for `get_or_load` and, when it is not live, tries its lock `lock` in the same
+    /// statement (one round trip for a miss). The lock is `None` when the row is live, or when another
+    /// session or another caller of this process holds it (then the read is made without trying it).
+    pub(crate) async fn read_or_lock(
+        self: &Arc<Self>,
+        sql: &Statements,
+        key: &str,
+        lock: i64,
+    ) -> Result<(Option<LoadRow>, Option<KeyLock>)> {
+        if !self.held_set().insert(lock) {
+            let conn = self.conn().await?;
+            let row = conn.bounded(store::get_for_load(conn.client()?, sql, key)).await;
+            if let Err(e) = &row {
+                self.retire(&conn, e).await;
+            }
+            return Ok((row?, None));
+        }
+        let conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.held_set().remove(&lock);
+                return Err(e);
+            }
+        };
+        // As in `try_lock`: the guard exists before the statement is sent.
+        let mut guard = KeyLock { session: Arc::clone(self), conn: Some(conn), key: lock };
+        let read = match guard.conn.as_deref() {
+            Some(conn) => conn.bounded(store::get_or_lock(conn.client()?, sql, key, lock)).await,
+            None => Ok((None, false)),
+        };
+        match read {
+            Ok((row, true)) => Ok((row, Some(guard))),
+            Ok((row, false)) => {
+                guard.conn = None;
+                self.held_set().remove(&lock);
+                Ok((row, None))
+            }
+            Err(e) => {
+                // The lock may have been taken before the statement failed: the guard's Drop unlocks (a
+                // no-op otherwise), then frees the key locally.
+                guard.failed(&e).await;
+                drop(guard);
                 Err(e)
             }
         }

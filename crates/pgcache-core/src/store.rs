@@ -31,6 +31,9 @@ const REFRESH_MS: &str = "(EXTRACT(EPOCH FROM (refresh_at - now())) * 1000)::big
 pub(crate) struct Statements {
     pub(crate) get: String,
     pub(crate) get_for_load: String,
+    /// [`get_for_load`](Self::get_for_load) that also takes the key's advisory lock (`$2`) when the row
+    /// is not live: a miss learns in one round trip whether it is the one to load.
+    pub(crate) get_or_lock: String,
     pub(crate) get_many: String,
     pub(crate) upsert: String,
     pub(crate) replace: String,
@@ -61,6 +64,14 @@ impl Statements {
             get: format!("SELECT value, version, {TTL_MS} FROM {t} WHERE key = $1 AND {LIVE}"),
             get_for_load: format!(
                 "SELECT value, version, {TTL_MS}, {LIVE}, compute_ms, {REFRESH_MS} FROM {t} WHERE key = $1 AND {USABLE}"
+            ),
+            // One row always (the LEFT JOIN): the entry's columns (NULL when there is no usable row) and
+            // whether the lock was taken (false when the row is live: CASE evaluates the lock only then).
+            get_or_lock: format!(
+                "SELECT r.value, r.version, r.ttl, r.live, r.compute_ms, r.refresh_ms, \
+                 CASE WHEN r.live THEN false ELSE pg_try_advisory_lock($2) END \
+                 FROM (SELECT 1) AS one LEFT JOIN (SELECT value, version, {TTL_MS} AS ttl, {LIVE} AS live, \
+                 compute_ms, {REFRESH_MS} AS refresh_ms FROM {t} WHERE key = $1 AND {USABLE}) AS r ON true"
             ),
             get_many: format!("SELECT key, value, version, {TTL_MS} FROM {t} WHERE key = ANY($1) AND {LIVE}"),
             upsert: format!(
@@ -221,15 +232,39 @@ pub(crate) struct LoadRow {
 pub(crate) async fn get_for_load(client: &Client, sql: &Statements, key: &str) -> Result<Option<LoadRow>> {
     let _timer = telemetry::statement("get_for_load");
     let Some(row) = row_opt(client, sql, &sql.get_for_load, &[(&key, Type::TEXT)]).await? else { return Ok(None) };
+    load_row(&row).map(Some)
+}
+
+/// `GET` for `get_or_load` that takes the key's advisory lock `lock` in the same statement when the row
+/// is not live; returns the row (live or within its stale window) and whether the lock was taken.
+pub(crate) async fn get_or_lock(
+    client: &Client,
+    sql: &Statements,
+    key: &str,
+    lock: i64,
+) -> Result<(Option<LoadRow>, bool)> {
+    let _timer = telemetry::statement("get_or_lock");
+    let row = row_one(client, sql, &sql.get_or_lock, &[(&key, Type::TEXT), (&lock, Type::INT8)]).await?;
+    let locked: bool = pg(row.try_get(6))?;
+    let found: Option<bool> = pg(row.try_get(3))?;
+    let entry = match found {
+        Some(_) => Some(load_row(&row)?),
+        None => None,
+    };
+    Ok((entry, locked))
+}
+
+/// A [`LoadRow`] from columns `value, version, ttl, live, compute_ms, refresh_ms`.
+fn load_row(row: &tokio_postgres::Row) -> Result<LoadRow> {
     let compute: Option<i32> = pg(row.try_get(4))?;
     let refresh_ms: Option<i64> = pg(row.try_get(5))?;
     let millis = |ms: i64| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    Ok(Some(LoadRow {
-        entry: row_of(&row, 0)?,
+    Ok(LoadRow {
+        entry: row_of(row, 0)?,
         fresh: pg(row.try_get(3))?,
         compute: compute.map(i64::from).map(millis),
         refresh_in: refresh_ms.map(millis),
-    }))
+    })
 }
 
 /// What a write stores beside the value and TTL: the fail-safe and refresh columns.
