@@ -332,3 +332,101 @@ async fn through_pgbouncer_reads_fail_open_while_the_pooler_holds_the_database()
     cache.close().await;
     Ok(())
 }
+
+/// The streaming replica of the first primary (started with `recovery_min_apply_delay`).
+fn replica_dsn() -> String {
+    std::env::var("PGCACHE_REPLICA_DSN")
+        .expect("PGCACHE_REPLICA_DSN: run under scripts/with-topology --replica-delay 3s")
+}
+
+/// The primary the replica follows.
+fn primary_dsn() -> String {
+    std::env::var("PGCACHE_TEST_DSN").expect("PGCACHE_TEST_DSN: run under scripts/with-topology")
+}
+
+/// Waits until the replica has replayed everything the primary has written so far.
+async fn replica_caught_up() -> Result<Duration> {
+    let primary = sql_client(&primary_dsn()).await?;
+    let lsn: String = primary.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?.get(0);
+    let replica = sql_client(&replica_dsn()).await?;
+    let replayed = "SELECT COALESCE(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)";
+    eventually(Duration::from_secs(30), || async {
+        replica.query_one(replayed, &[&lsn]).await.map(|row| row.get::<_, bool>(0)).unwrap_or(false)
+    })
+    .await
+    .context("the replica catches up")
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/with-topology (scripts/test runs it with --ignored)"]
+async fn a_delayed_replica_never_serves_a_value_an_invalidation_evicted() -> Result<()> {
+    let settings = settings_on(&primary_dsn(), "replica_fence");
+    PostgresCache::init_db(&settings).await?;
+    let writer =
+        PostgresCache::connect(settings.clone().application_name(format!("{}w", settings.application_name))).await?;
+    // The fence moves only on this test's invalidations (other tests use other channels), never by age.
+    let reader =
+        PostgresCache::connect(settings.clone().read_dsns([replica_dsn()]).max_replica_lag(Duration::from_secs(3600)))
+            .await?;
+    // The table itself reaches the replica only after the apply delay.
+    replica_caught_up().await?;
+
+    writer.set("k", "v1", None).await?;
+    writer.set("k2", "w", None).await?;
+    let delay = replica_caught_up().await?;
+    assert!(delay > Duration::from_secs(1), "the replica applies with a delay ({delay:?})");
+    // The first read after the invalidations takes the fence: the primary's WAL position now (the
+    // replica answers if it has replayed that far, else the primary).
+    let before = reader.status();
+    assert_eq!(reader.get::<String>("k").await?.as_deref(), Some("v1"));
+    let after = reader.status();
+    assert_eq!(after.replica_reads + after.replica_fallbacks, before.replica_reads + before.replica_fallbacks + 1);
+    let before = after;
+    // Once the replica has replayed the fence, it answers.
+    replica_caught_up().await?;
+    assert_eq!(reader.get::<String>("k2").await?.as_deref(), Some("w"));
+    assert_eq!(reader.status().replica_reads, before.replica_reads + 1, "a caught-up replica answers");
+
+    // The replica holds v1 for a few more seconds: the reader must not serve it once it heard of v2.
+    writer.set("k", "v2", None).await?;
+    let seen = eventually(Duration::from_secs(2), || async {
+        reader.get::<String>("k").await.ok().flatten().as_deref() == Some("v2")
+    })
+    .await
+    .context("the reader sees v2 before the replica has it (the fence sends it to the primary)")?;
+    assert!(reader.status().replica_fallbacks > before.replica_fallbacks, "v2 came from the primary");
+    for _ in 0..20 {
+        assert_eq!(reader.get::<String>("k").await?.as_deref(), Some("v2"), "v1 came back after {seen:?}");
+    }
+    writer.delete("k").await?;
+    eventually(Duration::from_secs(2), || async { reader.get::<String>("k").await.ok().flatten().is_none() })
+        .await
+        .context("the delete is seen before the replica has it")?;
+    for _ in 0..20 {
+        assert_eq!(reader.get::<String>("k").await?, None, "a deleted value came back from the replica");
+    }
+    writer.close().await;
+    reader.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/with-topology (scripts/test runs it with --ignored)"]
+async fn a_down_replica_sends_reads_to_the_primary() -> Result<()> {
+    let settings = settings_on(&primary_dsn(), "replica_down").pool_timeout(Duration::from_millis(500));
+    PostgresCache::init_db(&settings).await?;
+    // Nothing listens on port 1.
+    let reader =
+        PostgresCache::connect(settings.clone().read_dsns(["postgresql://postgres@127.0.0.1:1/postgres"])).await?;
+    let writer =
+        PostgresCache::connect(settings.clone().application_name(format!("{}w", settings.application_name))).await?;
+    writer.set("k", "v", None).await?;
+    let started = Instant::now();
+    assert_eq!(reader.get::<String>("k").await?.as_deref(), Some("v"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let status = reader.status();
+    assert_eq!((status.replica_reads, status.replica_fallbacks), (0, 1));
+    writer.close().await;
+    reader.close().await;
+    Ok(())
+}

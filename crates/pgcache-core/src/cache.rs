@@ -26,6 +26,7 @@ use crate::local::LocalCache;
 use crate::lock::{KeyLock, LockSession};
 use crate::lock_key::lock_key;
 use crate::refresh::Plans;
+use crate::replica::{Answer, Replicas};
 use crate::settings::CacheSettings;
 use crate::store::{self, LoadRow, Statements, UpsertRow, WriteMeta};
 use crate::telemetry::{LockWait, Op, Outcome, Telemetry};
@@ -104,6 +105,8 @@ struct Node {
     locks: Arc<LockSession>,
     /// Where writes go: group commit, or one statement per write.
     writes: Arc<GroupCommit>,
+    /// Read replicas for shared-table reads (`read_dsns`), fenced.
+    replicas: Option<Replicas>,
     /// What each entry asked for in early refresh.
     plans: Plans,
     default_ttl: Duration,
@@ -189,6 +192,7 @@ impl Node {
         let sql = Arc::new(Statements::new(&settings.schema_prefix, settings.prepared_statements));
         let node = Self {
             writes: GroupCommit::new(Arc::clone(&db), Arc::clone(&sql), settings),
+            replicas: Replicas::new(settings)?,
             sql,
             flights: Flights::default(),
             locks: Arc::new(LockSession::new(settings)?),
@@ -259,12 +263,31 @@ impl Node {
         }
         self.coherence.evict_all();
         self.locks.close();
+        if let Some(replicas) = &self.replicas {
+            replicas.close();
+        }
         self.db.close();
     }
 
-    /// Reads the shared table, installing a hit locally.
+    /// Reads the shared table (a fenced replica when there are any, else the primary), installing a
+    /// hit locally.
     async fn read_shared(&self, key: &str) -> Result<Option<Entry>> {
         let snapshot = self.coherence.snapshot(key);
+        if let Some(replicas) = &self.replicas {
+            // After the snapshot: an invalidation is then either covered by the fence or refused at
+            // install. With the listener not trusted, invalidations may be missing: the primary answers.
+            let generation = self.coherence.epochs.generation();
+            if self.coherence.lease.trusted() {
+                if let Answer::Replica(row) = replicas.get(&self.db, &self.sql, key, generation).await {
+                    if let Some(row) = &row {
+                        self.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
+                    }
+                    return Ok(row);
+                }
+            } else {
+                replicas.not_trusted();
+            }
+        }
         let conn = self.db.conn().await?;
         let row = conn.bounded(store::get(conn.client()?, &self.sql, key)).await?;
         if let Some(row) = &row {
@@ -1330,10 +1353,13 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
                 local_entries: 0,
                 local_bytes: 0,
                 closed,
+                replica_reads: 0,
+                replica_fallbacks: 0,
             };
         };
         let pool = node.db.status();
         let (local_entries, local_bytes) = node.coherence.usage_now();
+        let (replica_reads, replica_fallbacks) = node.replicas.as_ref().map_or((0, 0), Replicas::counts);
         let listener = if !listener_enabled {
             ListenerState::Disabled
         } else if node.coherence.lease.trusted() {
@@ -1350,6 +1376,8 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             local_entries,
             local_bytes,
             closed,
+            replica_reads,
+            replica_fallbacks,
         }
     }
 

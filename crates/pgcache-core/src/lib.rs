@@ -17,6 +17,7 @@ mod lock;
 mod lock_key;
 mod null;
 mod refresh;
+mod replica;
 mod row_triggers;
 mod schema;
 mod settings;

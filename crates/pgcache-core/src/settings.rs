@@ -59,7 +59,7 @@ const ONE_MS: Duration = Duration::from_millis(1);
 /// ```
 ///
 /// # Environment
-/// [`from_env`](Self::from_env) reads `PGCACHE_DSN` (required) and, when set, `PGCACHE_LISTEN_DSN`, `PGCACHE_SHARDS` (DSNs separated by commas or spaces), `PGCACHE_PREPARED_STATEMENTS`,
+/// [`from_env`](Self::from_env) reads `PGCACHE_DSN` (required) and, when set, `PGCACHE_LISTEN_DSN`, `PGCACHE_SHARDS` and `PGCACHE_READ_DSNS` (DSNs separated by commas or spaces), `PGCACHE_MAX_REPLICA_LAG`, `PGCACHE_PREPARED_STATEMENTS`,
 /// `PGCACHE_NOTIFY_CHANNEL`, `PGCACHE_SCHEMA_PREFIX`, `PGCACHE_DISABLE_NOTIFY` (`true`/`false`),
 /// `PGCACHE_LOCAL_MAX_ENTRIES`, `PGCACHE_LOCAL_MAX_BYTES`, `PGCACHE_LOCAL_TTL`, `PGCACHE_DEFAULT_TTL`,
 /// `PGCACHE_MIN_POOL_SIZE`, `PGCACHE_MAX_POOL_SIZE`, `PGCACHE_POOL_TIMEOUT`, `PGCACHE_STATEMENT_TIMEOUT`,
@@ -110,6 +110,18 @@ pub struct CacheSettings {
     /// `Debug` and `Serialize`.
     #[serde(serialize_with = "serialize_redacted_dsns")]
     pub shard_dsns: Vec<String>,
+    /// Read replicas (hot standbys of `dsn`'s primary) for shared-table reads of `get` and `get_many`;
+    /// writes, locks, `get_or_set` and the listener stay on the primary. A replica read is fenced: it is
+    /// used only when the replica has replayed the primary's WAL up to a position taken after the last
+    /// invalidation this node heard, else the primary answers. Empty (default): no replicas. Passwords
+    /// are redacted in `Debug` and `Serialize`.
+    #[serde(serialize_with = "serialize_redacted_dsns")]
+    pub read_dsns: Vec<String>,
+    /// With `read_dsns`: the oldest the fence (the primary's WAL position) may be before it is taken
+    /// again, even with no invalidation heard; a replica further behind answers no read. This bounds how
+    /// stale a replica read can be when notifications are off. Default: 1 s. Accepted: 1 ms to 1 h.
+    #[serde(with = "duration_format")]
+    pub max_replica_lag: Duration,
     /// Use server-side prepared statements (`prepare_cached`, the fastest path). Turn it off when `dsn`
     /// goes through a transaction pooler that cannot track them (PgBouncer before 1.21, or 1.21+ without
     /// `max_prepared_statements`): each statement is then sent as an unnamed, typed statement in a single
@@ -221,6 +233,8 @@ impl Default for CacheSettings {
             dsn: String::new(),
             listen_dsn: None,
             shard_dsns: Vec::new(),
+            read_dsns: Vec::new(),
+            max_replica_lag: Duration::from_secs(1),
             prepared_statements: true,
             notify_channel: "pgcache_events".to_owned(),
             schema_prefix: "pgcache_".to_owned(),
@@ -261,6 +275,8 @@ impl fmt::Debug for CacheSettings {
             dsn,
             listen_dsn,
             shard_dsns,
+            read_dsns,
+            max_replica_lag,
             prepared_statements,
             notify_channel,
             schema_prefix,
@@ -294,6 +310,8 @@ impl fmt::Debug for CacheSettings {
             .field("dsn", &redact_dsn(dsn))
             .field("listen_dsn", &listen_dsn.as_deref().map(redact_dsn))
             .field("shard_dsns", &shard_dsns.iter().map(|d| redact_dsn(d)).collect::<Vec<_>>())
+            .field("read_dsns", &read_dsns.iter().map(|d| redact_dsn(d)).collect::<Vec<_>>())
+            .field("max_replica_lag", max_replica_lag)
             .field("prepared_statements", prepared_statements)
             .field("notify_channel", notify_channel)
             .field("schema_prefix", schema_prefix)
@@ -353,6 +371,17 @@ impl CacheSettings {
         S: Into<String>,
     {
         self.shard_dsns = dsns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`read_dsns`](Self::read_dsns): read replicas of the primary.
+    #[must_use]
+    pub fn read_dsns<I, S>(mut self, dsns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.read_dsns = dsns.into_iter().map(Into::into).collect();
         self
     }
 
@@ -450,6 +479,8 @@ impl CacheSettings {
         cleanup_batch_size: u32,
         /// Sets [`heartbeat_interval`](Self::heartbeat_interval).
         heartbeat_interval: Duration,
+        /// Sets [`max_replica_lag`](Self::max_replica_lag).
+        max_replica_lag: Duration,
         /// Sets [`fail_open`](Self::fail_open).
         fail_open: bool,
         /// Sets [`group_commit`](Self::group_commit).
@@ -483,6 +514,10 @@ impl CacheSettings {
         }
         if let Some(v) = var("PGCACHE_SHARDS") {
             s.shard_dsns =
+                v.split([',', ' ', '\n']).filter(|d| !d.trim().is_empty()).map(|d| d.trim().to_owned()).collect();
+        }
+        if let Some(v) = var("PGCACHE_READ_DSNS") {
+            s.read_dsns =
                 v.split([',', ' ', '\n']).filter(|d| !d.trim().is_empty()).map(|d| d.trim().to_owned()).collect();
         }
         if let Some(v) = var("PGCACHE_PREPARED_STATEMENTS") {
@@ -539,6 +574,7 @@ impl CacheSettings {
         duration!("PGCACHE_STATEMENT_TIMEOUT", statement_timeout);
         duration!("PGCACHE_LOCK_WAIT_TIMEOUT", lock_wait_timeout);
         duration!("PGCACHE_HEARTBEAT_INTERVAL", heartbeat_interval);
+        duration!("PGCACHE_MAX_REPLICA_LAG", max_replica_lag);
         if let Some(v) = var("PGCACHE_SWEEPER_INTERVAL") {
             let d = parse_duration("sweeper_interval", &v)?;
             s.sweeper_interval = (!d.is_zero()).then_some(d);
@@ -570,6 +606,9 @@ impl CacheSettings {
         }
         for shard in &self.shard_dsns {
             parse_dsn("shard_dsns", shard)?;
+        }
+        for replica in &self.read_dsns {
+            parse_dsn("read_dsns", replica)?;
         }
         let invalid = |name: &'static str, reason: String| Error::InvalidSetting { name, reason };
         if self.max_pool_size == 0 {
@@ -616,6 +655,7 @@ impl CacheSettings {
             ("statement_timeout", self.statement_timeout, ONE_MS, MAX_TIMEOUT),
             ("lock_wait_timeout", self.lock_wait_timeout, Duration::ZERO, MAX_TIMEOUT),
             ("heartbeat_interval", self.heartbeat_interval, ONE_MS, MAX_TIMEOUT),
+            ("max_replica_lag", self.max_replica_lag, ONE_MS, MAX_TIMEOUT),
         ] {
             check_range(name, value, min, max, "")?;
         }

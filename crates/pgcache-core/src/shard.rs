@@ -83,6 +83,14 @@ fn per_shard(settings: &CacheSettings) -> Result<Vec<CacheSettings>> {
                 .to_owned(),
         });
     }
+    if !settings.read_dsns.is_empty() && settings.shard_dsns.len() > 1 {
+        return Err(Error::InvalidSetting {
+            name: "read_dsns",
+            reason: "read replicas belong to one primary: use ShardedCache::connect_shards with one settings \
+                     value per shard"
+                .to_owned(),
+        });
+    }
     Ok(settings
         .shard_dsns
         .iter()
@@ -380,6 +388,8 @@ impl<C: Send + Sync + 'static> CacheStore for ShardedCache<C> {
             local_entries: all.iter().map(|s| s.local_entries).sum(),
             local_bytes: all.iter().map(|s| s.local_bytes).sum(),
             closed: all.iter().all(|s| s.closed),
+            replica_reads: all.iter().map(|s| s.replica_reads).sum(),
+            replica_fallbacks: all.iter().map(|s| s.replica_fallbacks).sum(),
         }
     }
 

@@ -23,6 +23,8 @@ const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
 const TTL_MS: &str = "(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint";
 /// A row `get_or_load` may use: live, or expired but within its fail-safe (stale) window.
 const USABLE: &str = "(expires_at IS NULL OR expires_at > now() OR stale_until > now())";
+/// The WAL position a hot standby has replayed, in bytes (0 on a server that is not in recovery).
+const REPLAYED: &str = "COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0)";
 /// Milliseconds until the row's deterministic refresh is due (`NULL`: none).
 const REFRESH_MS: &str = "(EXTRACT(EPOCH FROM (refresh_at - now())) * 1000)::bigint";
 
@@ -52,6 +54,8 @@ pub(crate) struct Statements {
     pub(crate) touch_batch: String,
     /// Group commit: the delete of every row carrying any of the tags, with the tags of the live ones.
     pub(crate) delete_tags_batch: String,
+    /// `GET` on a read replica, with the WAL position the replica has replayed (see `replica.rs`).
+    pub(crate) get_on_replica: String,
     /// Server-side prepared statements (`prepare_cached`), or unnamed typed ones (`query_typed`).
     pub(crate) prepared: bool,
 }
@@ -133,6 +137,10 @@ impl Statements {
             delete_tags_batch: format!(
                 "WITH d AS (DELETE FROM {t} WHERE tags && $1 RETURNING tags, {LIVE} AS live) \
                  SELECT tags FROM d WHERE live"
+            ),
+            get_on_replica: format!(
+                "SELECT {REPLAYED}, r.value, r.version, r.ttl FROM (SELECT 1) AS one LEFT JOIN \
+                 (SELECT value, version, {TTL_MS} AS ttl FROM {t} WHERE key = $1 AND {LIVE}) AS r ON true"
             ),
             prepared,
         }
@@ -478,6 +486,42 @@ pub(crate) async fn delete_tags_batch(client: &Client, sql: &Statements, tags: &
 pub(crate) async fn sweep_batch(client: &Client, sql: &Statements, batch: i64) -> Result<u64> {
     let _timer = telemetry::statement("sweep_batch");
     execute(client, sql, &sql.sweep, &[(&batch, Type::INT8)]).await
+}
+
+// ---- Read replicas (replica.rs): the fence and the fenced read ----
+
+fn wal_position(row: &Row) -> Result<u64> {
+    let bytes: i64 = pg(row.try_get(0))?;
+    Ok(u64::try_from(bytes).unwrap_or(0))
+}
+
+/// The primary's WAL insert position, in bytes: every commit that has sent its notification lies before
+/// it (the insert position, not the write position: with `synchronous_commit = off` a commit's record may
+/// not be written yet when its notification is delivered).
+pub(crate) async fn current_wal_lsn(client: &Client) -> Result<u64> {
+    let _timer = telemetry::statement("current_wal_lsn");
+    let row = pg(client.query_typed_one("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint", &[]).await)?;
+    wal_position(&row)
+}
+
+/// The WAL position a hot standby has replayed, in bytes (0 when it is not in recovery).
+pub(crate) async fn replayed_wal_lsn(client: &Client) -> Result<u64> {
+    let _timer = telemetry::statement("replayed_wal_lsn");
+    let row = pg(client.query_typed_one(&format!("SELECT {REPLAYED}"), &[]).await)?;
+    wal_position(&row)
+}
+
+/// `GET` on a replica: the live row for `key`, and the WAL position replayed while the statement ran.
+pub(crate) async fn get_on_replica(client: &Client, sql: &Statements, key: &str) -> Result<(Option<Entry>, u64)> {
+    let _timer = telemetry::statement("get_on_replica");
+    let row = row_one(client, sql, &sql.get_on_replica, &[(&key, Type::TEXT)]).await?;
+    let replayed = wal_position(&row)?;
+    let version: Option<i64> = pg(row.try_get(2))?;
+    let entry = match version {
+        Some(_) => Some(row_of(&row, 1)?),
+        None => None,
+    };
+    Ok((entry, replayed))
 }
 
 /// `pg_try_advisory_lock`: true when this session now holds the lock.
