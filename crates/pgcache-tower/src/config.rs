@@ -102,6 +102,7 @@ pub(crate) struct Config {
     pub(crate) status_name: String,
     /// `None`: responses without freshness information are not stored.
     pub(crate) default_ttl: Option<Duration>,
+    pub(crate) heuristic_freshness: bool,
     pub(crate) min_ttl: Duration,
     /// `None`: no upper bound.
     pub(crate) max_ttl: Option<Duration>,
@@ -133,6 +134,7 @@ impl Default for Config {
             scheme: "http".to_owned(),
             status_name: "pgcache".to_owned(),
             default_ttl: None,
+            heuristic_freshness: false,
             min_ttl: Duration::ZERO,
             max_ttl: None,
             stale_while_revalidate: Duration::ZERO,
@@ -160,6 +162,7 @@ impl Config {
     pub(crate) fn rules(&self) -> Rules {
         Rules {
             default_ttl: self.default_ttl,
+            heuristic_freshness: self.heuristic_freshness,
             min_ttl: self.min_ttl,
             max_ttl: self.max_ttl,
             stale_while_revalidate: self.stale_while_revalidate,

@@ -241,10 +241,25 @@ pub(crate) fn normalised_query(cfg: &Config, query: Option<&str>) -> String {
     pairs.join("&")
 }
 
-/// All fields `name` joined with `,` and normalised (whitespace around commas removed).
+/// Request fields whose members are case-insensitive and unordered by their grammar (RFC 9110 §12.5.3,
+/// §12.5.4: codings and language ranges, preference given by weights alone), so that `Vary` treats
+/// `en, de` and `De,EN` as one variant (§4.1 of RFC 9111 allows normalising).
+const UNORDERED_CASELESS: [HeaderName; 2] = [header::ACCEPT_ENCODING, header::ACCEPT_LANGUAGE];
+
+/// All fields `name` joined with `,` and normalised: whitespace around commas removed; members of
+/// the [`UNORDERED_CASELESS`] fields lowercased, stripped of all whitespace and sorted.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     let mut values = headers.get_all(name).iter().peekable();
     values.peek()?;
+    if UNORDERED_CASELESS.contains(name) {
+        let mut members: Vec<Vec<u8>> = values
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|m| m.iter().filter(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase).collect::<Vec<u8>>())
+            .filter(|m| !m.is_empty())
+            .collect();
+        members.sort();
+        return Some(members.join(&b','));
+    }
     let mut out = Vec::new();
     for (i, v) in values.enumerate() {
         if i > 0 {

@@ -109,6 +109,21 @@ impl<K> PgCacheLayer<K> {
     }
 
     setter! {
+        /// Heuristic freshness (RFC 9111 §4.2.2) for responses without explicit freshness that carry
+        /// `Last-Modified` and are heuristically cacheable (200, 203, 204, 300, 301, 308, 404, 405, 410,
+        /// 414, 501) or `public`: 10 % of the time between `Last-Modified` and `Date`, at most one day (then
+        /// clamped by `min_ttl` / `max_ttl`). It is used before `default_ttl`. Default: off, since a
+        /// guessed lifetime in a shared cache surprises people; such responses are then stored stale and
+        /// revalidated on use.
+        ///
+        /// ```
+        /// # let layer = pgcache_tower::PgCacheLayer::new(pgcache_core::NullCache::new());
+        /// let layer = layer.heuristic_freshness(true);
+        /// ```
+        heuristic_freshness: bool
+    }
+
+    setter! {
         /// Lower bound on the freshness lifetime of every stored response (overrides the headers).
         /// Default: zero.
         ///

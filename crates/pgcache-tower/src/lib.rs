@@ -15,6 +15,7 @@ mod key;
 mod layer;
 mod policy;
 mod purge;
+mod range;
 mod service;
 mod status;
 

@@ -220,6 +220,8 @@ pub(crate) fn list_values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl
 #[derive(Clone, Debug)]
 pub(crate) struct Rules {
     pub(crate) default_ttl: Option<Duration>,
+    /// Derive a lifetime from `Last-Modified` (RFC 9111 §4.2.2) before falling back to `default_ttl`.
+    pub(crate) heuristic_freshness: bool,
     pub(crate) min_ttl: Duration,
     pub(crate) max_ttl: Option<Duration>,
     pub(crate) stale_while_revalidate: Duration,
@@ -276,7 +278,7 @@ pub(crate) enum Decision {
 
 /// The statuses a shared cache may store without explicit freshness (RFC 9110 §15.1 "heuristically
 /// cacheable"), minus 206 (this cache does not assemble ranges).
-const HEURISTIC: [u16; 10] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414];
+const HEURISTIC: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// The final statuses this cache understands (those RFC 9110 defines), for `must-understand`
 /// (RFC 9111 §5.2.2.3). 206 and 304 are not among them: this cache neither combines partial
@@ -329,7 +331,8 @@ pub(crate) fn decide(rules: &Rules, req: RequestFacts, status: StatusCode, heade
         return Decision::Pass("status");
     }
     let has_validator = headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
-    let mut lifetime = match explicit.or(rules.default_ttl) {
+    let heuristic = || rules.heuristic_freshness.then(|| heuristic_lifetime(headers)).flatten();
+    let mut lifetime = match explicit.or_else(heuristic).or(rules.default_ttl) {
         Some(lifetime) => lifetime.max(rules.min_ttl),
         None => Duration::ZERO,
     };
@@ -388,6 +391,18 @@ fn explicit_lifetime(cc: &CacheControl, headers: &HeaderMap, targeted: bool) -> 
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO).min(MAX_DELTA))
 }
 
+/// The longest heuristic lifetime given (a common cap: a guess should not outlive a day).
+const MAX_HEURISTIC: Duration = Duration::from_secs(24 * 3600);
+
+/// RFC 9111 §4.2.2's typical heuristic: 10 % of the time since `Last-Modified` (as of `Date`, else
+/// now), at most [`MAX_HEURISTIC`]; `None` without a valid `Last-Modified`.
+fn heuristic_lifetime(headers: &HeaderMap) -> Option<Duration> {
+    let modified = headers.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(date::parse)?;
+    let date =
+        headers.get(header::DATE).and_then(|v| v.to_str().ok()).and_then(date::parse).unwrap_or_else(SystemTime::now);
+    Some((date.duration_since(modified).unwrap_or(Duration::ZERO) / 10).min(MAX_HEURISTIC))
+}
+
 /// The `Age` of a response (RFC 9111 §5.1): the first member when the field is a list, clamped to
 /// 2^31 s; zero when absent or invalid.
 fn age_header(headers: &HeaderMap) -> Duration {
@@ -441,11 +456,31 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
         return list_values(request, &header::IF_NONE_MATCH).any(|t| t == "*" || weak_eq(t, etag));
     }
     let since = request.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok());
-    let modified = stored.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok());
+    // RFC 9111 §4.3.2: `Last-Modified`, else the `Date` the response was generated.
+    let modified = stored.get(header::LAST_MODIFIED).or_else(|| stored.get(header::DATE)).and_then(|v| v.to_str().ok());
     match (since.and_then(date::parse), modified.and_then(date::parse)) {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }
+}
+
+/// Whether a 304 answering a revalidation of `stored` identifies it for update (RFC 9111 §4.3.4): the
+/// 304's entity tag equals the stored one (strongly when the 304's is strong, weakly when it is weak);
+/// without an entity tag, its `Last-Modified` equals the stored one; a 304 with neither validator
+/// answers the stored response's own conditional and selects it.
+pub(crate) fn selected_for_update(stored: &HeaderMap, update: &HeaderMap) -> bool {
+    fn text(h: &HeaderMap, name: HeaderName) -> Option<&str> {
+        h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    }
+    if let Some(new) = text(update, header::ETAG) {
+        let Some(old) = text(stored, header::ETAG) else { return false };
+        return if new.starts_with("W/") { weak_eq(new, old) } else { !old.starts_with("W/") && new == old };
+    }
+    if let Some(new) = text(update, header::LAST_MODIFIED) {
+        let old = text(stored, header::LAST_MODIFIED).and_then(date::parse);
+        return old.is_some() && old == date::parse(new);
+    }
+    true
 }
 
 /// Weak comparison of two entity tags (RFC 9110 §8.8.3.2): equal opaque tags, `W/` ignored.
@@ -542,6 +577,49 @@ mod tests {
         assert_eq!(merged.get("x-a").unwrap(), "new");
     }
 
+    #[test]
+    fn a_304_updates_only_the_stored_response_its_validator_selects() {
+        let stored = headers(&[("etag", "\"a\""), ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(selected_for_update(&stored, &headers(&[("etag", "\"a\"")])));
+        assert!(!selected_for_update(&stored, &headers(&[("etag", "\"b\"")])), "another strong validator");
+        assert!(selected_for_update(&stored, &headers(&[("etag", "W/\"a\"")])), "weak: weak comparison");
+        let weak = headers(&[("etag", "W/\"a\"")]);
+        assert!(!selected_for_update(&weak, &headers(&[("etag", "\"a\"")])), "strong never matches a weak tag");
+        let lm = headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(selected_for_update(&lm, &headers(&[("last-modified", "Sunday, 06-Nov-94 08:49:37 GMT")])));
+        assert!(!selected_for_update(&lm, &headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:38 GMT")])));
+        assert!(selected_for_update(&stored, &HeaderMap::new()), "no validator: the conditional's own answer");
+    }
+
+    #[test]
+    fn if_modified_since_compares_with_date_when_there_is_no_last_modified() {
+        let stored = headers(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(not_modified(&headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]), &stored));
+        assert!(!not_modified(&headers(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:36 GMT")]), &stored));
+    }
+
+    #[test]
+    fn heuristic_freshness_is_a_tenth_of_the_time_since_last_modified_when_enabled() {
+        let h =
+            headers(&[("date", "Sun, 06 Nov 1994 10:00:00 GMT"), ("last-modified", "Sun, 06 Nov 1994 09:00:00 GMT")]);
+        let lifetime = |rules: &Rules, status: u16| match decide(
+            rules,
+            RequestFacts::default(),
+            StatusCode::from_u16(status).unwrap(),
+            &h,
+        ) {
+            Decision::Store { freshness, .. } => Some(freshness.lifetime),
+            Decision::Pass(_) => None,
+        };
+        let on = Rules { heuristic_freshness: true, ..rules() };
+        assert_eq!(lifetime(&on, 200), Some(Duration::from_secs(360)));
+        assert_eq!(lifetime(&rules(), 200), Some(Duration::ZERO), "off: stored stale, to revalidate");
+        assert_eq!(lifetime(&on, 500), None, "not heuristically cacheable");
+        let long =
+            headers(&[("date", "Sun, 06 Nov 2022 10:00:00 GMT"), ("last-modified", "Sun, 06 Nov 1994 09:00:00 GMT")]);
+        assert_eq!(heuristic_lifetime(&long), Some(MAX_HEURISTIC));
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -553,6 +631,7 @@ mod tests {
     fn rules() -> Rules {
         Rules {
             default_ttl: None,
+            heuristic_freshness: false,
             min_ttl: Duration::ZERO,
             max_ttl: None,
             stale_while_revalidate: Duration::ZERO,
@@ -915,6 +994,8 @@ mod tests {
             (proptest::option::of(d.clone()), d.clone(), proptest::option::of(d), windows).prop_map(
                 |(default_ttl, min_ttl, max_ttl, (stale_while_revalidate, stale_if_error, revalidate_for))| Rules {
                     default_ttl,
+                    // On: the heuristic's date arithmetic gets the arbitrary dates too.
+                    heuristic_freshness: true,
                     min_ttl,
                     max_ttl,
                     stale_while_revalidate,

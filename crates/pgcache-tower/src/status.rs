@@ -157,6 +157,13 @@ impl CacheStatusMember {
     /// caches closer to the origin), as one field.
     pub fn append_to(&self, name: &str, headers: &mut HeaderMap) {
         let ours = self.render(name);
+        if !headers.contains_key(&CACHE_STATUS) {
+            // The usual case: the rendered string becomes the value without another copy.
+            if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(ours)) {
+                headers.insert(CACHE_STATUS, value);
+            }
+            return;
+        }
         let existing: Vec<&str> = headers.get_all(&CACHE_STATUS).iter().filter_map(|v| v.to_str().ok()).collect();
         let value = if existing.is_empty() { ours } else { format!("{}, {ours}", existing.join(", ")) };
         if let Ok(value) = HeaderValue::from_str(&value) {

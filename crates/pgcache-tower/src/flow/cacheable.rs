@@ -25,6 +25,9 @@ use crate::status::CacheStatusMember;
 
 /// How long a refresh result stays under its refresh key (only concurrent requests read it).
 const REFRESH_RESULT_TTL: Duration = Duration::from_secs(5);
+/// How long the result of a revalidation whose 304 selected nothing stays under its refresh key: just
+/// long enough for the requests collapsed on it, since the stored response is still stale.
+const UNSELECTED_RESULT_TTL: Duration = Duration::from_millis(1);
 /// How long a failed fill or refresh is remembered, so waiters go to the handler in parallel.
 const ERROR_PASS_TTL: Duration = Duration::from_secs(1);
 
@@ -121,21 +124,24 @@ where
 {
     /// Reads the primary key and serves, fills or forwards.
     pub(super) async fn lookup(self) -> Result<Resp<RB>, S::Error> {
-        let primary = self.ctx.keys.primary.clone();
-        let entry = match self.shared.store.get_entry(&primary).await {
+        // Borrowed from a handle of its own (not from `self`, which the branches consume): a hit never
+        // copies the key.
+        let keys = Arc::clone(&self.ctx.keys);
+        let primary = keys.primary.as_str();
+        let entry = match self.shared.store.get_entry(primary).await {
             Ok(entry) => entry,
             Err(e) => return Box::pin(self.unavailable(e)).await,
         };
         let Some(entry) = entry else {
-            return Box::pin(self.miss(primary, "uri-miss")).await;
+            return Box::pin(self.miss(primary.to_owned(), "uri-miss")).await;
         };
-        let record = self.shared.decoded.record(&primary, &entry.value);
+        let record = self.shared.decoded.record(primary, &entry.value);
         match record.as_deref() {
             Some(Record::Response(stored)) if self.ctx.selects(stored) => self.serve(primary, stored, entry).await,
             Some(Record::Response(stored)) => Box::pin(self.variant(stored.vary_names())).await,
             Some(Record::Variants(index)) => Box::pin(self.variant(index.names.clone())).await,
             Some(Record::Pass(_)) => Box::pin(self.forward(CacheStatusMember::fwd("uri-miss").detail("pass"))).await,
-            None => Box::pin(self.miss(primary, "uri-miss")).await,
+            None => Box::pin(self.miss(primary.to_owned(), "uri-miss")).await,
         }
     }
 
@@ -148,7 +154,9 @@ where
             Ok(Some(entry)) => {
                 let record = self.shared.decoded.record(&vkey, &entry.value);
                 match record.as_deref() {
-                    Some(Record::Response(stored)) if self.ctx.selects(stored) => self.serve(vkey, stored, entry).await,
+                    Some(Record::Response(stored)) if self.ctx.selects(stored) => {
+                        self.serve(&vkey, stored, entry).await
+                    }
                     Some(Record::Pass(_)) => {
                         Box::pin(self.forward(CacheStatusMember::fwd("vary-miss").detail("pass"))).await
                     }
@@ -161,7 +169,7 @@ where
 
     /// A usable stored response under `key`: fresh → hit; stale within stale-while-revalidate → hit and
     /// one background refresh; otherwise (or `no-cache`) → revalidate now.
-    async fn serve(self, key: String, stored: &Stored, entry: Entry) -> Result<Resp<RB>, S::Error> {
+    async fn serve(self, key: &str, stored: &Stored, entry: Entry) -> Result<Resp<RB>, S::Error> {
         let age = stored.age(entry.expiry.remaining());
         let f = stored.freshness;
         let must_validate = f.no_cache || self.ctx.force_revalidate;
@@ -170,14 +178,17 @@ where
             return Ok(self.respond(stored, age, status));
         }
         if !must_validate && age < policy::add(f.lifetime, f.stale_while_revalidate) {
-            self.clone().spawn_refresh(key, Box::new(stored.clone()), entry.version);
+            self.clone().spawn_refresh(key.to_owned(), Box::new(stored.clone()), entry.version);
             let status = CacheStatusMember::hit().ttl(ttl_left(stored, age)).detail("stale-while-revalidate");
             return Ok(self.respond(stored, age, status));
         }
         if self.ctx.only_if_cached {
             return Ok(only_if_cached(&self.shared.config));
         }
-        Box::pin(self.revalidate(key, Box::new(stored.clone()), entry.version, age)).await
+        if self.ctx.range {
+            return Box::pin(self.forward(CacheStatusMember::fwd("stale").detail("range"))).await;
+        }
+        Box::pin(self.revalidate(key.to_owned(), Box::new(stored.clone()), entry.version, age)).await
     }
 }
 
@@ -209,6 +220,9 @@ where
     pub(super) async fn miss(self, key: String, fwd: &'static str) -> Result<Resp<RB>, S::Error> {
         if self.ctx.only_if_cached {
             return Ok(only_if_cached(&self.shared.config));
+        }
+        if self.ctx.range {
+            return self.forward(CacheStatusMember::fwd(fwd).detail("range")).await;
         }
         if self.ctx.credentialed {
             return self.fill_direct(key, fwd).await;
@@ -335,6 +349,9 @@ enum Refreshed<RB: http_body::Body, E> {
     Stored(Box<Stored>),
     /// The handler answered 304; the stale response was freshened and stored again.
     Validated(Box<Stored>),
+    /// The handler answered 304 for another validator (RFC 9111 §4.3.4): the stored response is served
+    /// as it is, and stays as it was.
+    Unselected(Box<Stored>),
     /// The handler's answer may not be stored: a hit-for-pass marker replaced the entry.
     Passed(Resp<RB>, &'static str),
     /// The handler answered with an error status (500, 502, 503, 504): the stale entry stays.
@@ -375,6 +392,10 @@ where
                 Ok(self.respond_refreshed(&new, code))
             }
             Ok(Loaded { output: Some(Refreshed::Validated(new)), .. }) => Ok(self.respond_refreshed(&new, 304)),
+            Ok(Loaded { output: Some(Refreshed::Unselected(old)), .. }) => {
+                let status = CacheStatusMember::fwd("stale").fwd_status(304).ttl(ttl_left(&old, age));
+                Ok(self.respond(&old, age, status))
+            }
             Ok(Loaded { output: Some(Refreshed::Failed(e)), .. }) => {
                 if stale_ok {
                     Ok(serve_stale(None))
@@ -455,6 +476,13 @@ where
         };
         let placement = self.placement();
         let hit_for_pass = self.shared.config.hit_for_pass_ttl;
+        if resp.status() == StatusCode::NOT_MODIFIED && !policy::selected_for_update(&old.headers, resp.headers()) {
+            // §4.3.4: a 304 naming another validator updates nothing; it still says the stored
+            // representation is current (it answered our conditional), so that one is served as it is.
+            // Shared with the requests collapsed on this revalidation only: a later request validates again.
+            let options = SetOptions::ttl(Ttl::After(UNSELECTED_RESULT_TTL)).tags(self.ctx.keys.base_tags());
+            return Ok(Fill { value: encode_stored(&old), options, output: Refreshed::Unselected(old) });
+        }
         if resp.status() == StatusCode::NOT_MODIFIED {
             let headers = policy::freshen(&old.headers, resp.headers());
             return match policy::decide(&self.shared.rules, self.ctx.facts, old.status, &headers) {

@@ -29,6 +29,9 @@ pub(crate) struct Ctx {
     pub(crate) force_revalidate: bool,
     /// `only-if-cached`: a miss gets a 504, the handler is never asked.
     pub(crate) only_if_cached: bool,
+    /// A GET with `Range`: answered (206, 416) from a fresh stored response; forwarded as it is, and
+    /// nothing stored, when there is none.
+    pub(crate) range: bool,
 }
 
 /// How to rebuild the request for the inner service.
@@ -52,6 +55,7 @@ impl Ctx {
             force_revalidate: cfg.honor_client_no_cache && (client.no_cache || client.max_age == Some(0) || pragma),
             only_if_cached: client.only_if_cached,
             head: parts.method == Method::HEAD,
+            range: parts.method == Method::GET && parts.headers.contains_key(header::RANGE),
             parts,
             body,
             keys,

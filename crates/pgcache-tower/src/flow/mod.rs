@@ -66,7 +66,7 @@ where
         }
         return Box::pin(pass(&shared, inner, req, CacheStatusMember::fwd("method"))).await;
     }
-    if let Some(reason) = bypass_reason(cfg, req.headers()) {
+    if let Some(reason) = bypass_reason(cfg, &method, req.headers()) {
         return Box::pin(pass(&shared, inner, req, CacheStatusMember::fwd("bypass").detail(reason))).await;
     }
     let (parts, body) = req.into_parts();
@@ -107,8 +107,10 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")))
 }
 
-fn bypass_reason(cfg: &Config, headers: &HeaderMap) -> Option<&'static str> {
-    if headers.contains_key(header::RANGE) {
+fn bypass_reason(cfg: &Config, method: &Method, headers: &HeaderMap) -> Option<&'static str> {
+    // A GET's `Range` is answered from a fresh stored response (and forwarded otherwise); HEAD ignores
+    // it (RFC 9110 §14.2); ranges of any other method are not the cache's business.
+    if headers.contains_key(header::RANGE) && !matches!(*method, Method::GET | Method::HEAD) {
         return Some("range");
     }
     if headers.contains_key(header::UPGRADE) {

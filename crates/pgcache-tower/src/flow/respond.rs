@@ -1,9 +1,10 @@
-//! Responses the cache builds: an answer from a stored response (a 304 to a matching conditional, no
-//! body for HEAD, `Age`), the finish every response gets (`Cache-Status` added, the targeted
+//! Responses the cache builds: an answer from a stored response (a 304 to a matching conditional, a
+//! 206 or 416 to a `Range`, no body for HEAD, `Age`), the finish every response gets (`Cache-Status` added, the targeted
 //! `PgCache-Control` field removed), and the RFC's 504 for `only-if-cached`.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
@@ -13,6 +14,7 @@ use crate::body::PgBody;
 use crate::config::Config;
 use crate::entry::Stored;
 use crate::policy;
+use crate::range::{self, RangeAnswer};
 use crate::status::CacheStatusMember;
 
 /// Seconds of freshness left after `age` (negative when stale), for `Cache-Status: ttl`.
@@ -38,6 +40,8 @@ pub(crate) fn from_stored<B: Body>(req: &Parts, stored: &Stored, age: Duration) 
                 }
             }
             resp
+        } else if req.method == Method::GET && req.headers.contains_key(header::RANGE) {
+            ranged(req, stored)
         } else {
             let body = if req.method == Method::HEAD {
                 PgBody::empty()
@@ -50,6 +54,37 @@ pub(crate) fn from_stored<B: Body>(req: &Parts, stored: &Stored, age: Duration) 
             resp
         };
     resp.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
+    resp
+}
+
+/// The answer to a GET with `Range` (RFC 9110 §14): a 206 with the selected bytes of a stored 200, a
+/// 416 when none exists, else the whole stored response.
+fn ranged<B: Body>(req: &Parts, stored: &Stored) -> Response<PgBody<B>> {
+    let len = stored.body.len();
+    let (status, body, content_range) = match range::select(&req.headers, stored.status, &stored.headers, len) {
+        RangeAnswer::Full => {
+            let mut resp = Response::new(PgBody::replay(stored.body.clone(), stored.trailers.clone()));
+            *resp.status_mut() = stored.status;
+            *resp.headers_mut() = stored.headers.clone();
+            return resp;
+        }
+        RangeAnswer::Partial(bytes) => {
+            let content_range = format!("bytes {}-{}/{len}", bytes.start, bytes.end.saturating_sub(1));
+            (StatusCode::PARTIAL_CONTENT, stored.body.slice(bytes), content_range)
+        }
+        RangeAnswer::Unsatisfiable => (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new(), format!("bytes */{len}")),
+    };
+    let mut resp = Response::new(PgBody::replay(body.clone(), None));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    if status == StatusCode::PARTIAL_CONTENT {
+        // §15.3.7: the representation's fields, as for a 200, describing the part sent.
+        *headers = stored.headers.clone();
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if let Ok(value) = HeaderValue::from_str(&content_range) {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
     resp
 }
 

@@ -116,3 +116,19 @@ async fn variants_per_uri_are_bounded() {
     assert!(get(&url, &[("accept-language", "l11")]).await.hit());
     assert!(!get(&url, &[("accept-language", "l0")]).await.hit());
 }
+
+#[tokio::test]
+async fn accept_language_and_accept_encoding_variants_ignore_member_order_case_and_spaces() {
+    let origin = Origin::new();
+    let n = node(&settings_for("keys_vary_norm"), origin.router(), |l| l).await;
+    let url = n.url(&scripted("/l", &["cache-control: max-age=60", "vary: accept-language, accept-encoding"]));
+    let first = get(&url, &[("accept-language", "en, de;q=0.5"), ("accept-encoding", "gzip, br")]).await;
+    assert!(first.cache.contains("stored"), "{}", first.cache);
+    // RFC 9110 §12.5.3/§12.5.4: codings and language ranges are case-insensitive, preference is by weight.
+    let same = get(&url, &[("accept-language", "DE; q=0.5,EN"), ("accept-encoding", "br,GZIP")]).await;
+    assert!(same.hit(), "{}", same.cache);
+    assert_eq!(same.body, first.body);
+    let other = get(&url, &[("accept-language", "en, de;q=0.4"), ("accept-encoding", "gzip, br")]).await;
+    assert!(other.cache.contains("fwd=vary-miss"), "another weight is another variant: {}", other.cache);
+    assert_eq!(origin.hits(), 2);
+}

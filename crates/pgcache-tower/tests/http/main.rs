@@ -9,6 +9,7 @@ mod dogpile;
 mod failure;
 mod invalidation;
 mod keys;
+mod ranges;
 mod revalidation;
 mod robustness;
 mod security;

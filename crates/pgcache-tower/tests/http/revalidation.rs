@@ -99,3 +99,49 @@ async fn responses_that_forbid_stale_are_never_served_stale_when_the_origin_fail
     let r = get(&plain, &[]).await;
     assert_eq!((r.status, r.body), (200, first.body), "{}", r.cache);
 }
+
+#[tokio::test]
+async fn a_304_that_names_another_validator_updates_nothing_and_the_stored_response_is_served() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get as route;
+
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    // An origin whose 304 carries another strong ETag (and a long freshness) than the stored one.
+    let app = axum::Router::new().route(
+        "/v",
+        route(move |headers: HeaderMap| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let n = n.to_string();
+                if headers.contains_key("if-none-match") {
+                    let fields =
+                        [("etag", "\"other\"".to_owned()), ("x-v", n), ("cache-control", "max-age=3600".into())];
+                    (StatusCode::NOT_MODIFIED, fields).into_response()
+                } else {
+                    let fields =
+                        [("etag", "\"a\"".to_owned()), ("x-v", n.clone()), ("cache-control", "max-age=0".into())];
+                    (fields, format!("body {n}")).into_response()
+                }
+            }
+        }),
+    );
+    let n = node(&settings_for("reval_select"), app, |l| l).await;
+    let url = n.url("/v");
+    let first = get(&url, &[]).await;
+    assert!(first.cache.contains("stored"), "{}", first.cache);
+    for expected_hits in [2, 3] {
+        let again = get(&url, &[]).await;
+        assert_eq!((again.status, again.body.as_str()), (200, "body 1"), "{}", again.cache);
+        assert!(again.cache.contains("fwd=stale; fwd-status=304"), "{}", again.cache);
+        // RFC 9111 §4.3.4: nothing of the 304 was taken (ETag, fields, freshness), so the next use
+        // revalidates again.
+        assert_eq!(again.headers["etag"], "\"a\"");
+        assert_eq!(again.headers["x-v"], "1");
+        assert_eq!(hits.load(Ordering::SeqCst), expected_hits);
+    }
+}

@@ -93,3 +93,18 @@ async fn no_cache_responses_are_stored_and_revalidated_every_time() {
         assert_eq!(origin.hits(), i);
     }
 }
+
+#[tokio::test]
+async fn if_modified_since_is_compared_with_date_when_the_response_has_no_last_modified() {
+    let origin = Origin::new();
+    let n = node(&settings_for("serve_ims_date"), origin.router(), |l| l).await;
+    let url = n.url(&scripted("/d", &["cache-control: max-age=600", "date: Sun, 06 Nov 1994 08:49:37 GMT"]));
+    get(&url, &[]).await;
+    // RFC 9111 §4.3.2: without Last-Modified, the Date the response was generated.
+    let same = get(&url, &[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]).await;
+    assert_eq!(same.status, 304, "{}", same.cache);
+    assert!(same.hit(), "{}", same.cache);
+    let earlier = get(&url, &[("if-modified-since", "Sun, 06 Nov 1994 08:49:36 GMT")]).await;
+    assert_eq!(earlier.status, 200, "{}", earlier.cache);
+    assert_eq!(origin.hits(), 1);
+}

@@ -263,3 +263,25 @@ async fn post_is_cached_only_when_opted_in_and_keyed_by_body() {
     }
     assert_eq!(plain_origin.hits(), 2);
 }
+
+#[tokio::test]
+async fn heuristic_freshness_is_opt_in_and_a_tenth_of_the_time_since_last_modified() {
+    let origin = Origin::new();
+    let guessing = node(&settings_for("store_heur"), origin.router(), |l| l.heuristic_freshness(true)).await;
+    let plain = node(&settings_for("store_heur_off"), origin.router(), |l| l).await;
+    // Modified ten hours before the response's Date: RFC 9111 §4.2.2's 10 % is one hour.
+    let dated = ["date: Sun, 06 Nov 1994 10:00:00 GMT", "last-modified: Sun, 06 Nov 1994 00:00:00 GMT"];
+    let path = scripted("/h", &dated);
+    let first = get(&guessing.url(&path), &[]).await;
+    assert!(first.cache.contains("stored; ttl=3600"), "{}", first.cache);
+    assert!(get(&guessing.url(&path), &[]).await.hit());
+    // 501 is heuristically cacheable too (RFC 9110 §15.1); 500 is not.
+    let not_implemented = get(&guessing.url(&format!("{path}&status=501")), &[]).await;
+    assert!(not_implemented.cache.contains("stored; ttl=3600"), "{}", not_implemented.cache);
+    let error = get(&guessing.url(&format!("{path}&status=500")), &[]).await;
+    assert!(error.cache.contains("detail=status"), "{}", error.cache);
+    // Off (the default): stored stale, to be revalidated with its Last-Modified.
+    let off = get(&plain.url(&path), &[]).await;
+    assert!(off.cache.contains("stored; ttl=0"), "{}", off.cache);
+    assert!(!get(&plain.url(&path), &[]).await.hit());
+}
