@@ -9,6 +9,7 @@
 //! | set latency | `set_bytes` | the core's upsert statement on the same table (same triggers); and on a copy without triggers |
 //! | set latency, group commit | `set_bytes`, one client, group commit on | the same, `group_commit = false` (a lone write must be no slower) |
 //! | writes/s, 16 and 64 writers | `set_bytes` from N tasks on one instance (pool 16), group commit on | a bare prepared upsert (no triggers) from N tasks on a deadpool pool of 16 (the floor); and group commit off |
+//! | get_or_set miss | `get_or_set` of a cold key (trivial loader) | the round trips of the previous design by hand on one connection: read, try-lock, re-read, upsert, unlock |
 //! | get_many(16) | one `get_many_bytes` of 16 keys | 16 sequential `get_bytes` |
 //! | Redis | L2 hit and L1 hit | redis-rs `GET` over loopback |
 //! | invalidation | probe write on one process, change seen on another (idle database) | target p99 ≤ 10 ms |
@@ -67,6 +68,8 @@ pub(crate) enum Section {
     Set,
     /// Writes per second with 16 and 64 concurrent writers, group commit on and off, against a bare upsert.
     Writes,
+    /// get_or_set of a cold key vs the previous design's round trips by hand.
+    Miss,
     /// get_many(16) vs sequential gets.
     GetMany,
     /// Redis GET.
@@ -298,6 +301,53 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
     }
     if want(Section::Writes) {
         out.extend(write_rows(&full, &unbatched, &raw, &table, &base.dsn, &value, window).await?);
+    }
+    if want(Section::Miss) {
+        eprintln!("bench: get_or_set miss");
+        let read = raw
+            .prepare(&format!("{} AND key = $1", select_sql(&table).replace(" WHERE key = $1 AND", " WHERE")))
+            .await?;
+        let try_lock = raw.prepare("SELECT pg_try_advisory_lock($1)").await?;
+        let unlock = raw.prepare("SELECT pg_advisory_unlock($1)").await?;
+        let upsert = raw
+            .prepare(&format!(
+                "INSERT INTO {table} (key, value, expires_at) VALUES ($1, $2, now() + interval '300 seconds') \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at RETURNING version"
+            ))
+            .await?;
+        let (mut ours, mut by_hand) = (Latency::new(), Latency::new());
+        for round in 0..5 {
+            for i in 0..n(300.0) {
+                let k = format!("miss:{round}:{i}");
+                let v = value.clone();
+                let t = Instant::now();
+                let fill = move || async move {
+                    Ok::<_, std::io::Error>(pgcache_core::Fill::new(v, Ttl::After(Duration::from_secs(300))))
+                };
+                full.get_or_load(&k, fill).await.map_err(|e| anyhow::anyhow!("get_or_load: {e}"))?;
+                ours.record(ns(t.elapsed()));
+            }
+            for i in 0..n(300.0) {
+                let k = format!("miss-by-hand:{round}:{i}");
+                let lock = full.lock_key(&k);
+                let t = Instant::now();
+                raw.query_opt(&read, &[&k]).await?;
+                raw.query_one(&try_lock, &[&lock]).await?;
+                raw.query_opt(&read, &[&k]).await?;
+                raw.query_one(&upsert, &[&k, &&value[..]]).await?;
+                raw.query_one(&unlock, &[&lock]).await?;
+                by_hand.record(ns(t.elapsed()));
+            }
+        }
+        let (o, h) = (ours.summary(), by_hand.summary());
+        out.push(BenchRow {
+            what: "get_or_set miss (p50)".into(),
+            pgcache: fmt_us(o.p50_us),
+            baseline: format!("{} read, try-lock, re-read, upsert, unlock by hand", fmt_us(h.p50_us)),
+            ratio: Some(o.p50_us / h.p50_us),
+            target: "report".into(),
+            met: None,
+        });
     }
     if want(Section::GetMany) {
         // get_many(16) vs 16 sequential gets, L1 off.

@@ -333,7 +333,7 @@ fn header(args: &CompareArgs, netem: Option<Netem>, durability: &Durability, wri
     let work = args.workload(writers);
     format!(
         "writers={} readers={} keyspace={} write_iterations={} read_iterations={} ttl={:?} shape={} \
-         think=U(0,{:?})/U(0,{:?}) pool_size={} network={} durability: {}",
+         think={} pool_size={} network={} durability: {}",
         work.writers,
         work.readers,
         work.keyspace,
@@ -341,8 +341,11 @@ fn header(args: &CompareArgs, netem: Option<Netem>, durability: &Durability, wri
         work.read_iterations,
         work.ttl,
         if work.instance_per_client { "instance-per-client" } else { "shared-instance" },
-        work.write_think,
-        work.read_think,
+        if work.write_think.is_zero() && work.read_think.is_zero() {
+            "off".to_owned()
+        } else {
+            format!("U(0,{:?})/U(0,{:?})", work.write_think, work.read_think)
+        },
         work.pool_size,
         netem.map_or_else(|| "loopback".to_owned(), |n| format!("+{:?} rtt ±{:?}", n.rtt, n.jitter / 2)),
         durability,
@@ -377,11 +380,16 @@ pub(crate) fn table(rows: &[Row]) -> String {
         .filter(|r| r.write_think_mean_ms > 0.0 || r.read_think_mean_ms > 0.0)
         .map(|r| format!("{} {:.2}/{:.2}", r.backend.label(), r.write_think_mean_ms, r.read_think_mean_ms))
         .collect();
+    // Notes go after a blank line: a text line right under a markdown table would become one of its rows.
+    let mut notes = Vec::new();
     if !think.is_empty() {
-        out.push_str(&format!("\nthink time slept per write/read (ms): {}\n", think.join("; ")));
+        notes.push(format!("think time slept per write/read (ms): {}", think.join("; ")));
     }
     if let Some(v) = rows.iter().find_map(|r| r.library_version.as_deref()) {
-        out.push_str(&format!("python postgres-cache version: {v}\n"));
+        notes.push(format!("python postgres-cache version: {v}"));
+    }
+    if !notes.is_empty() {
+        out.push_str(&format!("\n{}\n", notes.join("\n\n")));
     }
     out
 }

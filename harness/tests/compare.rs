@@ -67,7 +67,8 @@ fn no_think_time_runs_a_shared_instance_back_to_back() {
         "compare.json",
     );
     let row = &rows(&report)[0];
-    assert!(report["header"].as_str().unwrap_or("").contains("shape=shared-instance"), "{report}");
+    let header = report["header"].as_str().unwrap_or("");
+    assert!(header.contains("shape=shared-instance") && header.contains("think=off"), "{report}");
     assert_eq!(row["instances"], 1, "{row}");
     assert_eq!(row["write_think_mean_ms"], 0.0, "{row}");
     assert_eq!(row["read_think_mean_ms"], 0.0, "{row}");

@@ -114,7 +114,8 @@ pub async fn backends(client: &tokio_postgres::Client, app: &str) -> Result<Vec<
 ///
 /// PostgreSQL does not show which session listens on what, so the listener is recognised by its
 /// statements: it only ever runs `LISTEN "channel"`, its heartbeat (which reads the incarnation through
-/// `pg_control_system()`) and the reconcile read of versions, which the pooled connections never do.
+/// `pg_control_system()`), the reconcile read of versions, and the flusher's statements (tagged with a
+/// leading `/* pgcache listener prefix */`), which the pooled connections never do.
 pub async fn listener_pid(client: &tokio_postgres::Client, app: &str) -> Result<Option<i32>> {
     let pids: Vec<i32> = backends(client, app)
         .await?
@@ -123,6 +124,7 @@ pub async fn listener_pid(client: &tokio_postgres::Client, app: &str) -> Result<
             query.starts_with("LISTEN ")
                 || query.contains("pg_control_system()")
                 || query.starts_with("SELECT key, version FROM")
+                || query.starts_with("/* pgcache listener ")
         })
         .map(|(pid, _)| pid)
         .collect();
@@ -248,6 +250,19 @@ pub fn with_dbname(dsn: &str, dbname: &str) -> Result<String> {
     Ok(format!("{scheme}://{authority}/{dbname}{query}"))
 }
 
+/// Waits (up to 10 s) until the invalidation log of `settings`' prefix is empty: every invalidation
+/// committed before the call has been sent by the flusher, so a [`NotifyTap::drain`] after it sees them.
+///
+/// # Errors
+/// The log was not drained within 10 s (no node runs a flusher?), or the query failed.
+pub async fn log_drained(client: &tokio_postgres::Client, settings: &CacheSettings) -> Result<()> {
+    let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM \"{}cache_invalidations\")", settings.schema_prefix);
+    let empty = || async {
+        client.query_one(&sql, &[]).await.ok().and_then(|row| row.try_get::<_, bool>(0).ok()) == Some(true)
+    };
+    eventually(Duration::from_secs(10), empty).await.map(drop)
+}
+
 /// A raw LISTEN on `channel` over its own connection, for tests that look at notifications themselves.
 pub struct NotifyTap {
     client: tokio_postgres::Client,
@@ -276,7 +291,8 @@ impl NotifyTap {
     }
 
     /// Every payload received until this tap's own `NOTIFY channel, marker` comes back (notifications
-    /// are delivered in commit order, so everything committed before the marker is in the list).
+    /// are delivered in commit order, so everything committed before the marker is in the list). Writes
+    /// reach the channel through the flusher: wait for [`log_drained`] first to see all of them.
     ///
     /// # Errors
     /// The marker did not come back within 10 s.

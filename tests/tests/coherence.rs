@@ -16,8 +16,8 @@ use bytes::Bytes;
 use pgcache_core::prelude::*;
 use pgcache_core::{SetOptions, Source};
 use pgcache_tests::{
-    backends, connect, entries_table, eventually, listener_pid, make_local, node, row_count, settings_for, source_of,
-    sql_client, NotifyTap,
+    backends, connect, entries_table, eventually, listener_pid, log_drained, make_local, node, row_count, settings_for,
+    source_of, sql_client, NotifyTap,
 };
 use serde_json::json;
 
@@ -186,7 +186,7 @@ async fn two_prefixes_in_one_database_are_isolated() -> anyhow::Result<()> {
     let (b2, b3) = (connect(&node(&s2, "b")).await?, connect(&node(&s3, "b")).await?);
     let sql = sql_client(&s1.dsn).await?;
 
-    // Separate objects, each function notifying its own channel.
+    // Separate objects, each function logging to its own prefix's log, installed for its own channel.
     for s in [&s1, &s2, &s3] {
         let tables: i64 = sql
             .query_one(
@@ -201,12 +201,13 @@ async fn two_prefixes_in_one_database_are_isolated() -> anyhow::Result<()> {
             .await?
             .try_get(0)?;
         assert!(
-            src.contains(&format!("pg_notify('{}'", s.notify_channel)),
+            src.contains(&format!("channel {} ", s.notify_channel)),
             "function of {} names the wrong channel",
             s.schema_prefix
         );
         assert!(
-            src.contains(&format!("\"p\":\"{}\"", s.schema_prefix)) || src.contains(&format!("'{}'", s.schema_prefix))
+            src.contains(&format!("\"{}cache_invalidations\"", s.schema_prefix)),
+            "it logs to its own prefix's log"
         );
     }
 
@@ -235,6 +236,7 @@ async fn two_prefixes_in_one_database_are_isolated() -> anyhow::Result<()> {
     assert_eq!(row_count(&sql, &s1).await?, 0);
     assert_eq!(row_count(&sql, &s2).await?, 2);
     assert_eq!(row_count(&sql, &s3).await?, 2);
+    log_drained(&sql, &s1).await?;
     assert!(tap2.drain(&s2.notify_channel).await?.is_empty(), "prefix 1 must not notify prefix 2's channel");
 
     // Once a later event of their own prefix has arrived, prefix 1's events have been handled too (one

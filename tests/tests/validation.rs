@@ -10,7 +10,8 @@ use bytes::Bytes;
 use pgcache_core::prelude::*;
 use pgcache_core::{Error, SetOptions};
 use pgcache_tests::{
-    connect, entries_table, eventually, node, row_count, settings_for, sql_client, test_dsn, unique_name, NotifyTap,
+    connect, entries_table, eventually, log_drained, node, row_count, settings_for, sql_client, test_dsn, unique_name,
+    NotifyTap,
 };
 use serde_json::{json, Value};
 
@@ -41,6 +42,7 @@ async fn bad_keys_values_and_tags_are_typed_errors_that_change_nothing() -> anyh
     assert!(cache.delete(&at_limit).await?);
     cache.set_bytes("exact", Bytes::from(vec![b'x'; 1024]), Ttl::Default).await?;
     assert!(cache.delete("exact").await?);
+    log_drained(&sql, &settings).await?;
     tap.drain(&settings.notify_channel).await?;
     let before = row_count(&sql, &settings).await?;
     let runs = Arc::new(AtomicU32::new(0));
@@ -117,6 +119,7 @@ async fn bad_keys_values_and_tags_are_typed_errors_that_change_nothing() -> anyh
     assert_eq!(cache.get::<String>("existing").await?.as_deref(), Some("kept"));
     assert_eq!(cache.get::<i32>("fresh").await?, None);
     assert_eq!(cache.get::<String>("v").await?, None);
+    log_drained(&sql, &settings).await?;
     assert!(tap.drain(&settings.notify_channel).await?.is_empty(), "bad input reached the database");
 
     // A closed cache says so.

@@ -102,6 +102,10 @@ pub(crate) async fn notified_channel(client: &Client, settings: &CacheSettings) 
     let row = client.query_opt("SELECT prosrc FROM pg_proc WHERE oid = to_regproc($1)", &[&function]).await?;
     let Some(row) = row else { return Ok(None) };
     let source: String = row.try_get(0)?;
+    // Schema 4 records it in a comment ("Installed for channel <name> ("); older schemas notified it.
+    if let Some(rest) = source.split("Installed for channel ").nth(1) {
+        return Ok(rest.split(' ').next().map(str::to_owned));
+    }
     Ok(source.split("pg_notify('").nth(1).and_then(|rest| rest.split('\'').next()).map(str::to_owned))
 }
 
@@ -112,11 +116,13 @@ pub(crate) async fn listeners(client: &Client, settings: &CacheSettings) -> Resu
     let listen = format!("LISTEN \"{}\"%", settings.notify_channel);
     let heartbeat = format!("%{}%pg_control_system()%", object(settings, "cache_incarnation"));
     let reconcile = format!("SELECT key, version FROM {}%", object(settings, "cache_entries"));
+    // The flusher's statements on the listener connection (schema 4): `/* pgcache listener <prefix> */ ...`.
+    let flusher = format!("/* pgcache listener {} */%", settings.schema_prefix);
     let row = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
-             AND (query LIKE $1 OR query LIKE $2 OR query LIKE $3)",
-            &[&listen, &heartbeat, &reconcile],
+             AND (query LIKE $1 OR query LIKE $2 OR query LIKE $3 OR query LIKE $4)",
+            &[&listen, &heartbeat, &reconcile, &flusher],
         )
         .await?;
     Ok(row.try_get(0)?)

@@ -189,7 +189,8 @@ impl Node {
         db.warm(settings.min_pool_size).await?;
         let coherence = Arc::new(coherence_for(settings));
         let (shutdown, _) = watch::channel(false);
-        let sql = Arc::new(Statements::new(&settings.schema_prefix, settings.prepared_statements));
+        let sql =
+            Arc::new(Statements::new(&settings.schema_prefix, !settings.disable_notify, settings.prepared_statements));
         let node = Self {
             writes: GroupCommit::new(Arc::clone(&db), Arc::clone(&sql), settings),
             replicas: Replicas::new(settings)?,

@@ -44,9 +44,9 @@ pub(crate) fn pg_config(settings: &CacheSettings, name: &'static str, dsn: &str)
     let mut config = parse_dsn(name, dsn)?;
     let mut options = config.get_options().unwrap_or_default().to_owned();
     options.push_str(&format!(" -c statement_timeout={}", settings.statement_timeout.as_millis()));
-    if settings.disable_notify {
-        options.push_str(" -c pgcache.skip_notify=on");
-    }
+    // This library's statements log their own invalidations (none with disable_notify): the table's
+    // triggers, which log for every other writer, skip its sessions (`sql/notify_function.sql`).
+    options.push_str(" -c pgcache.skip_notify=on");
     config.options(options.trim());
     if config.get_application_name().is_none() {
         config.application_name(&settings.application_name);

@@ -1,12 +1,13 @@
 //! Group commit: the writes of one cache instance that arrive while other writes are in flight share one
 //! statement, one commit, and so one run of the notify trigger (one invalidation).
 //!
-//! There is no timer. A write joins a queue; when fewer than `write_batches_in_flight` batches are
-//! running, a runner task starts. A runner takes a pooled connection, then everything queued that may go
+//! There is no timer. When nothing is queued and fewer than `write_batches_in_flight` writes or batches
+//! are in flight, a write's caller sends it itself, as one single-row statement: a lone write costs what
+//! it did without group commit. Otherwise the write joins a queue, and a runner task (at most
+//! `write_batches_in_flight` in all) takes a pooled connection, then everything queued that may go
 //! together (up to `write_batch_max_rows` rows and `write_batch_max_bytes` bytes), sends it as one
-//! statement, answers every caller, and goes on while the queue is not empty. So a lone write leaves at
-//! once (as one single-row statement, the same as without group commit), and batches grow only while
-//! others are in flight.
+//! statement, answers every caller, and goes on while the queue is not empty. So batches grow only
+//! while others are in flight.
 //!
 //! The contract:
 //! - **One kind per batch**: upserts, deletes, TTL changes or tag deletes. A batch takes queued writes of
@@ -24,7 +25,8 @@
 //!   have been applied, as for a single write that loses its connection).
 //! - **Cancellation**: a caller that goes away before its write was taken into a batch withdraws it (it
 //!   never lands); once taken, the write lands (or fails) with its batch, which runs in its own task, and
-//!   no other caller is affected either way.
+//!   no other caller is affected either way. A write its caller sent itself is alone in its statement:
+//!   dropped mid-statement, it lands or not, as without group commit.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -185,17 +187,19 @@ impl Queue {
             kind = Some(this);
             batch.push(job);
         }
-        if batch.is_empty() {
-            return None;
-        }
-        self.batches += 1;
-        self.tags = kind == Some(Kind::DeleteTags);
-        for job in &batch {
-            for key in job.write.keys() {
-                *self.keys.entry(key.to_owned()).or_default() += 1;
-            }
-        }
+        let kind = kind?;
+        let keys: Vec<&str> = batch.iter().flat_map(|job| job.write.keys()).collect();
+        self.started(kind, &keys);
         Some(batch)
+    }
+
+    /// A batch (or a lone write) of `kind` naming `keys` is in flight.
+    fn started(&mut self, kind: Kind, keys: &[&str]) {
+        self.batches += 1;
+        self.tags = kind == Kind::DeleteTags;
+        for key in keys {
+            *self.keys.entry((*key).to_owned()).or_default() += 1;
+        }
     }
 
     /// A batch was answered: its keys are free again.
@@ -209,6 +213,30 @@ impl Queue {
                     self.keys.remove(key);
                 }
             }
+        }
+    }
+}
+
+/// The runner slot of a write its caller sends itself. Dropped (answered, failed, or cancelled), it frees
+/// the write's keys and hands over to a runner when writes queued meanwhile.
+struct Slot {
+    commit: Arc<GroupCommit>,
+    keys: Vec<String>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut queue = self.commit.queue();
+        queue.finished(&self.keys);
+        let handover = !queue.jobs.is_empty();
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if handover => {
+                drop(queue);
+                runtime.spawn(Arc::clone(&self.commit).run());
+            }
+            // Without a runtime (shutting down) the queued writes wait for the next write's runner.
+            _ => queue.runners -= 1,
         }
     }
 }
@@ -240,12 +268,12 @@ impl GroupCommit {
     /// pooled connection.
     pub(crate) async fn submit(self: &Arc<Self>, write: Write) -> Result<Written> {
         if !self.enabled {
-            let conn = self.db.conn().await?;
-            let answers = self.apply(&conn, &[&write]).await;
-            if answers.as_ref().is_err_and(Error::is_unavailable) {
-                conn.discard();
-            }
-            return one(answers?);
+            return self.alone(&write).await;
+        }
+        if let Some(_slot) = self.slot_for(&write) {
+            // Nothing queued or in the way: this caller sends its write itself, as without group commit.
+            // Writes arriving meanwhile queue behind it; the slot hands over to a runner when dropped.
+            return self.alone(&write).await;
         }
         let (reply, answer) = oneshot::channel();
         let start_runner = {
@@ -262,6 +290,35 @@ impl GroupCommit {
         }
         // The runner answers every job it takes; a dropped sender means the runtime is shutting down.
         answer.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// A write sent alone on a pooled connection.
+    async fn alone(&self, write: &Write) -> Result<Written> {
+        let conn = self.db.conn().await?;
+        let answers = self.apply(&conn, &[write]).await;
+        if answers.as_ref().is_err_and(Error::is_unavailable) {
+            conn.discard();
+        }
+        one(answers?)
+    }
+
+    /// A runner slot for `write` to go at once, when nothing is queued, a slot is free and nothing in
+    /// flight is in its way.
+    fn slot_for(self: &Arc<Self>, write: &Write) -> Option<Slot> {
+        let mut queue = self.queue();
+        let kind = write.kind();
+        let keys = write.keys();
+        let free = queue.jobs.is_empty()
+            && queue.runners < self.limits.in_flight
+            && !queue.tags
+            && (kind != Kind::DeleteTags || queue.batches == 0)
+            && keys.iter().all(|key| !queue.keys.contains_key(*key));
+        if !free {
+            return None;
+        }
+        queue.runners += 1;
+        queue.started(kind, &keys);
+        Some(Slot { commit: Arc::clone(self), keys: keys.into_iter().map(str::to_owned).collect() })
     }
 
     /// A runner: takes batches and sends them until nothing queued may go.

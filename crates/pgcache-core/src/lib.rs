@@ -10,6 +10,7 @@ mod coherence;
 mod conn;
 mod error;
 mod flight;
+mod flusher;
 mod group_commit;
 mod listener;
 mod local;

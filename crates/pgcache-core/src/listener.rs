@@ -8,7 +8,9 @@
 //! while it was away are lost, so the local cache is checked against the shared table before it is
 //! trusted again: reconciled key by key, or emptied when the table's incarnation (its recorded id, its
 //! oid, the server's system identifier and start time) changed, i.e. L2 itself was replaced. The
-//! heartbeat reads the incarnation too.
+//! heartbeat reads the incarnation too, and the age of the invalidation log's oldest row: when no
+//! flusher drains the log, notifications are not coming, so the lease ends and the session starts over.
+//! Each session also runs for invalidation flusher (`flusher.rs`) on its own connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,43 +23,95 @@ use tokio_postgres::{AsyncMessage, Client, Statement};
 
 use crate::coherence::{Coherence, Lease};
 use crate::conn::{bounded, statement_bound};
+use crate::flusher::Flusher;
 use crate::settings::CacheSettings;
 use crate::store::{self, CoherenceStatements, Incarnation};
 use crate::telemetry::ListenerMetrics;
 
-/// A notification payload, as built by `sql/notify_function.sql`.
+/// A notification payload. Version 2 (no `op`, `"v": 2`), sent by the flusher (`store::drain_sql`):
+/// `{"v":2,"p":prefix,"t":ms,"u":[[key,version],...],"d":[[key,version],...]}` (written and deleted keys)
+/// or `{"v":2,"p":prefix,"t":ms,"f":1}` (every key). Version 1 (no `v`), sent by the triggers of schema
+/// versions before 4: `{"p":prefix,"op":"insert"|"update"|"delete"|"flush","keys":[[key,version],...]}`.
+/// A payload of any other version, or one that does not parse, flushes: never misread.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 pub(crate) struct Event {
+    /// The payload version: absent for version 1.
+    #[serde(default)]
+    pub(crate) v: Option<u32>,
     /// The schema prefix of the table that changed.
     pub(crate) p: String,
-    /// `insert`, `update`, `delete` or `flush`.
-    pub(crate) op: String,
-    /// (key, version) pairs.
+    /// Version 1: `insert`, `update`, `delete` or `flush`.
+    #[serde(default)]
+    pub(crate) op: Option<String>,
+    /// Version 1: (key, version) pairs.
     #[serde(default)]
     pub(crate) keys: Vec<(String, i64)>,
-    /// When the writing statement's trigger ran: epoch milliseconds by the database's clock
+    /// Version 2: (key, version) of written keys.
+    #[serde(default)]
+    pub(crate) u: Vec<(String, i64)>,
+    /// Version 2: (key, version) of deleted keys (the version the row had).
+    #[serde(default)]
+    pub(crate) d: Vec<(String, i64)>,
+    /// Version 2: present when every key is invalidated.
+    #[serde(default)]
+    pub(crate) f: Option<u8>,
+    /// When the (oldest) change was written: epoch milliseconds by the database's clock
     /// (`clock_timestamp()`), for the invalidation lag. Absent from payloads of older schemas.
     #[serde(default)]
     pub(crate) t: Option<i64>,
 }
 
+/// What a payload asks of this node.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    /// Another prefix's event (or a marker): nothing.
+    Ignore,
+    /// Every key.
+    Flush,
+    /// These keys: (key, version, deleted).
+    Evict(Vec<(String, i64, bool)>),
+}
+
+/// Reads a payload for `prefix`; `None` when it is unreadable or of an unknown version.
+fn action(prefix: &str, payload: &str) -> Option<(Action, Option<i64>)> {
+    let event = serde_json::from_str::<Event>(payload).ok()?;
+    let action = match event.v {
+        None => match event.op.as_deref() {
+            None => return None,
+            Some(_) if event.p != prefix => Action::Ignore,
+            Some("flush") => Action::Flush,
+            Some(op) => {
+                let deleted = op == "delete";
+                Action::Evict(event.keys.into_iter().map(|(key, version)| (key, version, deleted)).collect())
+            }
+        },
+        Some(2) if event.p != prefix => Action::Ignore,
+        Some(2) if event.f.is_some() => Action::Flush,
+        Some(2) => {
+            let written = event.u.into_iter().map(|(key, version)| (key, version, false));
+            Action::Evict(written.chain(event.d.into_iter().map(|(key, version)| (key, version, true))).collect())
+        }
+        Some(_) => return None,
+    };
+    Some((action, event.t))
+}
+
 /// Applies one notification to the local cache. Unknown payloads flush, to stay on the safe side.
 pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str, metrics: &ListenerMetrics) {
-    match serde_json::from_str::<Event>(payload) {
-        Ok(event) if event.p != prefix => {}
-        Ok(event) if event.op == "flush" => {
+    match action(prefix, payload) {
+        Some((Action::Ignore, _)) => {}
+        Some((Action::Flush, t)) => {
             local.evict_all();
-            metrics.invalidated(true, event.t);
+            metrics.invalidated(true, t);
         }
-        Ok(event) => {
-            let deleted = event.op == "delete";
-            for (key, version) in event.keys {
+        Some((Action::Evict(keys), t)) => {
+            for (key, version, deleted) in keys {
                 local.evict_notified(&key, version, deleted).await;
             }
-            metrics.invalidated(false, event.t);
+            metrics.invalidated(false, t);
         }
-        Err(e) => {
-            tracing::warn!(target: "pgcache::listener", error = %e, "unreadable notification; flushing local cache");
+        None => {
+            tracing::warn!(target: "pgcache::listener", payload = %payload.chars().take(200).collect::<String>(), "unreadable notification or unknown payload version; flushing local cache");
             local.evict_all();
         }
     }
@@ -97,7 +151,7 @@ pub(crate) async fn run(
     first: oneshot::Sender<crate::Result<()>>,
 ) {
     let lease = &coherence.lease;
-    let sql = CoherenceStatements::new(&settings.schema_prefix);
+    let sql = CoherenceStatements::new(&settings.schema_prefix, &settings.notify_channel);
     let mut known = None;
     let mut backoff = FIRST_RETRY;
     let mut first = Some(first);
@@ -145,6 +199,28 @@ fn replaced(known: &mut Option<Incarnation>, now: Incarnation) -> bool {
 struct Prepared {
     versions: Statement,
     incarnation: Statement,
+    drain: Statement,
+    log_age: Statement,
+    try_lock: Statement,
+}
+
+/// How long the invalidation log's oldest row may wait before this node stops trusting its local
+/// cache: the flusher is gone or stalled, so notifications are not coming (twice the heartbeat
+/// interval, at least a second, well above the flusher's failover time `flusher::ELECTION`).
+fn stall_bound(settings: &CacheSettings) -> Duration {
+    settings.heartbeat_interval.saturating_mul(2).max(Duration::from_secs(1))
+}
+
+/// Fails when the invalidation log holds a row older than the stall bound: no flusher is sending.
+async fn check_log(settings: &CacheSettings, client: &Client, prepared: &Prepared) -> Result<(), String> {
+    let age =
+        bounded(statement_bound(settings), "reading the invalidation log", store::log_age(client, &prepared.log_age));
+    match age.await.map_err(|e| e.to_string())? {
+        Some(age) if age > stall_bound(settings) => {
+            Err(format!("the invalidation log has not been drained for {age:?}: no flusher is sending invalidations"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Brings the local cache in line with the shared table after a (re)connect: flushed when the table was
@@ -217,18 +293,28 @@ async fn session(
     let prefix = &settings.schema_prefix;
     let heartbeat_every = settings.heartbeat_interval;
     let mut listening_since = None;
+    let mut flusher = Flusher::new(prefix);
     let result = async {
         let bound = statement_bound(settings);
         let listen = format!("LISTEN \"{}\"", settings.notify_channel);
         let listening = async { client.batch_execute(&listen).await.map_err(crate::Error::from_pg) };
         bounded(bound, "LISTEN", listening).await.map_err(|e| e.to_string())?;
         let prepare = async {
-            let versions = store::prepare(&client, &sql.versions).await?;
-            Ok(Prepared { versions, incarnation: store::prepare(&client, &sql.incarnation).await? })
+            Ok(Prepared {
+                versions: store::prepare(&client, &sql.versions).await?,
+                incarnation: store::prepare(&client, &sql.incarnation).await?,
+                drain: store::prepare(&client, &sql.drain).await?,
+                log_age: store::prepare(&client, &sql.log_age).await?,
+                try_lock: store::prepare(&client, &sql.try_lock).await?,
+            })
         };
         let prepared =
             bounded(bound, "preparing the listener's statements", prepare).await.map_err(|e| e.to_string())?;
         let sent = Instant::now();
+        // Run for flusher; if elected, send what waits in the log before judging whether it is drained.
+        let elect = flusher.drain_all(&client, &prepared.try_lock, &prepared.drain);
+        bounded(bound, "electing the invalidation flusher", elect).await.map_err(|e| e.to_string())?;
+        check_log(settings, &client, &prepared).await?;
         resync(settings, &client, coherence, &prepared, known).await.map_err(|e| e.to_string())?;
         // Notifications of changes made during the resync: applied before anything local is served.
         while let Ok(payload) = notifications.try_recv() {
@@ -249,10 +335,18 @@ async fn session(
                     Some(payload) => apply(coherence, prefix, &payload, metrics).await,
                     None => return Err("notification stream ended".to_owned()),
                 },
+                _ = tokio::time::sleep_until(flusher.due()) => {
+                    // Bounded like the heartbeat: a batch that hangs is a hung connection (and it holds up
+                    // the heartbeat, which runs on this loop too).
+                    let step = flusher.step(&client, &prepared.try_lock, &prepared.drain);
+                    bounded(heartbeat_every, "flushing invalidations", step).await.map_err(|e| e.to_string())?;
+                }
                 _ = heartbeat.tick() => {
                     let sent = Instant::now();
                     // The heartbeat reads the incarnation: a table replaced under a live connection
-                    // (dropped and recreated, say) is noticed within one interval.
+                    // (dropped and recreated, say) is noticed within one interval. And the log's age: a
+                    // flusher that stopped sending ends the lease too.
+                    check_log(settings, &client, &prepared).await?;
                     let beat = store::incarnation(&client, &prepared.incarnation);
                     match bounded(heartbeat_every, "heartbeat", beat).await {
                         Ok(now) => {
@@ -292,5 +386,27 @@ mod tests {
         assert_eq!(e.keys, vec![("k".to_owned(), 7), ("x\"y".to_owned(), 8)]);
         let f: Event = serde_json::from_str(r#"{"p":"a_","op":"flush"}"#).unwrap();
         assert!(f.keys.is_empty());
+    }
+
+    #[test]
+    fn payload_versions_are_read_or_refused_never_misread() {
+        let evict = |keys: &[(&str, i64, bool)]| {
+            Some(Action::Evict(keys.iter().map(|(k, v, d)| ((*k).to_owned(), *v, *d)).collect()))
+        };
+        let read = |payload: &str| action("a_", payload).map(|(action, _)| action);
+        assert_eq!(read(r#"{"p":"a_","op":"delete","keys":[["k",3]]}"#), evict(&[("k", 3, true)]));
+        assert_eq!(read(r#"{"p":"a_","op":"flush"}"#), Some(Action::Flush));
+        assert_eq!(
+            read(r#"{"v":2,"p":"a_","t":1,"u":[["w",5]],"d":[["x",6]]}"#),
+            evict(&[("w", 5, false), ("x", 6, true)])
+        );
+        assert_eq!(read(r#"{"v":2,"p":"a_","t":1,"f":1}"#), Some(Action::Flush));
+        assert_eq!(read(r#"{"v":2,"p":"b_","t":1,"f":1}"#), Some(Action::Ignore));
+        assert_eq!(read(r#"{"p":"b_","op":"update","keys":[]}"#), Some(Action::Ignore));
+        // Unknown versions and shapes are refused (the caller flushes), whatever prefix they name.
+        assert_eq!(read(r#"{"v":3,"p":"a_","u":[]}"#), None);
+        assert_eq!(read(r#"{"v":3,"p":"b_","u":[]}"#), None);
+        assert_eq!(read(r#"{"p":"a_"}"#), None);
+        assert_eq!(read("not json"), None);
     }
 }

@@ -3,7 +3,8 @@
 //! The SQL is in `sql/` (shipped inside this crate): `001_init.sql` creates the table, the version
 //! sequence and the version trigger; `002_incarnation.sql` the row naming the table's current life
 //! (a new one whenever the table is created); `003_refresh_at.sql` the `refresh_at` column of early
-//! refresh; `notify_function.sql` the notification function (it names the channel) and its triggers.
+//! refresh; `004_invalidation_log.sql` the invalidation log; `notify_function.sql` the trigger function
+//! that appends other writers' changes to the log (it names the channel) and its triggers.
 //! All are idempotent. `init_db` does not trust the version row alone: it
 //! inspects the objects and re-applies the files when anything is missing or differs (a table or trigger
 //! dropped by hand, a function changed, another channel), so running it again repairs the schema.
@@ -17,7 +18,7 @@ use crate::lock_key::lock_key;
 use crate::settings::CacheSettings;
 
 /// The schema version this library writes and expects.
-pub(crate) const SCHEMA_VERSION: i32 = 3;
+pub(crate) const SCHEMA_VERSION: i32 = 4;
 
 /// The table, its version sequence and the version trigger.
 const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
@@ -25,6 +26,8 @@ const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
 const INCARNATION_SQL: &str = include_str!("../sql/002_incarnation.sql");
 /// Migration 3: the `refresh_at` column (early refresh).
 const REFRESH_AT_SQL: &str = include_str!("../sql/003_refresh_at.sql");
+/// Migration 4: the invalidation log (issue 9).
+const INVALIDATION_LOG_SQL: &str = include_str!("../sql/004_invalidation_log.sql");
 /// Columns added after migration 1, each checked by `inspect`.
 const ADDED_COLUMNS: [&str; 1] = ["refresh_at"];
 /// The notification function and its triggers.
@@ -98,6 +101,7 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
             batch(&tx, &render(ENTRIES_SQL, settings)).await?;
             batch(&tx, &render(INCARNATION_SQL, settings)).await?;
             batch(&tx, &render(REFRESH_AT_SQL, settings)).await?;
+            batch(&tx, &render(INVALIDATION_LOG_SQL, settings)).await?;
             batch(&tx, &render(NOTIFY_SQL, settings)).await?;
             batch(&tx, &render(VIEWS_SQL, settings)).await?;
             // One row per migration applied (a fresh install applies them all at once).
@@ -199,6 +203,11 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
             problems.push(format!("{kind} {object} is missing"));
         }
     }
+    let log = quoted(settings, "cache_invalidations");
+    let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&log]).await.map_err(Error::from_pg)?;
+    if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+        problems.push(format!("table {log} is missing"));
+    }
     let incarnation = quoted(settings, "cache_incarnation");
     let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&incarnation]).await.map_err(Error::from_pg)?;
     if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
@@ -279,7 +288,7 @@ mod tests {
         let incarnation = render(INCARNATION_SQL, &s);
         assert!(!incarnation.contains("__PREFIX__") && incarnation.contains("\"mk_cache_incarnation\""));
         let notify = render(NOTIFY_SQL, &s);
-        assert!(notify.contains("pg_notify('ev'"));
+        assert!(notify.contains("channel ev ") && notify.contains("\"mk_cache_invalidations\""));
         assert!(!notify.contains("__CHANNEL__") && !notify.contains("__PREFIX__"));
     }
 
@@ -291,6 +300,6 @@ mod tests {
             let body = function_body(&rendered).unwrap_or("");
             assert!(body.contains("BEGIN") && body.contains("END"), "{body}");
         }
-        assert!(function_body(&render(NOTIFY_SQL, &s)).is_some_and(|b| b.contains("pg_notify('ev'")));
+        assert!(function_body(&render(NOTIFY_SQL, &s)).is_some_and(|b| b.contains("channel ev ")));
     }
 }

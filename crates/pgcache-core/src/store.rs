@@ -46,6 +46,7 @@ pub(crate) struct Statements {
     pub(crate) ttl: String,
     pub(crate) touch: String,
     pub(crate) sweep: String,
+    pub(crate) trim_log: String,
     /// Group commit: the upsert of many rows, each with its own TTL, tags and refresh columns.
     pub(crate) upsert_batch: String,
     /// Group commit: the delete of many keys, telling which were live.
@@ -60,10 +61,91 @@ pub(crate) struct Statements {
     pub(crate) prepared: bool,
 }
 
+/// Rows a library statement logs one by one; beyond this it logs one "every key" row. Above a group-commit
+/// batch's default row bound (1000), so a full batch of writes evicts its keys rather than every key.
+const LOG_ROWS_MAX: usize = 10_000;
+
+/// How a library statement logs its own invalidation (issue 9): a CTE appending the changed rows to the
+/// invalidation log in the statement's own transaction, or nothing when notifications are disabled.
+/// Pool sessions run with `pgcache.skip_notify = on`, so the table's triggers skip these statements.
+struct Log {
+    table: Option<String>,
+}
+
+impl Log {
+    /// Like [`with`](Self::with) for a statement that changes at most one row (no row count to check).
+    fn with_one(&self, cte: &str, modify: &str, extra: &str, deleted: bool, filter: &str) -> String {
+        let Some(log) = &self.table else {
+            return format!("WITH {cte} AS ({modify} RETURNING key, version{extra})");
+        };
+        format!(
+            "WITH {cte} AS ({modify} RETURNING key, version{extra}), \
+             l AS (INSERT INTO {log} (key, version, deleted) SELECT key, version, {deleted} FROM {cte} WHERE {filter})"
+        )
+    }
+
+    /// `WITH <cte> AS (<modify> RETURNING key, version, <extra>), l AS (INSERT INTO log ...)`, where the
+    /// changed rows are `cte`; `deleted` tells deletes, `filter` which returned rows are logged.
+    fn with(&self, cte: &str, modify: &str, extra: &str, deleted: bool, filter: &str) -> String {
+        let Some(log) = &self.table else {
+            return format!("WITH {cte} AS ({modify} RETURNING key, version{extra})");
+        };
+        let n = LOG_ROWS_MAX;
+        format!(
+            "WITH {cte} AS ({modify} RETURNING key, version{extra}), \
+             l AS (INSERT INTO {log} (key, version, deleted) \
+             SELECT key, version, {deleted} FROM {cte} WHERE {filter} AND (SELECT count(*) FROM {cte} WHERE {filter}) <= {n} \
+             UNION ALL SELECT NULL, NULL, {deleted} WHERE (SELECT count(*) FROM {cte} WHERE {filter}) > {n})"
+        )
+    }
+}
+
 impl Statements {
-    pub(crate) fn new(prefix: &str, prepared: bool) -> Self {
+    /// The statements of `prefix`; with `log_invalidations` every write also appends its own invalidation
+    /// to the log (off when notifications are disabled: such a cache sends nothing); `prepared`: server-side
+    /// prepared statements, or unnamed typed ones.
+    pub(crate) fn new(prefix: &str, log_invalidations: bool, prepared: bool) -> Self {
         let t = format!("\"{prefix}cache_entries\"");
+        let log = Log { table: log_invalidations.then(|| format!("\"{prefix}cache_invalidations\"")) };
         let expires = "now() + $3::bigint * interval '1 millisecond'";
+        let upsert = format!(
+            "INSERT INTO {t} (key, value, expires_at, tags, stale_until, compute_ms, refresh_at) \
+             VALUES ($1, $2, {expires}, $4, now() + $5::bigint * interval '1 millisecond', $6, \
+             now() + $7::bigint * interval '1 millisecond') \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
+             tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
+             refresh_at = EXCLUDED.refresh_at"
+        );
+        let replace = format!(
+            "UPDATE {t} SET value = $2, expires_at = {expires}, tags = $4, \
+             stale_until = now() + $5::bigint * interval '1 millisecond', compute_ms = $6, \
+             refresh_at = now() + $7::bigint * interval '1 millisecond' \
+             WHERE key = $1 AND version = $8"
+        );
+        // Tags travel as one array literal per row (`{"a","b"}`, see `tags_literal`): unnest cannot
+        // take an array of arrays of different lengths.
+        let upsert_batch = format!(
+            "INSERT INTO {t} (key, value, expires_at, tags, stale_until, compute_ms, refresh_at) \
+             SELECT k, v, now() + ttl * interval '1 millisecond', tg::text[], \
+             now() + st * interval '1 millisecond', cm, now() + rf * interval '1 millisecond' \
+             FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::text[], $5::bigint[], $6::int4[], $7::bigint[]) \
+             AS u(k, v, ttl, tg, st, cm, rf) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
+             tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
+             refresh_at = EXCLUDED.refresh_at"
+        );
+        let touch_batch = format!(
+            "UPDATE {t} SET expires_at = now() + u.ttl * interval '1 millisecond', \
+             stale_until = now() + u.ttl * interval '1 millisecond' + (stale_until - expires_at) \
+             FROM unnest($1::text[], $2::bigint[]) AS u(k, ttl) WHERE key = u.k AND {LIVE}"
+        );
+        let live = format!(", {LIVE} AS live");
+        // The stale window keeps its length past the new expiry (none without an expiry).
+        let touch = format!(
+            "UPDATE {t} SET expires_at = now() + $2::bigint * interval '1 millisecond', \
+             stale_until = now() + $2::bigint * interval '1 millisecond' + (stale_until - expires_at) \
+             WHERE key = $1 AND {LIVE}"
+        );
         Self {
             get: format!("SELECT value, version, {TTL_MS} FROM {t} WHERE key = $1 AND {LIVE}"),
             get_for_load: format!(
@@ -78,38 +160,31 @@ impl Statements {
                  compute_ms, {REFRESH_MS} AS refresh_ms FROM {t} WHERE key = $1 AND {USABLE}) AS r ON true"
             ),
             get_many: format!("SELECT key, value, version, {TTL_MS} FROM {t} WHERE key = ANY($1) AND {LIVE}"),
-            upsert: format!(
-                "INSERT INTO {t} (key, value, expires_at, tags, stale_until, compute_ms, refresh_at) \
-                 VALUES ($1, $2, {expires}, $4, now() + $5::bigint * interval '1 millisecond', $6, \
-                 now() + $7::bigint * interval '1 millisecond') \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
-                 tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
-                 refresh_at = EXCLUDED.refresh_at RETURNING version"
-            ),
+            upsert: format!("{} SELECT version FROM w", log.with_one("w", &upsert, "", false, "true")),
             // A background refresh writes only over the version it refreshed: a write or delete that
             // landed while its loader ran wins (no deleted key comes back, no newer value is overwritten).
-            replace: format!(
-                "UPDATE {t} SET value = $2, expires_at = {expires}, tags = $4, \
-                 stale_until = now() + $5::bigint * interval '1 millisecond', compute_ms = $6, \
-                 refresh_at = now() + $7::bigint * interval '1 millisecond' \
-                 WHERE key = $1 AND version = $8 RETURNING version"
-            ),
-            delete: format!("DELETE FROM {t} WHERE key = $1 RETURNING {LIVE}"),
+            replace: format!("{} SELECT version FROM w", log.with_one("w", &replace, "", false, "true")),
+            delete: format!("{} SELECT live FROM d", log.with_one("d", &format!("DELETE FROM {t} WHERE key = $1"), &live, true, "live")),
             delete_many: format!(
-                "WITH d AS (DELETE FROM {t} WHERE key = ANY($1) RETURNING {LIVE} AS live) \
-                 SELECT count(*) FILTER (WHERE live) FROM d"
+                "{} SELECT count(*) FILTER (WHERE live) FROM d",
+                log.with("d", &format!("DELETE FROM {t} WHERE key = ANY($1)"), &live, true, "live")
             ),
             delete_tags: format!(
-                "WITH d AS (DELETE FROM {t} WHERE tags && $1 RETURNING {LIVE} AS live) \
-                 SELECT count(*) FILTER (WHERE live) FROM d"
+                "{} SELECT count(*) FILTER (WHERE live) FROM d",
+                log.with("d", &format!("DELETE FROM {t} WHERE tags && $1"), &live, true, "live")
             ),
-            clear: format!("WITH d AS (DELETE FROM {t} RETURNING {LIVE} AS live) SELECT count(*) FILTER (WHERE live) FROM d"),
+            clear: format!(
+                "{} SELECT count(*) FILTER (WHERE live) FROM d",
+                log.with("d", &format!("DELETE FROM {t}"), &live, true, "live")
+            ),
             ttl: format!("SELECT {TTL_MS} FROM {t} WHERE key = $1 AND {LIVE}"),
-            // The stale window keeps its length past the new expiry (none without an expiry).
-            touch: format!(
-                "UPDATE {t} SET expires_at = now() + $2::bigint * interval '1 millisecond', \
-                 stale_until = now() + $2::bigint * interval '1 millisecond' + (stale_until - expires_at) \
-                 WHERE key = $1 AND {LIVE}"
+            touch: format!("{} SELECT count(*) FROM w", log.with_one("w", &touch, "", false, "true")),
+            // Log rows nobody drained for a minute: no flusher ran (no node listens), or it stalled and
+            // every listening node has long stopped serving its local copies and reconciles before it
+            // serves them again (listener.rs), so these rows are of no use to anyone.
+            trim_log: format!(
+                "DELETE FROM \"{prefix}cache_invalidations\" WHERE ctid = ANY(ARRAY(SELECT ctid FROM \"{prefix}cache_invalidations\" \
+                 WHERE t < clock_timestamp() - interval '1 minute' LIMIT $1))"
             ),
             // A row stays until its fail-safe window ends too.
             sweep: format!(
@@ -118,25 +193,15 @@ impl Statements {
             ),
             // Tags travel as one array literal per row (`{"a","b"}`, see `tags_literal`): unnest cannot
             // take an array of arrays of different lengths.
-            upsert_batch: format!(
-                "INSERT INTO {t} (key, value, expires_at, tags, stale_until, compute_ms, refresh_at) \
-                 SELECT k, v, now() + ttl * interval '1 millisecond', tg::text[], \
-                 now() + st * interval '1 millisecond', cm, now() + rf * interval '1 millisecond' \
-                 FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::text[], $5::bigint[], $6::int4[], $7::bigint[]) \
-                 AS u(k, v, ttl, tg, st, cm, rf) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
-                 tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
-                 refresh_at = EXCLUDED.refresh_at RETURNING key, version"
+            upsert_batch: format!("{} SELECT key, version FROM w", log.with("w", &upsert_batch, "", false, "true")),
+            delete_batch: format!(
+                "{} SELECT key, live FROM d",
+                log.with("d", &format!("DELETE FROM {t} WHERE key = ANY($1)"), &live, true, "live")
             ),
-            delete_batch: format!("DELETE FROM {t} WHERE key = ANY($1) RETURNING key, {LIVE}"),
-            touch_batch: format!(
-                "UPDATE {t} SET expires_at = now() + u.ttl * interval '1 millisecond', \
-                 stale_until = now() + u.ttl * interval '1 millisecond' + (stale_until - expires_at) \
-                 FROM unnest($1::text[], $2::bigint[]) AS u(k, ttl) WHERE key = u.k AND {LIVE} RETURNING key"
-            ),
+            touch_batch: format!("{} SELECT key FROM w", log.with("w", &touch_batch, "", false, "true")),
             delete_tags_batch: format!(
-                "WITH d AS (DELETE FROM {t} WHERE tags && $1 RETURNING tags, {LIVE} AS live) \
-                 SELECT tags FROM d WHERE live"
+                "{} SELECT tags FROM d WHERE live",
+                log.with("d", &format!("DELETE FROM {t} WHERE tags && $1"), &format!(", tags{live}"), true, "live")
             ),
             get_on_replica: format!(
                 "SELECT {REPLAYED}, r.value, r.version, r.ttl FROM (SELECT 1) AS one LEFT JOIN \
@@ -395,7 +460,8 @@ pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<
 /// New TTL for a live key; returns whether it existed.
 pub(crate) async fn touch(client: &Client, sql: &Statements, key: &str, ttl_ms: Option<i64>) -> Result<bool> {
     let _timer = telemetry::statement("touch");
-    Ok(execute(client, sql, &sql.touch, &[(&key, Type::TEXT), (&ttl_ms, Type::INT8)]).await? > 0)
+    let n: i64 = pg(row_one(client, sql, &sql.touch, &[(&key, Type::TEXT), (&ttl_ms, Type::INT8)]).await?.try_get(0))?;
+    Ok(n > 0)
 }
 
 // ---- Group commit (group_commit.rs): one statement for the writes of many callers ----
@@ -524,6 +590,12 @@ pub(crate) async fn get_on_replica(client: &Client, sql: &Statements, key: &str)
     Ok((entry, replayed))
 }
 
+/// Deletes up to `batch` invalidation-log rows older than a minute; returns how many.
+pub(crate) async fn trim_log(client: &Client, sql: &Statements, batch: i64) -> Result<u64> {
+    let _timer = telemetry::statement("trim_log");
+    execute(client, sql, &sql.trim_log, &[(&batch, Type::INT8)]).await
+}
+
 /// `pg_try_advisory_lock`: true when this session now holds the lock.
 pub(crate) async fn try_advisory_lock(client: &Client, key: i64) -> Result<bool> {
     let _timer = telemetry::statement("try_advisory_lock");
@@ -550,10 +622,53 @@ pub(crate) struct CoherenceStatements {
     pub(crate) versions: String,
     /// The incarnation row, the table's current oid, the server's system identifier and start time.
     pub(crate) incarnation: String,
+    /// The flusher's batch (issue 9): deletes up to `$1` log rows and notifies them, in one statement
+    /// (one transaction: a flusher killed mid-batch neither deletes nor sends it). Returns the rows taken.
+    pub(crate) drain: String,
+    /// Milliseconds since the oldest row of the log was written (`NULL`: the log is empty).
+    pub(crate) log_age: String,
+    /// `pg_try_advisory_lock($1)`: the flusher election.
+    pub(crate) try_lock: String,
+}
+
+/// How the listener's flusher statements start (then the prefix and ` */`), so that operators (and
+/// `pgcache-admin`) can tell the listener's backend in `pg_stat_activity` by its last statement.
+pub(crate) const LISTENER_TAG: &str = "/* pgcache listener ";
+
+/// Bytes of keys (plus 24 per key for versions and quoting) per notification of a flusher batch; a
+/// notification that still ends up over [`PAYLOAD_MAX`] (keys that escape to much longer JSON) is sent
+/// as "every key" instead. PostgreSQL refuses payloads of 8000 bytes or more.
+const CHUNK_BYTES: usize = 6000;
+/// The longest payload the flusher sends as is.
+const PAYLOAD_MAX: usize = 7900;
+
+/// The flusher's batch statement, see [`CoherenceStatements::drain`]. Payload version 2 (listener.rs):
+/// `{"v":2,"p":prefix,"t":ms,"u":[[key,version],...],"d":[[key,version],...]}` (written, deleted) or
+/// `{"v":2,"p":prefix,"t":ms,"f":1}` (every key). `t` is when the oldest change of the batch was written.
+/// A key written several times in a batch is sent once, with its newest version.
+fn drain_sql(prefix: &str, channel: &str) -> String {
+    let log = format!("\"{prefix}cache_invalidations\"");
+    let flush = format!(r#"format('{{"v":2,"p":"{prefix}","t":%s,"f":1}}', (SELECT t FROM m))"#);
+    format!(
+        "WITH d AS (DELETE FROM {log} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {log} LIMIT $1)) \
+         RETURNING key, version, deleted, t), \
+         m AS (SELECT coalesce((EXTRACT(EPOCH FROM min(t)) * 1000)::bigint, 0) AS t, \
+               coalesce(bool_or(key IS NULL), false) AS everything FROM d), \
+         k AS (SELECT DISTINCT ON (key) key, version, deleted FROM d WHERE key IS NOT NULL ORDER BY key, version DESC), \
+         c AS (SELECT key, version, deleted, sum(octet_length(key) + 24) OVER (ORDER BY key) / {CHUNK_BYTES} AS chunk FROM k), \
+         p AS (SELECT json_build_object('v', 2, 'p', '{prefix}', 't', (SELECT t FROM m), \
+                 'u', coalesce(json_agg(json_build_array(key, version)) FILTER (WHERE NOT deleted), '[]'), \
+                 'd', coalesce(json_agg(json_build_array(key, version)) FILTER (WHERE deleted), '[]'))::text AS payload \
+               FROM c WHERE NOT (SELECT everything FROM m) GROUP BY chunk \
+               UNION ALL SELECT {flush} FROM m WHERE everything) \
+         SELECT (SELECT count(*) FROM d), \
+                count(pg_notify('{channel}', CASE WHEN octet_length(payload) > {PAYLOAD_MAX} THEN {flush} ELSE payload END)) \
+         FROM p"
+    )
 }
 
 impl CoherenceStatements {
-    pub(crate) fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str, channel: &str) -> Self {
         let t = format!("\"{prefix}cache_entries\"");
         let incarnation = format!("\"{prefix}cache_incarnation\"");
         Self {
@@ -565,6 +680,12 @@ impl CoherenceStatements {
                       THEN (SELECT system_identifier FROM pg_control_system()) END, \
                  (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::bigint"
             ),
+            drain: format!("{LISTENER_TAG}{prefix} */ {}", drain_sql(prefix, channel)),
+            log_age: format!(
+                "{LISTENER_TAG}{prefix} */ SELECT (EXTRACT(EPOCH FROM clock_timestamp() - min(t)) * 1000)::bigint \
+                 FROM \"{prefix}cache_invalidations\""
+            ),
+            try_lock: format!("{LISTENER_TAG}{prefix} */ SELECT pg_try_advisory_lock($1)"),
         }
     }
 }
@@ -614,13 +735,42 @@ pub(crate) async fn incarnation(
     })
 }
 
+/// One flusher batch of up to `limit` log rows (`stmt`: [`CoherenceStatements::drain`]); returns how
+/// many rows it took.
+pub(crate) async fn drain(
+    client: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+    limit: i64,
+) -> Result<u64> {
+    let n: i64 = pg(pg(client.query_one(stmt, &[&limit]).await)?.try_get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// How long the oldest row of the invalidation log has waited (`stmt`: [`CoherenceStatements::log_age`]).
+pub(crate) async fn log_age(
+    client: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+) -> Result<Option<std::time::Duration>> {
+    let ms: Option<i64> = pg(pg(client.query_one(stmt, &[]).await)?.try_get(0))?;
+    Ok(ms.map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+}
+
+/// `pg_try_advisory_lock` on a connection of its own (`stmt`: [`CoherenceStatements::try_lock`]).
+pub(crate) async fn try_lock(
+    client: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+    key: i64,
+) -> Result<bool> {
+    pg(pg(client.query_one(stmt, &[&key]).await)?.try_get(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn statements_quote_the_table() {
-        let st = Statements::new("a_", true);
+        let st = Statements::new("a_", true, true);
         assert!(st.get.contains("FROM \"a_cache_entries\""));
         assert!(st.upsert_batch.contains("tg::text[]"));
     }

@@ -1,4 +1,5 @@
-//! The background sweeper: deletes expired rows in small batches, one sweeper per prefix at a time.
+//! The background sweeper: deletes expired rows in small batches, one sweeper per prefix at a time, and
+//! trims invalidation-log rows that no flusher took for a minute.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,13 @@ pub(crate) async fn sweep(db: &Db, sql: &Statements, prefix: &str, batch: u32) -
         total += n;
         if n < u64::from(batch) {
             break;
+        }
+    }
+    // Invalidation-log rows no flusher took for a minute (see `Statements::trim_log`).
+    if let Some(conn) = guard.conn() {
+        let trimmed = conn.bounded(store::trim_log(conn.client()?, sql, i64::from(batch))).await?;
+        if trimmed > 0 {
+            tracing::warn!(target: "pgcache::sweeper", trimmed, "dropped invalidation-log rows no flusher took for a minute");
         }
     }
     guard.release().await;

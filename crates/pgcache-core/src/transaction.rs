@@ -2,10 +2,10 @@
 //!
 //! The cache change is a statement of the application's transaction, so it commits or rolls back with
 //! the data change that caused it: no window in which the data is new and the cache old, and no lost
-//! delete when the process dies between the two. The table's triggers send the invalidation with
-//! `pg_notify`, which PostgreSQL delivers at commit only, so every other node evicts when the
-//! transaction commits and not before (and never, on a rollback). This node's own local copies are
-//! evicted by [`Pending::committed`], called after the commit (its listener hears the notification
+//! delete when the process dies between the two. The invalidation goes into the invalidation log in the
+//! same transaction, and the elected flusher sends it once it is committed, so every other node evicts
+//! after the transaction commits and not before (and never, on a rollback). This node's own local copies
+//! are evicted by [`Pending::committed`], called after the commit (its listener hears the notification
 //! too, within the usual bound, if the call is skipped).
 //!
 //! Works on anything that implements tokio-postgres' [`GenericClient`] (a `Transaction`, a `Client`, a

@@ -55,9 +55,8 @@ where
     let max_writers = points.iter().map(|p| p.writers).max().unwrap_or(1).max(2);
     let top = points.iter().map(|p| p.write_mean_ms).fold(0.1, f64::max) * 2.0;
     let bottom = points.iter().map(|p| p.write_mean_ms).filter(|v| *v > 0.0).fold(top, f64::min) / 2.0;
-    // The caption's parameters can be long: the second line carries them.
     let mut chart = ChartBuilder::on(area)
-        .caption("Write latency against concurrent writers", ("sans-serif", 20))
+        .caption(format!("Write latency against concurrent writers ({})", durability(params)), ("sans-serif", 20))
         .margin(14)
         .x_label_area_size(60)
         .y_label_area_size(70)
@@ -92,6 +91,11 @@ where
         .draw()
         .map_err(plot_error)?;
     Ok(())
+}
+
+/// The durability part of the header (fsync=… synchronous_commit=…).
+fn durability(params: &str) -> &str {
+    params.split(" durability: ").nth(1).map_or("", |d| d.split(" full_page_writes").next().unwrap_or(d))
 }
 
 /// The parameters that matter for the figure (the header without the swept writer count).

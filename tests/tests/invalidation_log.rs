@@ -1,0 +1,319 @@
+//! Invalidations leave the writers' commits (issue 9): every write appends `(key, version)` to the
+//! invalidation log in its own transaction, and one flusher per prefix (elected among the nodes'
+//! listeners with an advisory lock) sends the log as notifications.
+//!
+//! - library writes log their own rows and the trigger skips them; raw SQL writers are logged by the
+//!   trigger; both evict every node;
+//! - a flusher killed mid-batch (its rows deleted and its notification queued, not committed) loses no
+//!   invalidation, and another node takes over within the election bound;
+//! - a flusher that stops sending (holds the lock, drains nothing) ends every node's lease within the
+//!   stall bound, so no node serves a stale copy past it;
+//! - listeners read payload versions 1 and 2 and flush on an unknown one.
+
+use std::time::{Duration, Instant};
+
+use pgcache_core::prelude::*;
+use pgcache_core::{lock_key, ListenerState, Source};
+use pgcache_tests::{
+    advisory_lock_holder, connect, entries_table, eventually, make_local, node, settings_for, source_of, sql_client,
+    terminate, NotifyTap,
+};
+
+/// Generous deadline for an invalidation to travel; measured figures are printed.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+fn log_table(settings: &CacheSettings) -> String {
+    format!("\"{}cache_invalidations\"", settings.schema_prefix)
+}
+
+fn flusher_key(settings: &CacheSettings) -> i64 {
+    lock_key(&settings.schema_prefix, "\u{0}pgcache:flusher")
+}
+
+async fn value_of(cache: &PostgresCache, key: &str) -> Option<String> {
+    cache.get::<String>(key).await.ok().flatten()
+}
+
+/// `(key, version, deleted)` of the log's rows, oldest first.
+async fn log_rows(
+    sql: &tokio_postgres::Client,
+    settings: &CacheSettings,
+) -> anyhow::Result<Vec<(Option<String>, Option<i64>, bool)>> {
+    let rows = sql.query(&format!("SELECT key, version, deleted FROM {} ORDER BY t", log_table(settings)), &[]).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+}
+
+/// Without a listener there is no flusher, so the log shows exactly what each write appended: one row
+/// per library write (logged by the statement itself; the trigger skips library sessions), one per row
+/// a raw SQL statement changed (logged by the trigger), nothing for a cache with notifications disabled.
+#[tokio::test]
+async fn library_writes_log_themselves_once_and_raw_sql_is_logged_by_the_trigger() -> anyhow::Result<()> {
+    let settings = settings_for("il_rows").local_max_entries(0);
+    let cache = connect(&settings).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+
+    let v1 = cache.set_entry("a", "x".into(), &Default::default()).await?;
+    let rows = log_rows(&sql, &settings).await?;
+    assert_eq!(rows, vec![(Some("a".to_owned()), Some(v1), false)], "one row per library write, not two");
+    assert!(cache.delete("a").await?);
+    let rows = log_rows(&sql, &settings).await?;
+    assert_eq!(rows.get(1), Some(&(Some("a".to_owned()), Some(v1), true)));
+    assert_eq!(rows.len(), 2);
+
+    sql.batch_execute(&format!(
+        "INSERT INTO {table} (key, value) VALUES ('r1', '\\x00'), ('r2', '\\x00'); DELETE FROM {table} WHERE key = 'r1'"
+    ))
+    .await?;
+    let rows = log_rows(&sql, &settings).await?;
+    let raw: Vec<_> = rows[2..].iter().map(|(k, _, d)| (k.clone().unwrap_or_default(), *d)).collect();
+    let expected = [("r1", false), ("r2", false), ("r1", true)].map(|(k, d)| (k.to_owned(), d));
+    assert_eq!(raw.len(), 3, "{rows:?}");
+    for row in &expected {
+        assert!(raw.contains(row), "{row:?} missing from {rows:?}");
+    }
+    // A bulk statement past 256 rows logs one "every key" row; so does TRUNCATE.
+    sql.batch_execute(&format!(
+        "DELETE FROM {log}; INSERT INTO {table} (key, value) SELECT 'b' || i, '\\x00' FROM generate_series(1, 300) i; \
+         TRUNCATE {table}",
+        log = log_table(&settings)
+    ))
+    .await?;
+    assert_eq!(log_rows(&sql, &settings).await?, vec![(None, None, false), (None, None, false)]);
+
+    // disable_notify: the library's writes log nothing.
+    let quiet = connect(&settings.clone().disable_notify(true)).await?;
+    sql.batch_execute(&format!("DELETE FROM {}", log_table(&settings))).await?;
+    quiet.set("q", &1, None).await?;
+    quiet.delete("q").await?;
+    assert!(log_rows(&sql, &settings).await?.is_empty());
+    cache.close().await;
+    quiet.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn raw_sql_writes_evict_every_node_through_the_flusher() -> anyhow::Result<()> {
+    let settings = settings_for("il_raw");
+    let nodes = [
+        connect(&node(&settings, "a")).await?,
+        connect(&node(&settings, "b")).await?,
+        connect(&node(&settings, "c")).await?,
+    ];
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    let mut took = Vec::new();
+    for round in 0..5 {
+        let key = format!("k{round}");
+        nodes[0].set(&key, &"old", None).await?;
+        for n in &nodes {
+            make_local(n, &key).await?;
+        }
+        sql.execute(&format!("UPDATE {table} SET value = convert_to('\"new\"', 'UTF8') WHERE key = $1"), &[&key])
+            .await?;
+        let start = Instant::now();
+        for n in &nodes {
+            eventually(DEADLINE, || async { value_of(n, &key).await.as_deref() == Some("new") }).await?;
+        }
+        took.push(start.elapsed());
+    }
+    eprintln!("raw SQL UPDATE -> every node of 3 evicted: {took:?}");
+    // Exactly one flusher, and the log is drained.
+    let holder = advisory_lock_holder(&sql, flusher_key(&settings)).await?;
+    assert!(holder.is_some(), "no node holds the flusher lock");
+    eventually(DEADLINE, || async { log_rows(&sql, &settings).await.is_ok_and(|r| r.is_empty()) }).await?;
+    for n in nodes {
+        n.close().await;
+    }
+    Ok(())
+}
+
+/// The flusher is stopped inside its batch statement (a test trigger on the log makes its DELETE wait for
+/// a lock the test holds: the rows are deleted and the notification queued, neither committed), then its
+/// session is terminated. The batch rolls back, so another node's flusher sends it: every node evicts.
+#[tokio::test]
+async fn flusher_killed_mid_batch_loses_no_invalidation() -> anyhow::Result<()> {
+    let settings = settings_for("il_kill");
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let blocker = sql_client(&settings.dsn).await?;
+    let (table, log) = (entries_table(&settings), log_table(&settings));
+    let flusher = eventually(DEADLINE, || async {
+        advisory_lock_holder(&sql, flusher_key(&settings)).await.ok().flatten().is_some()
+    });
+    flusher.await?;
+    let holder = advisory_lock_holder(&sql, flusher_key(&settings)).await?.unwrap_or_default();
+
+    for key in ["k1", "k2"] {
+        a.set(key, &"old", None).await?;
+        make_local(&a, key).await?;
+        make_local(&b, key).await?;
+    }
+    // A stall on the log's deletes, waiting for an advisory lock the blocker holds.
+    let stall = lock_key(&settings.schema_prefix, "test stall");
+    let p = &settings.schema_prefix;
+    sql.batch_execute(&format!(
+        "CREATE FUNCTION \"{p}stall\"() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_advisory_xact_lock({stall}); RETURN NULL; END $$; \
+         CREATE TRIGGER \"{p}stall\" AFTER DELETE ON {log} FOR EACH STATEMENT EXECUTE FUNCTION \"{p}stall\"()"
+    ))
+    .await?;
+    blocker.execute("SELECT pg_advisory_lock($1)", &[&stall]).await?;
+    let mut tap = NotifyTap::listen(&settings.dsn, &settings.notify_channel).await?;
+    // Raw SQL changes both keys; the flusher takes the batch and stalls inside it.
+    sql.batch_execute(&format!("UPDATE {table} SET value = convert_to('\"new\"', 'UTF8') WHERE key IN ('k1', 'k2')"))
+        .await?;
+    let waiting = || async {
+        let row = sql
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'", &[&holder])
+            .await;
+        row.is_ok_and(|r| r.is_some())
+    };
+    eventually(DEADLINE, waiting).await?;
+    // Mid-batch: the batch's rows are deleted in its open transaction, so other sessions still see them.
+    assert_eq!(log_rows(&sql, &settings).await?.len(), 2, "the flusher's batch is not committed");
+    assert!(terminate(&sql, holder).await?);
+    sql.batch_execute(&format!("DROP TRIGGER \"{p}stall\" ON {log}; DROP FUNCTION \"{p}stall\"()")).await?;
+    blocker.execute("SELECT pg_advisory_unlock($1)", &[&stall]).await?;
+
+    let start = Instant::now();
+    for (name, cache) in [("a", &a), ("b", &b)] {
+        for key in ["k1", "k2"] {
+            eventually(DEADLINE, || async { value_of(cache, key).await.as_deref() == Some("new") }).await?;
+        }
+        eprintln!("node {name} evicted both keys {:?} after the flusher was killed mid-batch", start.elapsed());
+    }
+    // The killed batch itself was sent (a node could also have evicted by reconciling after its
+    // listener reconnected): once the log is empty, its notification is in the tap.
+    eventually(DEADLINE, || async { log_rows(&sql, &settings).await.is_ok_and(|r| r.is_empty()) }).await?;
+    let heard = tap.drain(&settings.notify_channel).await?;
+    for key in ["k1", "k2"] {
+        assert!(heard.iter().any(|p| p.contains(&format!("[\"{key}\","))), "{key} was never notified: {heard:?}");
+    }
+    let new_holder = advisory_lock_holder(&sql, flusher_key(&settings)).await?;
+    assert!(new_holder.is_some_and(|pid| pid != holder), "a new flusher took over: {new_holder:?}");
+    a.close().await;
+    b.close().await;
+    Ok(())
+}
+
+/// The flusher's node goes away (its session killed, its node closed): another node's listener takes the
+/// lock within the election interval, and raw writes evict again.
+#[tokio::test]
+async fn flusher_failover_is_bounded() -> anyhow::Result<()> {
+    let settings = settings_for("il_failover");
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    let key_of = flusher_key(&settings);
+    eventually(DEADLINE, || async { advisory_lock_holder(&sql, key_of).await.ok().flatten().is_some() }).await?;
+    let first = advisory_lock_holder(&sql, key_of).await?.unwrap_or_default();
+    // Close whichever node flushes, so the other one must take over.
+    let a_pids: Vec<i32> = pgcache_tests::backends(&sql, &node(&settings, "a").application_name)
+        .await?
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    let (gone, survivor) = if a_pids.contains(&first) { (a, b) } else { (b, a) };
+    gone.close().await;
+    let closed = Instant::now();
+    eventually(DEADLINE, || async {
+        advisory_lock_holder(&sql, key_of).await.ok().flatten().is_some_and(|pid| pid != first)
+    })
+    .await?;
+    let failover = closed.elapsed();
+    eprintln!("flusher failover took {failover:?} (election interval 200 ms)");
+    assert!(failover < Duration::from_secs(2), "failover took {failover:?}");
+
+    survivor.set("k", &"old", None).await?;
+    make_local(&survivor, "k").await?;
+    sql.execute(&format!("UPDATE {table} SET value = convert_to('\"new\"', 'UTF8') WHERE key = 'k'"), &[]).await?;
+    eventually(DEADLINE, || async { value_of(&survivor, "k").await.as_deref() == Some("new") }).await?;
+    survivor.close().await;
+    Ok(())
+}
+
+/// A flusher that holds the lock but sends nothing (here: the test's own session holds it): the log's
+/// oldest row ages past the stall bound, every node withdraws its lease (serves no local copy) and,
+/// once a real flusher drains the log again, reconciles and serves local copies again.
+#[tokio::test]
+async fn a_stalled_flusher_ends_every_nodes_lease_within_the_stall_bound() -> anyhow::Result<()> {
+    let settings = settings_for("il_stall");
+    PostgresCache::init_db(&settings).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let squatter = sql_client(&settings.dsn).await?;
+    assert!(squatter
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&flusher_key(&settings)])
+        .await?
+        .try_get::<_, bool>(0)?);
+    let b = connect(&node(&settings, "b")).await?;
+    let table = entries_table(&settings);
+    b.set("k", &"old", None).await?;
+    // B's own write is logged and nobody drains: read it from B while its lease holds.
+    make_local(&b, "k").await?;
+    sql.execute(&format!("UPDATE {table} SET value = convert_to('\"new\"', 'UTF8') WHERE key = 'k'"), &[]).await?;
+    let start = Instant::now();
+    eventually(DEADLINE, || async { value_of(&b, "k").await.as_deref() == Some("new") }).await?;
+    let stale_for = start.elapsed();
+    // Stall bound max(2 x heartbeat, 1 s) plus one heartbeat to notice it.
+    let bound = Duration::from_secs(1) + settings.heartbeat_interval * 2;
+    eprintln!("stale copy served for {stale_for:?} with a stalled flusher (bound {bound:?})");
+    assert!(stale_for <= bound + Duration::from_millis(500), "served a stale copy for {stale_for:?}");
+    assert_ne!(b.status().listener, ListenerState::Listening, "no lease while the log is not drained");
+
+    // The squatter goes: B's listener becomes the flusher, drains, and trusts its local cache again.
+    squatter.execute("SELECT pg_advisory_unlock_all()", &[]).await?;
+    eventually(DEADLINE, || async { b.status().listener == ListenerState::Listening }).await?;
+    make_local(&b, "k").await?;
+    b.close().await;
+    Ok(())
+}
+
+/// Payload versions: version 1 (the triggers of schemas before 4) and 2 (the flusher's) both evict
+/// exactly the keys they name; another prefix's events are ignored; an unknown version flushes.
+#[tokio::test]
+async fn listeners_read_payload_versions_one_and_two_and_flush_on_unknown_ones() -> anyhow::Result<()> {
+    let settings = settings_for("il_versions");
+    let a = connect(&node(&settings, "a")).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let p = &settings.schema_prefix;
+    let keys = ["v1", "v2", "keep", "other"];
+
+    let fill = |a: &PostgresCache| {
+        let a = a.clone();
+        async move {
+            let mut versions = std::collections::HashMap::new();
+            for key in keys {
+                versions.insert(key, a.set_entry(key, "\"x\"".into(), &Default::default()).await?);
+                make_local(&a, key).await?;
+            }
+            anyhow::Ok(versions)
+        }
+    };
+    let version = fill(&a).await?;
+    let notify = |payload: String| {
+        let sql = &sql;
+        let channel = settings.notify_channel.clone();
+        async move { sql.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).await }
+    };
+    let newer = |key: &str| version[key] + 100;
+    notify(format!(r#"{{"p":"{p}","op":"update","keys":[["v1",{}]]}}"#, newer("v1"))).await?;
+    notify(format!(r#"{{"v":2,"p":"{p}","t":0,"u":[],"d":[["v2",{}]]}}"#, newer("v2"))).await?;
+    notify(format!(r#"{{"v":2,"p":"someone_else_","t":0,"u":[["other",{}]],"d":[]}}"#, newer("other"))).await?;
+    let local = |key: &'static str| {
+        let a = &a;
+        async move { source_of(a, key).await.ok() == Some(Source::Local) }
+    };
+    eventually(DEADLINE, || async { !local("v1").await && !local("v2").await }).await?;
+    assert!(local("keep").await, "a key no event named stays local");
+    assert!(local("other").await, "another prefix's event is ignored");
+
+    fill(&a).await?;
+    // Well-formed, of this prefix, but of a version this node does not know: it must not guess.
+    notify(format!(r#"{{"v":3,"p":"{p}","t":0,"u":[],"d":[]}}"#)).await?;
+    eventually(DEADLINE, || async { !local("keep").await && !local("other").await }).await?;
+    a.close().await;
+    Ok(())
+}
