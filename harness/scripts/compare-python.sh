@@ -24,7 +24,7 @@ echo "compare-python: postgres-cache $version in $venv_dir/venv" >&2
 harness="${PGCACHE_HARNESS:-}"
 if [ -z "$harness" ]; then
   (cd "$here" && cargo build --release --locked -q -p pgcache-harness)
-  harness="$here/target/release/pgcache-harness"
+  harness="${CARGO_TARGET_DIR:-$here/target}/release/pgcache-harness"
 fi
 backends="full,no-local,no-notify,redis,python-full,python-no-local,python-no-notify"
 case " $* " in *" --backends"*) backends="" ;; esac
