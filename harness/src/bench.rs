@@ -106,11 +106,13 @@ fn ns(d: Duration) -> u64 {
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let n = |base: f64| ((base * args.scale).round() as usize).max(10);
     let id = format!("{:x}", crate::load::events::now_ns() % 0xff_ffff);
-    let base = CacheSettings::new(&args.db.dsn)
-        .schema_prefix(format!("bench_{id}_"))
-        .notify_channel(format!("bench_{id}"))
-        .unlogged(args.db.unlogged)
-        .max_pool_size(16);
+    let base = args.db.apply(
+        CacheSettings::new(&args.db.dsn)
+            .schema_prefix(format!("bench_{id}_"))
+            .notify_channel(format!("bench_{id}"))
+            .unlogged(args.db.unlogged)
+            .max_pool_size(16),
+    );
     PostgresCache::init_db(&base).await.context("init_db (is PostgreSQL running? see --dsn)")?;
     let result = rows(args, &base, n).await;
     let _ = crate::load::drop_table(&base).await;
