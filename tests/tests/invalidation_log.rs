@@ -61,12 +61,22 @@ async fn library_writes_log_themselves_once_and_raw_sql_is_logged_by_the_trigger
     assert_eq!(rows.get(1), Some(&(Some("a".to_owned()), Some(v1), true)));
     assert_eq!(rows.len(), 2);
 
+    // The version trigger skips library sessions: each library UPDATE takes a new version itself.
+    let v2 = cache.set_entry("b", "x".into(), &Default::default()).await?;
+    let v3 = cache.set_entry("b", "y".into(), &Default::default()).await?;
+    assert!(cache.touch("b", Ttl::from(Duration::from_secs(60))).await?);
+    let v4: i64 = sql.query_one(&format!("SELECT version FROM {table} WHERE key = 'b'"), &[]).await?.try_get(0)?;
+    assert!(v1 < v2 && v2 < v3 && v3 < v4, "versions {v1} {v2} {v3} {v4}");
+    let logged: Vec<_> = log_rows(&sql, &settings).await?.into_iter().skip(2).map(|(_, v, _)| v).collect();
+    assert_eq!(logged, vec![Some(v2), Some(v3), Some(v4)], "each write logged once, with its version");
+    sql.batch_execute(&format!("DELETE FROM {}", log_table(&settings))).await?;
+
     sql.batch_execute(&format!(
         "INSERT INTO {table} (key, value) VALUES ('r1', '\\x00'), ('r2', '\\x00'); DELETE FROM {table} WHERE key = 'r1'"
     ))
     .await?;
     let rows = log_rows(&sql, &settings).await?;
-    let raw: Vec<_> = rows[2..].iter().map(|(k, _, d)| (k.clone().unwrap_or_default(), *d)).collect();
+    let raw: Vec<_> = rows.iter().map(|(k, _, d)| (k.clone().unwrap_or_default(), *d)).collect();
     let expected = [("r1", false), ("r2", false), ("r1", true)].map(|(k, d)| (k.to_owned(), d));
     assert_eq!(raw.len(), 3, "{rows:?}");
     for row in &expected {
@@ -315,5 +325,34 @@ async fn listeners_read_payload_versions_one_and_two_and_flush_on_unknown_ones()
     notify(format!(r#"{{"v":3,"p":"{p}","t":0,"u":[],"d":[]}}"#)).await?;
     eventually(DEADLINE, || async { !local("keep").await && !local("other").await }).await?;
     a.close().await;
+    Ok(())
+}
+
+/// A write and the delete of the same row carry the same version (the deleted row's); when both wait in
+/// one flusher batch, the delete is what is sent, so a node holding that version evicts it.
+#[tokio::test]
+async fn a_write_and_its_delete_in_one_batch_evict_as_a_delete() -> anyhow::Result<()> {
+    let settings = settings_for("il_tie");
+    PostgresCache::init_db(&settings).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    // No flusher while the two rows are logged: the test's session holds the lock (for well under the
+    // nodes' stall bound of 1 s).
+    let squatter = sql_client(&settings.dsn).await?;
+    assert!(squatter
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&flusher_key(&settings)])
+        .await?
+        .try_get::<_, bool>(0)?);
+    let writer = connect(&node(&settings, "w").local_max_entries(0)).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    writer.set("k", &"v", None).await?;
+    make_local(&b, "k").await?;
+    assert!(writer.delete("k").await?);
+    let logged = log_rows(&sql, &settings).await?;
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert_eq!(logged[0].1, logged[1].1, "the delete logs the version the write gave the row");
+    squatter.execute("SELECT pg_advisory_unlock_all()", &[]).await?;
+    eventually(DEADLINE, || async { value_of(&b, "k").await.is_none() }).await?;
+    writer.close().await;
+    b.close().await;
     Ok(())
 }

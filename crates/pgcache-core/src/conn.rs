@@ -46,7 +46,8 @@ pub(crate) fn pg_config(settings: &CacheSettings, name: &'static str, dsn: &str)
     options.push_str(&format!(" -c statement_timeout={}", settings.statement_timeout.as_millis()));
     // This library's statements log their own invalidations (none with disable_notify): the table's
     // triggers, which log for every other writer, skip its sessions (`sql/notify_function.sql`).
-    options.push_str(" -c pgcache.skip_notify=on");
+    // And every UPDATE it sends takes the row's new version itself, so the version trigger skips it too.
+    options.push_str(" -c pgcache.skip_notify=on -c pgcache.library=on");
     config.options(options.trim());
     if config.get_application_name().is_none() {
         config.application_name(&settings.application_name);

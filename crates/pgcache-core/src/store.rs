@@ -95,6 +95,9 @@ impl Statements {
     /// to the log (off when notifications are disabled: such a cache sends nothing).
     pub(crate) fn new(prefix: &str, log_invalidations: bool) -> Self {
         let t = format!("\"{prefix}cache_entries\"");
+        // Every UPDATE of a library statement takes its new version itself: the version trigger (plpgsql,
+        // once per row) skips library sessions (`sql/004_invalidation_log.sql`).
+        let bump = format!("version = nextval('\"{prefix}cache_version_seq\"'), updated_at = now()");
         let log = Log { table: log_invalidations.then(|| format!("\"{prefix}cache_invalidations\"")) };
         let expires = "now() + $3::bigint * interval '1 millisecond'";
         let upsert = format!(
@@ -103,12 +106,12 @@ impl Statements {
              now() + $7::bigint * interval '1 millisecond') \
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
              tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
-             refresh_at = EXCLUDED.refresh_at"
+             refresh_at = EXCLUDED.refresh_at, {bump}"
         );
         let replace = format!(
             "UPDATE {t} SET value = $2, expires_at = {expires}, tags = $4, \
              stale_until = now() + $5::bigint * interval '1 millisecond', compute_ms = $6, \
-             refresh_at = now() + $7::bigint * interval '1 millisecond' \
+             refresh_at = now() + $7::bigint * interval '1 millisecond', {bump} \
              WHERE key = $1 AND version = $8"
         );
         // Tags travel as one array literal per row (`{"a","b"}`, see `tags_literal`): unnest cannot
@@ -121,18 +124,18 @@ impl Statements {
              AS u(k, v, ttl, tg, st, cm, rf) \
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
              tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
-             refresh_at = EXCLUDED.refresh_at"
+             refresh_at = EXCLUDED.refresh_at, {bump}"
         );
         let touch_batch = format!(
             "UPDATE {t} SET expires_at = now() + u.ttl * interval '1 millisecond', \
-             stale_until = now() + u.ttl * interval '1 millisecond' + (stale_until - expires_at) \
+             stale_until = now() + u.ttl * interval '1 millisecond' + (stale_until - expires_at), {bump} \
              FROM unnest($1::text[], $2::bigint[]) AS u(k, ttl) WHERE key = u.k AND {LIVE}"
         );
         let live = format!(", {LIVE} AS live");
         // The stale window keeps its length past the new expiry (none without an expiry).
         let touch = format!(
             "UPDATE {t} SET expires_at = now() + $2::bigint * interval '1 millisecond', \
-             stale_until = now() + $2::bigint * interval '1 millisecond' + (stale_until - expires_at) \
+             stale_until = now() + $2::bigint * interval '1 millisecond' + (stale_until - expires_at), {bump} \
              WHERE key = $1 AND {LIVE}"
         );
         Self {
@@ -540,7 +543,9 @@ const PAYLOAD_MAX: usize = 7900;
 /// The flusher's batch statement, see [`CoherenceStatements::drain`]. Payload version 2 (listener.rs):
 /// `{"v":2,"p":prefix,"t":ms,"u":[[key,version],...],"d":[[key,version],...]}` (written, deleted) or
 /// `{"v":2,"p":prefix,"t":ms,"f":1}` (every key). `t` is when the oldest change of the batch was written.
-/// A key written several times in a batch is sent once, with its newest version.
+/// A key written several times in a batch is sent once, with its newest version; a delete wins over the
+/// write of the same version (the deleted row's version is the one its last write gave it), else a node
+/// holding that version would keep it.
 fn drain_sql(prefix: &str, channel: &str) -> String {
     let log = format!("\"{prefix}cache_invalidations\"");
     let flush = format!(r#"format('{{"v":2,"p":"{prefix}","t":%s,"f":1}}', (SELECT t FROM m))"#);
@@ -549,7 +554,8 @@ fn drain_sql(prefix: &str, channel: &str) -> String {
          RETURNING key, version, deleted, t), \
          m AS (SELECT coalesce((EXTRACT(EPOCH FROM min(t)) * 1000)::bigint, 0) AS t, \
                coalesce(bool_or(key IS NULL), false) AS everything FROM d), \
-         k AS (SELECT DISTINCT ON (key) key, version, deleted FROM d WHERE key IS NOT NULL ORDER BY key, version DESC), \
+         k AS (SELECT DISTINCT ON (key) key, version, deleted FROM d WHERE key IS NOT NULL \
+         ORDER BY key, version DESC, deleted DESC), \
          c AS (SELECT key, version, deleted, sum(octet_length(key) + 24) OVER (ORDER BY key) / {CHUNK_BYTES} AS chunk FROM k), \
          p AS (SELECT json_build_object('v', 2, 'p', '{prefix}', 't', (SELECT t FROM m), \
                  'u', coalesce(json_agg(json_build_array(key, version)) FILTER (WHERE NOT deleted), '[]'), \
