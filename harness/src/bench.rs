@@ -106,11 +106,13 @@ fn ns(d: Duration) -> u64 {
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let n = |base: f64| ((base * args.scale).round() as usize).max(10);
     let id = format!("{:x}", crate::load::events::now_ns() % 0xff_ffff);
-    let base = CacheSettings::new(&args.db.dsn)
-        .schema_prefix(format!("bench_{id}_"))
-        .notify_channel(format!("bench_{id}"))
-        .unlogged(args.db.unlogged)
-        .max_pool_size(16);
+    let base = args.db.apply(
+        CacheSettings::new(&args.db.dsn)
+            .schema_prefix(format!("bench_{id}_"))
+            .notify_channel(format!("bench_{id}"))
+            .unlogged(args.db.unlogged)
+            .max_pool_size(16),
+    );
     PostgresCache::init_db(&base).await.context("init_db (is PostgreSQL running? see --dsn)")?;
     let result = rows(args, &base, n).await;
     let _ = crate::load::drop_table(&base).await;
@@ -253,17 +255,19 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
         let ttl_ms: Option<i64> = Some(300_000);
         let tags: Vec<String> = Vec::new();
         for _ in 0..5 {
-            for _ in 0..n(500.0) {
-                let k = key(rng.gen_range(0..KEYS));
-                let t = Instant::now();
-                full.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
-                set.record(ns(t.elapsed()));
-            }
-            for _ in 0..n(500.0) {
-                let k = key(rng.gen_range(0..KEYS));
-                let t = Instant::now();
-                unbatched.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
-                set_unbatched.record(ns(t.elapsed()));
+            // Group commit on and off alternate write by write (each going first half the time), so drift
+            // and ordering hit both alike.
+            for i in 0..n(500.0) {
+                let pair = [(&full, &mut set), (&unbatched, &mut set_unbatched)];
+                let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+                let [mut a, mut b] = pair.map(Some);
+                for which in order {
+                    let Some((cache, latency)) = (if which == 0 { a.take() } else { b.take() }) else { continue };
+                    let k = key(rng.gen_range(0..KEYS));
+                    let t = Instant::now();
+                    cache.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
+                    latency.record(ns(t.elapsed()));
+                }
             }
             for _ in 0..n(500.0) {
                 let k = key(rng.gen_range(0..KEYS));

@@ -41,6 +41,23 @@ pub(crate) struct DbArgs {
     /// Create the cache table UNLOGGED (faster writes; emptied after a crash).
     #[arg(long)]
     pub(crate) unlogged: bool,
+    /// Direct DSN for the listener, locks and schema work when --dsn goes through a transaction pooler.
+    #[arg(long, hide_env_values = true)]
+    pub(crate) listen_dsn: Option<String>,
+    /// Send unnamed, typed statements instead of server-side prepared ones (for PgBouncer < 1.21).
+    #[arg(long)]
+    pub(crate) no_prepared_statements: bool,
+}
+
+impl DbArgs {
+    /// `settings` with this topology's connection options.
+    pub(crate) fn apply(&self, settings: pgcache_core::CacheSettings) -> pgcache_core::CacheSettings {
+        let settings = settings.prepared_statements(!self.no_prepared_statements);
+        match &self.listen_dsn {
+            Some(direct) => settings.listen_dsn(direct.clone()),
+            None => settings,
+        }
+    }
 }
 
 /// Options of `load`.

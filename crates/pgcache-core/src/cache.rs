@@ -26,6 +26,7 @@ use crate::local::LocalCache;
 use crate::lock::{KeyLock, LockSession};
 use crate::lock_key::lock_key;
 use crate::refresh::Plans;
+use crate::replica::{Answer, Replicas};
 use crate::settings::CacheSettings;
 use crate::store::{self, LoadRow, Statements, UpsertRow, WriteMeta};
 use crate::telemetry::{LockWait, Op, Outcome, Telemetry};
@@ -104,6 +105,8 @@ struct Node {
     locks: Arc<LockSession>,
     /// Where writes go: group commit, or one statement per write.
     writes: Arc<GroupCommit>,
+    /// Read replicas for shared-table reads (`read_dsns`), fenced.
+    replicas: Option<Replicas>,
     /// What each entry asked for in early refresh.
     plans: Plans,
     default_ttl: Duration,
@@ -186,9 +189,11 @@ impl Node {
         db.warm(settings.min_pool_size).await?;
         let coherence = Arc::new(coherence_for(settings));
         let (shutdown, _) = watch::channel(false);
-        let sql = Arc::new(Statements::new(&settings.schema_prefix, !settings.disable_notify));
+        let sql =
+            Arc::new(Statements::new(&settings.schema_prefix, !settings.disable_notify, settings.prepared_statements));
         let node = Self {
             writes: GroupCommit::new(Arc::clone(&db), Arc::clone(&sql), settings),
+            replicas: Replicas::new(settings)?,
             sql,
             flights: Flights::default(),
             locks: Arc::new(LockSession::new(settings)?),
@@ -259,12 +264,31 @@ impl Node {
         }
         self.coherence.evict_all();
         self.locks.close();
+        if let Some(replicas) = &self.replicas {
+            replicas.close();
+        }
         self.db.close();
     }
 
-    /// Reads the shared table, installing a hit locally.
+    /// Reads the shared table (a fenced replica when there are any, else the primary), installing a
+    /// hit locally.
     async fn read_shared(&self, key: &str) -> Result<Option<Entry>> {
         let snapshot = self.coherence.snapshot(key);
+        if let Some(replicas) = &self.replicas {
+            // After the snapshot: an invalidation is then either covered by the fence or refused at
+            // install. With the listener not trusted, invalidations may be missing: the primary answers.
+            let generation = self.coherence.epochs.generation();
+            if self.coherence.lease.trusted() {
+                if let Answer::Replica(row) = replicas.get(&self.db, &self.sql, key, generation).await {
+                    if let Some(row) = &row {
+                        self.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
+                    }
+                    return Ok(row);
+                }
+            } else {
+                replicas.not_trusted();
+            }
+        }
         let conn = self.db.conn().await?;
         let row = conn.bounded(store::get(conn.client()?, &self.sql, key)).await?;
         if let Some(row) = &row {
@@ -402,7 +426,8 @@ fn coherence_for(settings: &CacheSettings) -> Coherence {
 
 /// Checks that the schema is installed, current and intact before anything relies on it.
 async fn check_schema(db: &Db, settings: &CacheSettings) -> Result<()> {
-    let conn = db.conn().await?;
+    // On the direct connection when there is one: the checks are plain (unprepared-by-us) queries.
+    let conn = db.lock_conn().await?;
     conn.bounded(schema::verify(&***conn.client()?, settings)).await
 }
 
@@ -449,6 +474,7 @@ impl PostgresCache<JsonCodec> {
     /// run; [`Error::SchemaDamaged`]; [`Error::TooManyConnections`] and other database errors.
     pub async fn connect(settings: CacheSettings) -> Result<Self> {
         settings.validate()?;
+        reject_shards(&settings)?;
         let node = Node::start(&settings).await?;
         let cache = Self::unconnected(settings);
         // A fresh cell: cannot be set already.
@@ -474,6 +500,7 @@ impl PostgresCache<JsonCodec> {
     /// [`Error::InvalidSetting`]/[`Error::InvalidDsn`].
     pub fn connect_lazy(settings: CacheSettings) -> Result<Self> {
         settings.validate()?;
+        reject_shards(&settings)?;
         Ok(Self::unconnected(settings))
     }
 
@@ -496,6 +523,18 @@ impl PostgresCache<JsonCodec> {
         };
         Self { shared: Arc::new(shared), codec: JsonCodec }
     }
+}
+
+/// A `PostgresCache` talks to one server: settings naming shards belong to a
+/// [`ShardedCache`](crate::ShardedCache).
+fn reject_shards(settings: &CacheSettings) -> Result<()> {
+    if settings.shard_dsns.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidSetting {
+        name: "shard_dsns",
+        reason: "a PostgresCache uses `dsn` only: connect a ShardedCache for several shards".to_owned(),
+    })
 }
 
 impl<C> PostgresCache<C> {
@@ -1315,10 +1354,13 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
                 local_entries: 0,
                 local_bytes: 0,
                 closed,
+                replica_reads: 0,
+                replica_fallbacks: 0,
             };
         };
         let pool = node.db.status();
         let (local_entries, local_bytes) = node.coherence.usage_now();
+        let (replica_reads, replica_fallbacks) = node.replicas.as_ref().map_or((0, 0), Replicas::counts);
         let listener = if !listener_enabled {
             ListenerState::Disabled
         } else if node.coherence.lease.trusted() {
@@ -1335,6 +1377,8 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
             local_entries,
             local_bytes,
             closed,
+            replica_reads,
+            replica_fallbacks,
         }
     }
 

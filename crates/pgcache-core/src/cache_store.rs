@@ -376,6 +376,11 @@ pub struct CacheStatus {
     pub local_bytes: u64,
     /// Whether the cache has been closed.
     pub closed: bool,
+    /// With read replicas (`read_dsns`): shared-table reads a replica answered.
+    pub replica_reads: u64,
+    /// With read replicas: shared-table reads sent to the primary instead (replica behind the fence,
+    /// lagging past `max_replica_lag`, down, or the listener not trusted).
+    pub replica_fallbacks: u64,
 }
 
 /// The byte-level cache interface, implemented by [`PostgresCache`](crate::PostgresCache) and

@@ -46,6 +46,8 @@ pub(crate) struct Snapshot {
 /// the stripe's highest such version is still current and may be installed — so a node's own write is
 /// not thrown out by its own notification.
 pub(crate) struct Epochs {
+    /// Every bump of any counter below: the read-replica fence is taken again when it moved.
+    changes: AtomicU64,
     global: AtomicU64,
     hard: Box<[AtomicU64]>,
     soft: Box<[AtomicU64]>,
@@ -56,6 +58,7 @@ impl Epochs {
     pub(crate) fn new() -> Self {
         let counters = || (0..STRIPES).map(|_| AtomicU64::new(0)).collect();
         Self {
+            changes: AtomicU64::new(0),
             global: AtomicU64::new(0),
             hard: counters(),
             soft: counters(),
@@ -86,19 +89,27 @@ impl Epochs {
             && (now.soft == snapshot.soft || self.newest[Self::stripe(key)].load(Ordering::SeqCst) <= version)
     }
 
+    /// How many invalidations (of any kind) this node has applied so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
     /// Any fill of this key that started before now is stale.
     pub(crate) fn bump_key(&self, key: &str) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.hard[Self::stripe(key)].fetch_add(1, Ordering::SeqCst);
     }
 
     /// The key now holds `version` (or, for a delete, nothing older than `version`).
     pub(crate) fn bump_key_to(&self, key: &str, version: i64) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let i = Self::stripe(key);
         self.newest[i].fetch_max(version, Ordering::SeqCst);
         self.soft[i].fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn bump_all(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         self.global.fetch_add(1, Ordering::SeqCst);
     }
 }

@@ -125,10 +125,15 @@ pub(crate) async fn open(
     Ok((client, messages))
 }
 
-/// Opens one unpooled connection for schema work; a task drives it (notices are logged at debug level,
-/// never printed) until the client is dropped.
+/// Opens one unpooled connection for schema work (on `listen_dsn` when set: session work needs a direct
+/// connection, not one through a transaction pooler); a task drives it (notices are logged at debug
+/// level, never printed) until the client is dropped.
 pub(crate) async fn open_one_shot(settings: &CacheSettings) -> Result<tokio_postgres::Client> {
-    let (client, mut messages) = open(settings, "dsn", &settings.dsn).await?;
+    let (name, dsn) = match &settings.listen_dsn {
+        Some(direct) => ("listen_dsn", direct.as_str()),
+        None => ("dsn", settings.dsn.as_str()),
+    };
+    let (client, mut messages) = open(settings, name, dsn).await?;
     tokio::spawn(async move {
         while let Some(message) = messages.next().await {
             match message {

@@ -136,6 +136,8 @@ impl<C: Send + Sync + 'static> CacheStore for NullCache<C> {
             local_entries: 0,
             local_bytes: 0,
             closed: false,
+            replica_reads: 0,
+            replica_fallbacks: 0,
         }
     }
 

@@ -59,7 +59,7 @@ const ONE_MS: Duration = Duration::from_millis(1);
 /// ```
 ///
 /// # Environment
-/// [`from_env`](Self::from_env) reads `PGCACHE_DSN` (required) and, when set, `PGCACHE_LISTEN_DSN`,
+/// [`from_env`](Self::from_env) reads `PGCACHE_DSN` (required) and, when set, `PGCACHE_LISTEN_DSN`, `PGCACHE_SHARDS` and `PGCACHE_READ_DSNS` (DSNs separated by commas or spaces), `PGCACHE_MAX_REPLICA_LAG`, `PGCACHE_PREPARED_STATEMENTS`,
 /// `PGCACHE_NOTIFY_CHANNEL`, `PGCACHE_SCHEMA_PREFIX`, `PGCACHE_DISABLE_NOTIFY` (`true`/`false`),
 /// `PGCACHE_LOCAL_MAX_ENTRIES`, `PGCACHE_LOCAL_MAX_BYTES`, `PGCACHE_LOCAL_TTL`, `PGCACHE_DEFAULT_TTL`,
 /// `PGCACHE_MIN_POOL_SIZE`, `PGCACHE_MAX_POOL_SIZE`, `PGCACHE_POOL_TIMEOUT`, `PGCACHE_STATEMENT_TIMEOUT`,
@@ -98,11 +98,35 @@ pub struct CacheSettings {
     /// Its password is redacted in `Debug` and `Serialize`.
     #[serde(serialize_with = "serialize_redacted_dsn")]
     pub dsn: String,
-    /// Optional direct DSN for the LISTEN connection and advisory locks, for when `dsn` goes through a
+    /// Optional direct DSN for the LISTEN connection, advisory locks and schema work (`init_db`, the
+    /// schema check at connect, row triggers), for when `dsn` goes through a
     /// transaction pooler (PgBouncer in transaction mode breaks LISTEN and session locks). Default: `None` (use `dsn`).
     /// Its password is redacted in `Debug` and `Serialize`.
     #[serde(serialize_with = "serialize_redacted_listen_dsn")]
     pub listen_dsn: Option<String>,
+    /// The primaries of a sharded cache ([`ShardedCache`](crate::ShardedCache)), one DSN each; keys map to
+    /// them by rendezvous hashing. Empty (default): not sharded, `dsn` is the only server. A
+    /// [`PostgresCache`](crate::PostgresCache) refuses settings with shards. Passwords are redacted in
+    /// `Debug` and `Serialize`.
+    #[serde(serialize_with = "serialize_redacted_dsns")]
+    pub shard_dsns: Vec<String>,
+    /// Read replicas (hot standbys of `dsn`'s primary) for shared-table reads of `get` and `get_many`;
+    /// writes, locks, `get_or_set` and the listener stay on the primary. A replica read is fenced: it is
+    /// used only when the replica has replayed the primary's WAL up to a position taken after the last
+    /// invalidation this node heard, else the primary answers. Empty (default): no replicas. Passwords
+    /// are redacted in `Debug` and `Serialize`.
+    #[serde(serialize_with = "serialize_redacted_dsns")]
+    pub read_dsns: Vec<String>,
+    /// With `read_dsns`: the oldest the fence (the primary's WAL position) may be before it is taken
+    /// again, even with no invalidation heard; a replica further behind answers no read. This bounds how
+    /// stale a replica read can be when notifications are off. Default: 1 s. Accepted: 1 ms to 1 h.
+    #[serde(with = "duration_format")]
+    pub max_replica_lag: Duration,
+    /// Use server-side prepared statements (`prepare_cached`, the fastest path). Turn it off when `dsn`
+    /// goes through a transaction pooler that cannot track them (PgBouncer before 1.21, or 1.21+ without
+    /// `max_prepared_statements`): each statement is then sent as an unnamed, typed statement in a single
+    /// round trip. Default: `true`.
+    pub prepared_statements: bool,
     /// LISTEN/NOTIFY channel for invalidations: lowercase letters, digits, `_`, at most 63 bytes.
     /// Default: `pgcache_events`.
     pub notify_channel: String,
@@ -208,6 +232,10 @@ impl Default for CacheSettings {
         Self {
             dsn: String::new(),
             listen_dsn: None,
+            shard_dsns: Vec::new(),
+            read_dsns: Vec::new(),
+            max_replica_lag: Duration::from_secs(1),
+            prepared_statements: true,
             notify_channel: "pgcache_events".to_owned(),
             schema_prefix: "pgcache_".to_owned(),
             disable_notify: false,
@@ -246,6 +274,10 @@ impl fmt::Debug for CacheSettings {
         let Self {
             dsn,
             listen_dsn,
+            shard_dsns,
+            read_dsns,
+            max_replica_lag,
+            prepared_statements,
             notify_channel,
             schema_prefix,
             disable_notify,
@@ -277,6 +309,10 @@ impl fmt::Debug for CacheSettings {
         f.debug_struct("CacheSettings")
             .field("dsn", &redact_dsn(dsn))
             .field("listen_dsn", &listen_dsn.as_deref().map(redact_dsn))
+            .field("shard_dsns", &shard_dsns.iter().map(|d| redact_dsn(d)).collect::<Vec<_>>())
+            .field("read_dsns", &read_dsns.iter().map(|d| redact_dsn(d)).collect::<Vec<_>>())
+            .field("max_replica_lag", max_replica_lag)
+            .field("prepared_statements", prepared_statements)
             .field("notify_channel", notify_channel)
             .field("schema_prefix", schema_prefix)
             .field("disable_notify", disable_notify)
@@ -325,6 +361,35 @@ impl CacheSettings {
     /// Settings with every default and the given DSN.
     pub fn new(dsn: impl Into<String>) -> Self {
         Self { dsn: dsn.into(), ..Self::default() }
+    }
+
+    /// Sets [`shard_dsns`](Self::shard_dsns): the primaries of a [`ShardedCache`](crate::ShardedCache).
+    #[must_use]
+    pub fn shard_dsns<I, S>(mut self, dsns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.shard_dsns = dsns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`read_dsns`](Self::read_dsns): read replicas of the primary.
+    #[must_use]
+    pub fn read_dsns<I, S>(mut self, dsns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.read_dsns = dsns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`prepared_statements`](Self::prepared_statements).
+    #[must_use]
+    pub fn prepared_statements(mut self, on: bool) -> Self {
+        self.prepared_statements = on;
+        self
     }
 
     /// Sets [`listen_dsn`](Self::listen_dsn).
@@ -414,6 +479,8 @@ impl CacheSettings {
         cleanup_batch_size: u32,
         /// Sets [`heartbeat_interval`](Self::heartbeat_interval).
         heartbeat_interval: Duration,
+        /// Sets [`max_replica_lag`](Self::max_replica_lag).
+        max_replica_lag: Duration,
         /// Sets [`fail_open`](Self::fail_open).
         fail_open: bool,
         /// Sets [`group_commit`](Self::group_commit).
@@ -444,6 +511,17 @@ impl CacheSettings {
         let var = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
         if let Some(v) = var("PGCACHE_LISTEN_DSN") {
             s.listen_dsn = Some(v);
+        }
+        if let Some(v) = var("PGCACHE_SHARDS") {
+            s.shard_dsns =
+                v.split([',', ' ', '\n']).filter(|d| !d.trim().is_empty()).map(|d| d.trim().to_owned()).collect();
+        }
+        if let Some(v) = var("PGCACHE_READ_DSNS") {
+            s.read_dsns =
+                v.split([',', ' ', '\n']).filter(|d| !d.trim().is_empty()).map(|d| d.trim().to_owned()).collect();
+        }
+        if let Some(v) = var("PGCACHE_PREPARED_STATEMENTS") {
+            s.prepared_statements = parse_bool("prepared_statements", &v)?;
         }
         if let Some(v) = var("PGCACHE_NOTIFY_CHANNEL") {
             s.notify_channel = v;
@@ -496,6 +574,7 @@ impl CacheSettings {
         duration!("PGCACHE_STATEMENT_TIMEOUT", statement_timeout);
         duration!("PGCACHE_LOCK_WAIT_TIMEOUT", lock_wait_timeout);
         duration!("PGCACHE_HEARTBEAT_INTERVAL", heartbeat_interval);
+        duration!("PGCACHE_MAX_REPLICA_LAG", max_replica_lag);
         if let Some(v) = var("PGCACHE_SWEEPER_INTERVAL") {
             let d = parse_duration("sweeper_interval", &v)?;
             s.sweeper_interval = (!d.is_zero()).then_some(d);
@@ -524,6 +603,12 @@ impl CacheSettings {
         parse_dsn("dsn", &self.dsn)?;
         if let Some(listen) = &self.listen_dsn {
             parse_dsn("listen_dsn", listen)?;
+        }
+        for shard in &self.shard_dsns {
+            parse_dsn("shard_dsns", shard)?;
+        }
+        for replica in &self.read_dsns {
+            parse_dsn("read_dsns", replica)?;
         }
         let invalid = |name: &'static str, reason: String| Error::InvalidSetting { name, reason };
         if self.max_pool_size == 0 {
@@ -570,6 +655,7 @@ impl CacheSettings {
             ("statement_timeout", self.statement_timeout, ONE_MS, MAX_TIMEOUT),
             ("lock_wait_timeout", self.lock_wait_timeout, Duration::ZERO, MAX_TIMEOUT),
             ("heartbeat_interval", self.heartbeat_interval, ONE_MS, MAX_TIMEOUT),
+            ("max_replica_lag", self.max_replica_lag, ONE_MS, MAX_TIMEOUT),
         ] {
             check_range(name, value, min, max, "")?;
         }
@@ -782,6 +868,13 @@ fn serialize_redacted_dsn<S: serde::Serializer>(dsn: &str, serializer: S) -> std
     serializer.serialize_str(&redact_dsn(dsn))
 }
 
+fn serialize_redacted_dsns<S: serde::Serializer>(
+    dsns: &[String],
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_seq(dsns.iter().map(|d| redact_dsn(d)))
+}
+
 fn serialize_redacted_listen_dsn<S: serde::Serializer>(
     dsn: &Option<String>,
     serializer: S,
@@ -968,9 +1061,15 @@ mod tests {
             ("PGCACHE_LOCAL_MAX_ENTRIES", "7"),
             ("PGCACHE_DEFAULT_TTL", "90s"),
             ("PGCACHE_SWEEPER_INTERVAL", "0"),
+            ("PGCACHE_SHARDS", "postgresql://u:pw1@h1/db, postgresql://u:pw2@h2/db"),
+            ("PGCACHE_PREPARED_STATEMENTS", "false"),
         ];
         let s = CacheSettings::from_lookup(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string()))
             .expect("valid env");
+        assert_eq!(s.shard_dsns, ["postgresql://u:pw1@h1/db", "postgresql://u:pw2@h2/db"]);
+        assert!(!s.prepared_statements);
+        let shown = format!("{s:?} {}", serde_json::to_string(&s).expect("serializes"));
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
         assert_eq!(s.notify_channel, "chan");
         assert_eq!(s.schema_prefix, "p_");
         assert!(s.disable_notify);

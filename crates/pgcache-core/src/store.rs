@@ -2,11 +2,15 @@
 //! operation. Schema objects are created by `schema.rs` from the files in `sql/`.
 //!
 //! Identifiers (`schema_prefix`) are validated by [`CacheSettings::validate`] before they are formatted
-//! into SQL here; keys, values, TTLs and tags are always bind parameters. Every hot statement goes through
-//! `prepare_cached`.
+//! into SQL here; keys, values, TTLs and tags are always bind parameters. Every statement goes through
+//! [`query_rows`]/[`execute`]: `prepare_cached` by default, or, with `prepared_statements` off (a transaction
+//! pooler that cannot track prepared statements), an unnamed statement with its parameter types given,
+//! parsed, bound and run in one round trip (`query_typed`), so that no statement outlives its transaction.
 
 use bytes::Bytes;
 use deadpool_postgres::Client;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
 
 use crate::cache_store::Entry;
 use crate::error::{Error, Result};
@@ -19,6 +23,8 @@ const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
 const TTL_MS: &str = "(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::bigint";
 /// A row `get_or_load` may use: live, or expired but within its fail-safe (stale) window.
 const USABLE: &str = "(expires_at IS NULL OR expires_at > now() OR stale_until > now())";
+/// The WAL position a hot standby has replayed, in bytes (0 on a server that is not in recovery).
+const REPLAYED: &str = "COALESCE((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0)";
 /// Milliseconds until the row's deterministic refresh is due (`NULL`: none).
 const REFRESH_MS: &str = "(EXTRACT(EPOCH FROM (refresh_at - now())) * 1000)::bigint";
 
@@ -49,6 +55,10 @@ pub(crate) struct Statements {
     pub(crate) touch_batch: String,
     /// Group commit: the delete of every row carrying any of the tags, with the tags of the live ones.
     pub(crate) delete_tags_batch: String,
+    /// `GET` on a read replica, with the WAL position the replica has replayed (see `replica.rs`).
+    pub(crate) get_on_replica: String,
+    /// Server-side prepared statements (`prepare_cached`), or unnamed typed ones (`query_typed`).
+    pub(crate) prepared: bool,
 }
 
 /// Rows a library statement logs one by one; beyond this it logs one "every key" row. Above a group-commit
@@ -92,8 +102,9 @@ impl Log {
 
 impl Statements {
     /// The statements of `prefix`; with `log_invalidations` every write also appends its own invalidation
-    /// to the log (off when notifications are disabled: such a cache sends nothing).
-    pub(crate) fn new(prefix: &str, log_invalidations: bool) -> Self {
+    /// to the log (off when notifications are disabled: such a cache sends nothing); `prepared`: server-side
+    /// prepared statements, or unnamed typed ones.
+    pub(crate) fn new(prefix: &str, log_invalidations: bool, prepared: bool) -> Self {
         let t = format!("\"{prefix}cache_entries\"");
         // Every UPDATE of a library statement takes its new version itself: the version trigger (plpgsql,
         // once per row) skips library sessions (`sql/004_invalidation_log.sql`).
@@ -195,12 +206,65 @@ impl Statements {
                 "{} SELECT tags FROM d WHERE live",
                 log.with("d", &format!("DELETE FROM {t} WHERE tags && $1"), &format!(", tags{live}"), true, "live")
             ),
+            get_on_replica: format!(
+                "SELECT {REPLAYED}, r.value, r.version, r.ttl FROM (SELECT 1) AS one LEFT JOIN \
+                 (SELECT value, version, {TTL_MS} AS ttl FROM {t} WHERE key = $1 AND {LIVE}) AS r ON true"
+            ),
+            prepared,
         }
     }
 }
 
 fn pg<T>(r: std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
     r.map_err(Error::from_pg)
+}
+
+/// One bind parameter with its PostgreSQL type (needed by unnamed statements, which are not described
+/// before they run).
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// Runs `text` and returns its rows, prepared or not as `sql` says.
+async fn query_rows(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
+    if sql.prepared {
+        let stmt = pg(client.prepare_cached(text).await)?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+        pg(client.query(&stmt, &values).await)
+    } else {
+        pg(client.query_typed(text, params).await)
+    }
+}
+
+/// The only row of `text`, if any ([`Error::Postgres`] for more than one).
+async fn row_opt(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
+    if sql.prepared {
+        let stmt = pg(client.prepare_cached(text).await)?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+        pg(client.query_opt(&stmt, &values).await)
+    } else {
+        pg(client.query_typed_opt(text, params).await)
+    }
+}
+
+/// The one row of `text`.
+async fn row_one(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Row> {
+    if sql.prepared {
+        let stmt = pg(client.prepare_cached(text).await)?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+        pg(client.query_one(&stmt, &values).await)
+    } else {
+        pg(client.query_typed_one(text, params).await)
+    }
+}
+
+/// Runs `text`; returns how many rows it changed.
+async fn execute(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<u64> {
+    if sql.prepared {
+        let stmt = pg(client.prepare_cached(text).await)?;
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+        pg(client.execute(&stmt, &values).await)
+    } else {
+        pg(client.execute_typed(text, params).await)
+    }
 }
 
 fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Entry> {
@@ -215,8 +279,7 @@ fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Entry> {
 /// `GET`: the live row for `key`.
 pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<Option<Entry>> {
     let _timer = telemetry::statement("get");
-    let stmt = pg(client.prepare_cached(&sql.get).await)?;
-    match pg(client.query_opt(&stmt, &[&key]).await)? {
+    match row_opt(client, sql, &sql.get, &[(&key, Type::TEXT)]).await? {
         Some(row) => row_of(&row, 0).map(Some),
         None => Ok(None),
     }
@@ -225,8 +288,7 @@ pub(crate) async fn get(client: &Client, sql: &Statements, key: &str) -> Result<
 /// `GET` of many keys in one round trip; returns (key, row) pairs for the live ones.
 pub(crate) async fn get_many(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, Entry)>> {
     let _timer = telemetry::statement("get_many");
-    let stmt = pg(client.prepare_cached(&sql.get_many).await)?;
-    let rows = pg(client.query(&stmt, &[&keys]).await)?;
+    let rows = query_rows(client, sql, &sql.get_many, &[(&keys, Type::TEXT_ARRAY)]).await?;
     rows.iter().map(|row| Ok((pg(row.try_get::<_, String>(0))?, row_of(row, 1)?))).collect()
 }
 
@@ -245,8 +307,7 @@ pub(crate) struct LoadRow {
 /// `GET` for `get_or_load`: the row for `key` if live or within its stale window.
 pub(crate) async fn get_for_load(client: &Client, sql: &Statements, key: &str) -> Result<Option<LoadRow>> {
     let _timer = telemetry::statement("get_for_load");
-    let stmt = pg(client.prepare_cached(&sql.get_for_load).await)?;
-    let Some(row) = pg(client.query_opt(&stmt, &[&key]).await)? else { return Ok(None) };
+    let Some(row) = row_opt(client, sql, &sql.get_for_load, &[(&key, Type::TEXT)]).await? else { return Ok(None) };
     load_row(&row).map(Some)
 }
 
@@ -259,8 +320,7 @@ pub(crate) async fn get_or_lock(
     lock: i64,
 ) -> Result<(Option<LoadRow>, bool)> {
     let _timer = telemetry::statement("get_or_lock");
-    let stmt = pg(client.prepare_cached(&sql.get_or_lock).await)?;
-    let row = pg(client.query_one(&stmt, &[&key, &lock]).await)?;
+    let row = row_one(client, sql, &sql.get_or_lock, &[(&key, Type::TEXT), (&lock, Type::INT8)]).await?;
     let locked: bool = pg(row.try_get(6))?;
     let found: Option<bool> = pg(row.try_get(3))?;
     let entry = match found {
@@ -323,10 +383,16 @@ pub(crate) async fn upsert(
     meta: WriteMeta,
 ) -> Result<i64> {
     let _timer = telemetry::statement("upsert");
-    let stmt = pg(client.prepare_cached(&sql.upsert).await)?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-        [&key, &value, &ttl_ms, &tags, &meta.stale_ms, &meta.compute_ms, &meta.refresh_ms];
-    pg(pg(client.query_one(&stmt, &params).await)?.try_get(0))
+    let params: [Param<'_>; 7] = [
+        (&key, Type::TEXT),
+        (&value, Type::BYTEA),
+        (&ttl_ms, Type::INT8),
+        (&tags, Type::TEXT_ARRAY),
+        (&meta.stale_ms, Type::INT8),
+        (&meta.compute_ms, Type::INT4),
+        (&meta.refresh_ms, Type::INT8),
+    ];
+    pg(row_one(client, sql, &sql.upsert, &params).await?.try_get(0))
 }
 
 /// Rewrite of one entry only if it is still at version `seen`; returns its new version, or `None`
@@ -343,10 +409,17 @@ pub(crate) async fn replace(
     seen: i64,
 ) -> Result<Option<i64>> {
     let _timer = telemetry::statement("replace");
-    let stmt = pg(client.prepare_cached(&sql.replace).await)?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
-        [&key, &value, &ttl_ms, &tags, &meta.stale_ms, &meta.compute_ms, &meta.refresh_ms, &seen];
-    match pg(client.query_opt(&stmt, &params).await)? {
+    let params: [Param<'_>; 8] = [
+        (&key, Type::TEXT),
+        (&value, Type::BYTEA),
+        (&ttl_ms, Type::INT8),
+        (&tags, Type::TEXT_ARRAY),
+        (&meta.stale_ms, Type::INT8),
+        (&meta.compute_ms, Type::INT4),
+        (&meta.refresh_ms, Type::INT8),
+        (&seen, Type::INT8),
+    ];
+    match row_opt(client, sql, &sql.replace, &params).await? {
         Some(row) => pg(row.try_get(0)).map(Some),
         None => Ok(None),
     }
@@ -355,38 +428,33 @@ pub(crate) async fn replace(
 /// Delete of one key; returns whether a live row existed.
 pub(crate) async fn delete(client: &Client, sql: &Statements, key: &str) -> Result<bool> {
     let _timer = telemetry::statement("delete");
-    let stmt = pg(client.prepare_cached(&sql.delete).await)?;
-    match pg(client.query_opt(&stmt, &[&key]).await)? {
+    match row_opt(client, sql, &sql.delete, &[(&key, Type::TEXT)]).await? {
         Some(row) => pg(row.try_get(0)),
         None => Ok(false),
     }
 }
 
-async fn count(client: &Client, text: &str, param: &(dyn tokio_postgres::types::ToSql + Sync)) -> Result<u64> {
-    let stmt = pg(client.prepare_cached(text).await)?;
-    let n: i64 = pg(pg(client.query_one(&stmt, &[param]).await)?.try_get(0))?;
+async fn count(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<u64> {
+    let n: i64 = pg(row_one(client, sql, text, params).await?.try_get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Delete of every row carrying any of `tags`.
 pub(crate) async fn delete_tags(client: &Client, sql: &Statements, tags: &[&str]) -> Result<u64> {
     let _timer = telemetry::statement("delete_tags");
-    count(client, &sql.delete_tags, &tags).await
+    count(client, sql, &sql.delete_tags, &[(&tags, Type::TEXT_ARRAY)]).await
 }
 
 /// Delete of every row of the prefix.
 pub(crate) async fn clear(client: &Client, sql: &Statements) -> Result<u64> {
     let _timer = telemetry::statement("clear");
-    let stmt = pg(client.prepare_cached(&sql.clear).await)?;
-    let n: i64 = pg(pg(client.query_one(&stmt, &[]).await)?.try_get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    count(client, sql, &sql.clear, &[]).await
 }
 
 /// Remaining TTL of a live key.
 pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<Option<Expiry>> {
     let _timer = telemetry::statement("ttl");
-    let stmt = pg(client.prepare_cached(&sql.ttl).await)?;
-    match pg(client.query_opt(&stmt, &[&key]).await)? {
+    match row_opt(client, sql, &sql.ttl, &[(&key, Type::TEXT)]).await? {
         Some(row) => Ok(Some(Expiry::from_sql_millis(pg(row.try_get(0))?))),
         None => Ok(None),
     }
@@ -395,8 +463,7 @@ pub(crate) async fn ttl(client: &Client, sql: &Statements, key: &str) -> Result<
 /// New TTL for a live key; returns whether it existed.
 pub(crate) async fn touch(client: &Client, sql: &Statements, key: &str, ttl_ms: Option<i64>) -> Result<bool> {
     let _timer = telemetry::statement("touch");
-    let stmt = pg(client.prepare_cached(&sql.touch).await)?;
-    let n: i64 = pg(pg(client.query_one(&stmt, &[&key, &ttl_ms]).await)?.try_get(0))?;
+    let n: i64 = pg(row_one(client, sql, &sql.touch, &[(&key, Type::TEXT), (&ttl_ms, Type::INT8)]).await?.try_get(0))?;
     Ok(n > 0)
 }
 
@@ -437,7 +504,6 @@ pub(crate) fn tags_literal(tags: &[String]) -> String {
 /// Upsert of many distinct keys in one statement; returns `(key, version)` of every row written.
 pub(crate) async fn upsert_batch(client: &Client, sql: &Statements, rows: &[&UpsertRow]) -> Result<Vec<(String, i64)>> {
     let _timer = telemetry::statement("upsert_batch");
-    let stmt = pg(client.prepare_cached(&sql.upsert_batch).await)?;
     let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
     let values: Vec<&[u8]> = rows.iter().map(|r| &r.value[..]).collect();
     let ttls: Vec<Option<i64>> = rows.iter().map(|r| r.ttl_ms).collect();
@@ -445,17 +511,23 @@ pub(crate) async fn upsert_batch(client: &Client, sql: &Statements, rows: &[&Ups
     let stale: Vec<Option<i64>> = rows.iter().map(|r| r.meta.stale_ms).collect();
     let compute: Vec<Option<i32>> = rows.iter().map(|r| r.meta.compute_ms).collect();
     let refresh: Vec<Option<i64>> = rows.iter().map(|r| r.meta.refresh_ms).collect();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-        [&keys, &values, &ttls, &tags, &stale, &compute, &refresh];
-    let out = pg(client.query(&stmt, &params).await)?;
+    let params: [Param<'_>; 7] = [
+        (&keys, Type::TEXT_ARRAY),
+        (&values, Type::BYTEA_ARRAY),
+        (&ttls, Type::INT8_ARRAY),
+        (&tags, Type::TEXT_ARRAY),
+        (&stale, Type::INT8_ARRAY),
+        (&compute, Type::INT4_ARRAY),
+        (&refresh, Type::INT8_ARRAY),
+    ];
+    let out = query_rows(client, sql, &sql.upsert_batch, &params).await?;
     out.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
 }
 
 /// Delete of many distinct keys in one statement; returns `(key, was live)` of every row deleted.
 pub(crate) async fn delete_batch(client: &Client, sql: &Statements, keys: &[&str]) -> Result<Vec<(String, bool)>> {
     let _timer = telemetry::statement("delete_batch");
-    let stmt = pg(client.prepare_cached(&sql.delete_batch).await)?;
-    let out = pg(client.query(&stmt, &[&keys]).await)?;
+    let out = query_rows(client, sql, &sql.delete_batch, &[(&keys, Type::TEXT_ARRAY)]).await?;
     out.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
 }
 
@@ -467,31 +539,64 @@ pub(crate) async fn touch_batch(
     ttls: &[Option<i64>],
 ) -> Result<Vec<String>> {
     let _timer = telemetry::statement("touch_batch");
-    let stmt = pg(client.prepare_cached(&sql.touch_batch).await)?;
-    let out = pg(client.query(&stmt, &[&keys, &ttls]).await)?;
+    let out =
+        query_rows(client, sql, &sql.touch_batch, &[(&keys, Type::TEXT_ARRAY), (&ttls, Type::INT8_ARRAY)]).await?;
     out.iter().map(|row| pg(row.try_get(0))).collect()
 }
 
 /// Delete of every row carrying any of `tags`; returns the tags of each live row deleted.
 pub(crate) async fn delete_tags_batch(client: &Client, sql: &Statements, tags: &[&str]) -> Result<Vec<Vec<String>>> {
     let _timer = telemetry::statement("delete_tags_batch");
-    let stmt = pg(client.prepare_cached(&sql.delete_tags_batch).await)?;
-    let out = pg(client.query(&stmt, &[&tags]).await)?;
+    let out = query_rows(client, sql, &sql.delete_tags_batch, &[(&tags, Type::TEXT_ARRAY)]).await?;
     out.iter().map(|row| pg(row.try_get(0))).collect()
 }
 
 /// Deletes up to `batch` expired rows, skipping rows locked by others; returns how many.
 pub(crate) async fn sweep_batch(client: &Client, sql: &Statements, batch: i64) -> Result<u64> {
     let _timer = telemetry::statement("sweep_batch");
-    let stmt = pg(client.prepare_cached(&sql.sweep).await)?;
-    pg(client.execute(&stmt, &[&batch]).await)
+    execute(client, sql, &sql.sweep, &[(&batch, Type::INT8)]).await
+}
+
+// ---- Read replicas (replica.rs): the fence and the fenced read ----
+
+fn wal_position(row: &Row) -> Result<u64> {
+    let bytes: i64 = pg(row.try_get(0))?;
+    Ok(u64::try_from(bytes).unwrap_or(0))
+}
+
+/// The primary's WAL insert position, in bytes: every commit that has sent its notification lies before
+/// it (the insert position, not the write position: with `synchronous_commit = off` a commit's record may
+/// not be written yet when its notification is delivered).
+pub(crate) async fn current_wal_lsn(client: &Client) -> Result<u64> {
+    let _timer = telemetry::statement("current_wal_lsn");
+    let row = pg(client.query_typed_one("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint", &[]).await)?;
+    wal_position(&row)
+}
+
+/// The WAL position a hot standby has replayed, in bytes (0 when it is not in recovery).
+pub(crate) async fn replayed_wal_lsn(client: &Client) -> Result<u64> {
+    let _timer = telemetry::statement("replayed_wal_lsn");
+    let row = pg(client.query_typed_one(&format!("SELECT {REPLAYED}"), &[]).await)?;
+    wal_position(&row)
+}
+
+/// `GET` on a replica: the live row for `key`, and the WAL position replayed while the statement ran.
+pub(crate) async fn get_on_replica(client: &Client, sql: &Statements, key: &str) -> Result<(Option<Entry>, u64)> {
+    let _timer = telemetry::statement("get_on_replica");
+    let row = row_one(client, sql, &sql.get_on_replica, &[(&key, Type::TEXT)]).await?;
+    let replayed = wal_position(&row)?;
+    let version: Option<i64> = pg(row.try_get(2))?;
+    let entry = match version {
+        Some(_) => Some(row_of(&row, 1)?),
+        None => None,
+    };
+    Ok((entry, replayed))
 }
 
 /// Deletes up to `batch` invalidation-log rows older than a minute; returns how many.
 pub(crate) async fn trim_log(client: &Client, sql: &Statements, batch: i64) -> Result<u64> {
     let _timer = telemetry::statement("trim_log");
-    let stmt = pg(client.prepare_cached(&sql.trim_log).await)?;
-    pg(client.execute(&stmt, &[&batch]).await)
+    execute(client, sql, &sql.trim_log, &[(&batch, Type::INT8)]).await
 }
 
 /// `pg_try_advisory_lock`: true when this session now holds the lock.
@@ -671,7 +776,7 @@ mod tests {
 
     #[test]
     fn statements_quote_the_table() {
-        let st = Statements::new("a_", true);
+        let st = Statements::new("a_", true, true);
         assert!(st.get.contains("FROM \"a_cache_entries\""));
         assert!(st.upsert_batch.contains("tg::text[]"));
     }

@@ -23,6 +23,7 @@
 //! | [`LOCAL_ENTRIES`], [`LOCAL_BYTES`] | gauge | `cache.name` |
 //! | [`LOCAL_EVICTIONS`] | counter | `cache.name`, `cache.eviction.cause` |
 //! | [`SWEPT_ROWS`] | counter | `cache.name` |
+//! | [`SHARED_READS`] | counter | `cache.name`, `db.server` (`replica`, `primary`), `cache.reason` (`fenced`, `lagging`, `unavailable`) |
 //! | [`HTTP_RESPONSES`] | counter | `cache.outcome` (from the final `Cache-Status`) |
 //! | [`RESOURCE_LOOKUPS`] | counter | `cache.resource`, `cache.outcome` |
 //!
@@ -70,6 +71,10 @@ pub const LOCAL_BYTES: &str = "pgcache.local.bytes";
 pub const LOCAL_EVICTIONS: &str = "pgcache.local.evictions";
 /// Expired rows removed by the sweeper (counter).
 pub const SWEPT_ROWS: &str = "pgcache.sweeper.rows";
+/// Shared-table reads of a cache with read replicas, by the server that answered (`replica` or `primary`)
+/// and why (`fenced`: the replica had replayed every invalidation heard; `lagging`: it had not;
+/// `unavailable`: it failed) (counter).
+pub const SHARED_READS: &str = "pgcache.shared.reads";
 /// HTTP responses of the tower layer by `Cache-Status` outcome (counter).
 pub const HTTP_RESPONSES: &str = "pgcache.http.responses";
 /// `Cached<T>`/`Lookup<T>` outcomes by resource type (counter).
@@ -329,6 +334,12 @@ impl Drop for StatementTimer {
     }
 }
 
+/// Counts one shared-table read of a cache with read replicas.
+pub(crate) fn shared_read(prefix: &str, server: &'static str, reason: &'static str) {
+    counter!(SHARED_READS, CACHE_NAME => prefix.to_owned(), "db.server" => server, "cache.reason" => reason)
+        .increment(1);
+}
+
 /// Counts rows removed by the sweeper.
 pub(crate) fn swept(prefix: &str, rows: u64) {
     if rows > 0 {
@@ -528,6 +539,7 @@ pub fn describe() {
     describe_gauge!(LOCAL_BYTES, Unit::Bytes, "Weighted bytes in the local cache");
     describe_counter!(LOCAL_EVICTIONS, "Local entries removed, by cause");
     describe_counter!(SWEPT_ROWS, "Expired rows removed by the sweeper");
+    describe_counter!(SHARED_READS, "Shared-table reads of a cache with read replicas, by server and reason");
     describe_counter!(HTTP_RESPONSES, "HTTP responses by Cache-Status outcome");
     describe_counter!(RESOURCE_LOOKUPS, "Cached<T> outcomes by resource type");
 }

@@ -89,6 +89,7 @@ pub(crate) async fn run(args: &LoadArgs) -> anyhow::Result<Outcome> {
         .application_name(format!("harness_{run_id}"))
         .fail_open(!args.faults)
         .loader_soft_timeout(args.loader_soft_timeout);
+    let settings = args.db.apply(settings);
     PostgresCache::init_db(&settings).await.context("init_db (is PostgreSQL running? see --dsn)")?;
     let result = run_with_table(args, &settings, &run_id).await;
     if !args.keep {
