@@ -259,17 +259,19 @@ async fn rows(args: &BenchArgs, base: &CacheSettings, n: impl Fn(f64) -> usize) 
         let ttl_ms: Option<i64> = Some(300_000);
         let tags: Vec<String> = Vec::new();
         for _ in 0..5 {
-            for _ in 0..n(500.0) {
-                let k = key(rng.gen_range(0..KEYS));
-                let t = Instant::now();
-                full.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
-                set.record(ns(t.elapsed()));
-            }
-            for _ in 0..n(500.0) {
-                let k = key(rng.gen_range(0..KEYS));
-                let t = Instant::now();
-                unbatched.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
-                set_unbatched.record(ns(t.elapsed()));
+            // Group commit on and off alternate write by write (each going first half the time), so drift
+            // and ordering hit both alike.
+            for i in 0..n(500.0) {
+                let pair = [(&full, &mut set), (&unbatched, &mut set_unbatched)];
+                let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+                let [mut a, mut b] = pair.map(Some);
+                for which in order {
+                    let Some((cache, latency)) = (if which == 0 { a.take() } else { b.take() }) else { continue };
+                    let k = key(rng.gen_range(0..KEYS));
+                    let t = Instant::now();
+                    cache.set_bytes(&k, value.clone(), Ttl::After(Duration::from_secs(300))).await?;
+                    latency.record(ns(t.elapsed()));
+                }
             }
             for _ in 0..n(500.0) {
                 let k = key(rng.gen_range(0..KEYS));
