@@ -104,6 +104,10 @@ fn ns(d: Duration) -> u64 {
 
 /// Runs every row and prints the table.
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.db.shards.is_empty() && args.db.read_dsns.is_empty(),
+        "bench measures one server: run `load` with --shard / --read-dsn"
+    );
     let n = |base: f64| ((base * args.scale).round() as usize).max(10);
     let id = format!("{:x}", crate::load::events::now_ns() % 0xff_ffff);
     let base = args.db.apply(

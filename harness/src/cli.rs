@@ -47,12 +47,23 @@ pub(crate) struct DbArgs {
     /// Send unnamed, typed statements instead of server-side prepared ones (for PgBouncer < 1.21).
     #[arg(long)]
     pub(crate) no_prepared_statements: bool,
+    /// `load`: shard the cache over these primaries (repeat, or separate with commas); the cache then
+    /// ignores `--dsn`. `scripts/with-topology` exports them as PGCACHE_SHARD_DSNS.
+    #[arg(long = "shard", value_delimiter = ',')]
+    pub(crate) shards: Vec<String>,
+    /// `load`: read replicas (repeat, or separate with commas) of the first primary (`--dsn`, or the
+    /// first `--shard`): `get`'s shared-table reads go there, fenced.
+    #[arg(long = "read-dsn", value_delimiter = ',')]
+    pub(crate) read_dsns: Vec<String>,
 }
 
 impl DbArgs {
     /// `settings` with this topology's connection options.
     pub(crate) fn apply(&self, settings: pgcache_core::CacheSettings) -> pgcache_core::CacheSettings {
-        let settings = settings.prepared_statements(!self.no_prepared_statements);
+        let settings = settings
+            .prepared_statements(!self.no_prepared_statements)
+            .shard_dsns(self.shards.iter().cloned())
+            .read_dsns(self.read_dsns.iter().cloned());
         match &self.listen_dsn {
             Some(direct) => settings.listen_dsn(direct.clone()),
             None => settings,

@@ -51,6 +51,10 @@ pub(crate) struct LoadReport {
     pub(crate) check: check::Outcome,
     /// Peak resident set size of each worker process, in KiB (0 where unknown).
     pub(crate) worker_peak_rss_kb: Vec<u64>,
+    /// With `--read-dsn`: `get`'s shared-table reads a replica answered.
+    pub(crate) replica_reads: u64,
+    /// With `--read-dsn`: `get`'s shared-table reads sent to the primary instead.
+    pub(crate) replica_fallbacks: u64,
 }
 
 /// Invalidation propagation: probe write acknowledged on process 0 to the new value seen on another process.
@@ -90,11 +94,25 @@ pub(crate) async fn run(args: &LoadArgs) -> anyhow::Result<Outcome> {
         .fail_open(!args.faults)
         .loader_soft_timeout(args.loader_soft_timeout);
     let settings = args.db.apply(settings);
-    PostgresCache::init_db(&settings).await.context("init_db (is PostgreSQL running? see --dsn)")?;
+    let shards = worker::shard_settings(&settings);
+    anyhow::ensure!(shards.len() == 1 || args.prefill == 0, "--prefill writes to --dsn only: not with --shard");
+    anyhow::ensure!(shards.len() == 1 || !args.faults, "--faults targets --dsn only: not with --shard");
+    for shard in &shards {
+        PostgresCache::init_db(shard)
+            .await
+            .with_context(|| format!("init_db on {} (is PostgreSQL running?)", shard.dsn))?;
+    }
     let result = run_with_table(args, &settings, &run_id).await;
+    if let (Ok(outcome), false) = (&result, args.quiet_report) {
+        if shards.len() > 1 || !settings.read_dsns.is_empty() {
+            print_topology(&shards, &outcome.report).await;
+        }
+    }
     if !args.keep {
-        if let Err(e) = drop_table(&settings).await {
-            eprintln!("warning: could not drop the run's table: {e:#}");
+        for shard in &shards {
+            if let Err(e) = drop_table(shard).await {
+                eprintln!("warning: could not drop the run's table on {}: {e:#}", shard.dsn);
+            }
         }
     }
     result
@@ -172,8 +190,9 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
     for (index, mut reader) in lines.into_iter().enumerate() {
         let progress = std::sync::Arc::clone(&progress);
         readers.push(tokio::spawn(async move {
-            // `Some(peak RSS in KiB)` once the worker said `done`.
+            // `Some(peak RSS in KiB)` once the worker said `done` (then its replica and primary reads).
             let mut finished = None;
+            let mut reads = (0u64, 0u64);
             while let Ok(Some(line)) = reader.next_line().await {
                 let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
                 let mut words = rest.split_whitespace();
@@ -183,10 +202,12 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
                     }
                 }
                 if kind == "done" {
-                    finished = Some(words.next().and_then(|w| w.parse::<u64>().ok()).unwrap_or(0));
+                    let mut number = || words.next().and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
+                    finished = Some(number());
+                    reads = (number(), number());
                 }
             }
-            finished
+            finished.map(|peak| (peak, reads))
         }));
     }
     let ticker = {
@@ -215,11 +236,17 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
     });
     let mut failed = Vec::new();
     let mut worker_peak_rss_kb = Vec::new();
+    // Shared-table reads of `get` answered by a replica, and sent to the primary instead.
+    let mut replica_reads = (0u64, 0u64);
     for (index, (child, reader)) in children.iter_mut().zip(readers).enumerate() {
         let finished = reader.await.ok().flatten();
         let status = child.wait().await?;
         match finished {
-            Some(peak) if status.success() => worker_peak_rss_kb.push(peak),
+            Some((peak, (replica, primary))) if status.success() => {
+                worker_peak_rss_kb.push(peak);
+                replica_reads.0 += replica;
+                replica_reads.1 += primary;
+            }
             _ => failed.push(format!("worker {index} exited with {status}")),
         }
     }
@@ -286,6 +313,8 @@ async fn run_with_table(args: &LoadArgs, settings: &CacheSettings, run_id: &str)
     let params = chart_params(&config);
     let (mut report, _) = analysis.finish(config, wall, checked);
     report.worker_peak_rss_kb = worker_peak_rss_kb;
+    report.replica_reads = replica_reads.0;
+    report.replica_fallbacks = replica_reads.1;
     if !args.quiet_report {
         print_report(&report, &args.out);
     }
@@ -429,6 +458,8 @@ impl Analysis {
             errors,
             check,
             worker_peak_rss_kb: Vec::new(),
+            replica_reads: 0,
+            replica_fallbacks: 0,
         };
         (report, chart)
     }
@@ -518,6 +549,57 @@ async fn prefill(settings: &CacheSettings, rows: u64, value_size: u64) -> anyhow
     client.execute(&sql, &[&rows, &size]).await.context("prefill")?;
     client.execute(&format!("ANALYZE {table}"), &[]).await?;
     Ok(())
+}
+
+/// Prints each primary's share of the run's table traffic (rows written, index scans), from the
+/// server's own statistics (`pg_stat_user_tables`, flushed when the workers' sessions ended).
+async fn print_topology(shards: &[CacheSettings], report: &LoadReport) {
+    let mut rows = Vec::new();
+    for shard in shards {
+        let table = format!("{}cache_entries", shard.schema_prefix);
+        let sql = "SELECT COALESCE(n_tup_ins + n_tup_upd + n_tup_del, 0), COALESCE(idx_scan, 0) \
+                   FROM pg_stat_user_tables WHERE relname = $1";
+        let load = async {
+            let client = connect_raw(&shard.dsn).await?;
+            let row = client.query_one(sql, &[&table]).await?;
+            anyhow::Ok((row.try_get::<_, i64>(0)?, row.try_get::<_, i64>(1)?))
+        };
+        match load.await {
+            Ok(load) => rows.push((shard.dsn.clone(), load)),
+            Err(e) => eprintln!("warning: no statistics from {}: {e:#}", shard.dsn),
+        }
+    }
+    let writes: i64 = rows.iter().map(|(_, (w, _))| w).sum();
+    let scans: i64 = rows.iter().map(|(_, (_, s))| s).sum();
+    let share = |part: i64, all: i64| if all > 0 { 100.0 * part as f64 / all as f64 } else { 0.0 };
+    let (replica, primary) = (report.replica_reads, report.replica_fallbacks);
+    if replica + primary > 0 {
+        let all = i64::try_from(replica + primary).unwrap_or(i64::MAX);
+        println!(
+            "get's shared-table reads: replica {replica} ({:.1} %), primary {primary} ({:.1} %)",
+            share(i64::try_from(replica).unwrap_or(i64::MAX), all),
+            share(i64::try_from(primary).unwrap_or(i64::MAX), all)
+        );
+    }
+    for (dsn, (w, s)) in &rows {
+        println!(
+            "shard {}: {w} rows written ({:.1} %), {s} index scans ({:.1} %)",
+            server_label(dsn),
+            share(*w, writes),
+            share(*s, scans)
+        );
+    }
+}
+
+/// `host:port` of a DSN, never its credentials.
+fn server_label(dsn: &str) -> String {
+    let Ok(config) = dsn.parse::<tokio_postgres::Config>() else { return "(unparsable DSN)".to_owned() };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    format!("{host}:{}", config.get_ports().first().copied().unwrap_or(5432))
 }
 
 /// A plain tokio-postgres connection (for setup, teardown and the raw baselines).

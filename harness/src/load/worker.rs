@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use pgcache_core::{CacheSettings, CacheStore, Fill, PostgresCache, SetOptions, Source, Ttl};
+use pgcache_core::{CacheSettings, CacheStore, Fill, SetOptions, ShardedCache, Source, Ttl};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -66,9 +66,31 @@ type LoaderRuns = tokio::sync::mpsc::UnboundedSender<Event>;
 const PROBE_KEY: &str = "probe";
 const PROBE_POLL: Duration = Duration::from_millis(1);
 
+/// One settings value per primary: `settings` itself without shards, else one per `shard_dsns` entry,
+/// the first one with the read replicas (`scripts/with-topology` replicates the first primary).
+pub(crate) fn shard_settings(settings: &CacheSettings) -> Vec<CacheSettings> {
+    if settings.shard_dsns.is_empty() {
+        return vec![settings.clone()];
+    }
+    settings
+        .shard_dsns
+        .iter()
+        .enumerate()
+        .map(|(i, dsn)| {
+            let mut shard = settings.clone();
+            shard.dsn = dsn.clone();
+            shard.shard_dsns = Vec::new();
+            if i > 0 {
+                shard.read_dsns = Vec::new();
+            }
+            shard
+        })
+        .collect()
+}
+
 /// Runs the worker to completion.
 pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
-    let cache = PostgresCache::connect(config.settings.clone())
+    let cache = ShardedCache::connect_shards(shard_settings(&config.settings))
         .await
         .with_context(|| format!("worker {}: cannot connect", config.index))?;
     let mut stdout = tokio::io::stdout();
@@ -137,6 +159,7 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
         probe.await?;
     }
     reporter.abort();
+    let status = cache.status();
     // Background refreshes still running hold the last senders; they finish within their loader's run.
     cache.close().await;
     if tokio::time::timeout(Duration::from_secs(10), recorder).await.is_err() {
@@ -144,7 +167,10 @@ pub(crate) async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     }
     file.finish(&config.events).await?;
     let peak_kb = peak_rss_kb().unwrap_or(0);
-    stdout.write_all(format!("done {} {peak_kb}\n", done.load(Ordering::Relaxed)).as_bytes()).await?;
+    let (replica, primary) = (status.replica_reads, status.replica_fallbacks);
+    stdout
+        .write_all(format!("done {} {peak_kb} {replica} {primary}\n", done.load(Ordering::Relaxed)).as_bytes())
+        .await?;
     stdout.flush().await?;
     Ok(())
 }
@@ -158,7 +184,7 @@ fn peak_rss_kb() -> Option<u64> {
 
 /// Picks operations from the mix until the op quota or the end time, recording one event each.
 async fn client_task(
-    cache: PostgresCache,
+    cache: ShardedCache,
     config: Arc<WorkerConfig>,
     task: u32,
     end: u64,
@@ -273,7 +299,7 @@ fn seen_id(key: u64, value: &[u8]) -> WriteId {
 }
 
 /// Process 0 writes the probe key every `interval`, until `end` or until `stop` turns true.
-async fn probe_writer(cache: PostgresCache, interval: Duration, end: u64, mut stop: Stop, mut sink: EventSink) {
+async fn probe_writer(cache: ShardedCache, interval: Duration, end: u64, mut stop: Stop, mut sink: EventSink) {
     let mut seq = 0;
     while now_ns() < end && !*stop.borrow() {
         seq += 1;
@@ -288,7 +314,7 @@ async fn probe_writer(cache: PostgresCache, interval: Duration, end: u64, mut st
 }
 
 /// The other processes poll the probe key (an L1 hit until the invalidation evicts it), until `end` or `stop`.
-async fn probe_reader(cache: PostgresCache, process: u32, end: u64, mut stop: Stop, mut sink: EventSink) {
+async fn probe_reader(cache: ShardedCache, process: u32, end: u64, mut stop: Stop, mut sink: EventSink) {
     let mut last = 0u64;
     while now_ns() < end && !*stop.borrow() {
         if let Ok(Some(entry)) = cache.get_entry(PROBE_KEY).await {
