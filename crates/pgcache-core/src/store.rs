@@ -127,12 +127,16 @@ impl Statements {
         );
         // Tags travel as one array literal per row (`{"a","b"}`, see `tags_literal`): unnest cannot
         // take an array of arrays of different lengths.
+        // Batches lock their rows in key order (the upsert's input sorted, deletes and TTL changes through
+        // a sorted `FOR UPDATE` first), so two batches of other processes that share keys wait for each
+        // other instead of deadlocking (which PostgreSQL would only break after `deadlock_timeout`, 1 s).
+        let lock_in_key_order = format!("SELECT key FROM {t} WHERE key = ANY($1) ORDER BY key FOR UPDATE");
         let upsert_batch = format!(
             "INSERT INTO {t} (key, value, expires_at, tags, stale_until, compute_ms, refresh_at) \
              SELECT k, v, now() + ttl * interval '1 millisecond', tg::text[], \
              now() + st * interval '1 millisecond', cm, now() + rf * interval '1 millisecond' \
              FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::text[], $5::bigint[], $6::int4[], $7::bigint[]) \
-             AS u(k, v, ttl, tg, st, cm, rf) \
+             AS u(k, v, ttl, tg, st, cm, rf) ORDER BY k \
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, \
              tags = EXCLUDED.tags, stale_until = EXCLUDED.stale_until, compute_ms = EXCLUDED.compute_ms, \
              refresh_at = EXCLUDED.refresh_at, {bump}"
@@ -140,7 +144,8 @@ impl Statements {
         let touch_batch = format!(
             "UPDATE {t} SET expires_at = now() + u.ttl * interval '1 millisecond', \
              stale_until = now() + u.ttl * interval '1 millisecond' + (stale_until - expires_at), {bump} \
-             FROM unnest($1::text[], $2::bigint[]) AS u(k, ttl) WHERE key = u.k AND {LIVE}"
+             FROM unnest($1::text[], $2::bigint[]) AS u(k, ttl) WHERE key = u.k AND {LIVE} \
+             AND key IN ({lock_in_key_order})"
         );
         let live = format!(", {LIVE} AS live");
         // The stale window keeps its length past the new expiry (none without an expiry).
@@ -170,7 +175,7 @@ impl Statements {
             delete: format!("{} SELECT live FROM d", log.with_one("d", &format!("DELETE FROM {t} WHERE key = $1"), &live, true, "live")),
             delete_many: format!(
                 "{} SELECT count(*) FILTER (WHERE live) FROM d",
-                log.with("d", &format!("DELETE FROM {t} WHERE key = ANY($1)"), &live, true, "live")
+                log.with("d", &format!("DELETE FROM {t} WHERE key IN ({lock_in_key_order})"), &live, true, "live")
             ),
             delete_tags: format!(
                 "{} SELECT count(*) FILTER (WHERE live) FROM d",
@@ -199,7 +204,7 @@ impl Statements {
             upsert_batch: format!("{} SELECT key, version FROM w", log.with("w", &upsert_batch, "", false, "true")),
             delete_batch: format!(
                 "{} SELECT key, live FROM d",
-                log.with("d", &format!("DELETE FROM {t} WHERE key = ANY($1)"), &live, true, "live")
+                log.with("d", &format!("DELETE FROM {t} WHERE key IN ({lock_in_key_order})"), &live, true, "live")
             ),
             touch_batch: format!("{} SELECT key FROM w", log.with("w", &touch_batch, "", false, "true")),
             delete_tags_batch: format!(
