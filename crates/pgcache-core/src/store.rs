@@ -228,48 +228,39 @@ fn pg<T>(r: std::result::Result<T, tokio_postgres::Error>) -> Result<T> {
 /// before they run).
 type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
+/// Runs `text` as `sql.prepared` says: through `$prepared` on a cached prepared statement, or through
+/// `$typed` as an unnamed statement with typed parameters (one round trip, for poolers in transaction
+/// mode that cannot keep prepared statements).
+macro_rules! prepared_or_typed {
+    ($client:expr, $sql:expr, $text:expr, $params:expr, $prepared:ident, $typed:ident) => {
+        if $sql.prepared {
+            let stmt = pg($client.prepare_cached($text).await)?;
+            let values: Vec<&(dyn ToSql + Sync)> = $params.iter().map(|(value, _)| *value).collect();
+            pg($client.$prepared(&stmt, &values).await)
+        } else {
+            pg($client.$typed($text, $params).await)
+        }
+    };
+}
+
 /// Runs `text` and returns its rows, prepared or not as `sql` says.
 async fn query_rows(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Vec<Row>> {
-    if sql.prepared {
-        let stmt = pg(client.prepare_cached(text).await)?;
-        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
-        pg(client.query(&stmt, &values).await)
-    } else {
-        pg(client.query_typed(text, params).await)
-    }
+    prepared_or_typed!(client, sql, text, params, query, query_typed)
 }
 
 /// The only row of `text`, if any ([`Error::Postgres`] for more than one).
 async fn row_opt(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Option<Row>> {
-    if sql.prepared {
-        let stmt = pg(client.prepare_cached(text).await)?;
-        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
-        pg(client.query_opt(&stmt, &values).await)
-    } else {
-        pg(client.query_typed_opt(text, params).await)
-    }
+    prepared_or_typed!(client, sql, text, params, query_opt, query_typed_opt)
 }
 
 /// The one row of `text`.
 async fn row_one(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<Row> {
-    if sql.prepared {
-        let stmt = pg(client.prepare_cached(text).await)?;
-        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
-        pg(client.query_one(&stmt, &values).await)
-    } else {
-        pg(client.query_typed_one(text, params).await)
-    }
+    prepared_or_typed!(client, sql, text, params, query_one, query_typed_one)
 }
 
 /// Runs `text`; returns how many rows it changed.
 async fn execute(client: &Client, sql: &Statements, text: &str, params: &[Param<'_>]) -> Result<u64> {
-    if sql.prepared {
-        let stmt = pg(client.prepare_cached(text).await)?;
-        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
-        pg(client.execute(&stmt, &values).await)
-    } else {
-        pg(client.execute_typed(text, params).await)
-    }
+    prepared_or_typed!(client, sql, text, params, execute, execute_typed)
 }
 
 fn row_of(row: &tokio_postgres::Row, offset: usize) -> Result<Entry> {
