@@ -204,23 +204,35 @@ async fn one_bad_write_in_a_batch_fails_only_its_caller() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A second batch in flight, of `set a` and `set b` with `values`, its backend (returned) waiting on a row
+/// lock on b that the caller holds (returned first).
+async fn second_batch_waiting_on_b(
+    cache: &PostgresCache,
+    admin: &tokio_postgres::Client,
+    settings: &CacheSettings,
+    parked: &Parked,
+    values: [&str; 2],
+) -> anyhow::Result<(RowLock, i32, JoinHandle<pgcache_core::Result<i64>>, JoinHandle<pgcache_core::Result<i64>>)> {
+    cache.set_entry("b", Bytes::from_static(b"old"), &opts()).await?;
+    let (first, held) = hold_a_batch(cache, admin, settings).await?;
+    let second = RowLock::take(settings, "b").await?;
+    let a = spawn_set(cache, parked, "a", values[0]);
+    let b = spawn_set(cache, parked, "b", values[1]);
+    queued(parked, 2).await?;
+    first.release().await?;
+    held.await??;
+    let pid = blocked_on(admin, settings, &second).await?;
+    Ok((second, pid, a, b))
+}
+
 #[tokio::test]
 async fn a_dropped_caller_s_write_lands_once_in_a_batch_and_never_when_still_queued() -> anyhow::Result<()> {
     let settings = one_batch_at_a_time("gc_cancel");
     let cache = connect(&settings).await?;
     let admin = sql_client(&settings.dsn).await?;
-    cache.set_entry("b", Bytes::from_static(b"old"), &opts()).await?;
-    let (first, held) = hold_a_batch(&cache, &admin, &settings).await?;
-
-    // Batch 2 (a, b) will wait on a second row lock, on b.
-    let second = RowLock::take(&settings, "b").await?;
     let parked = Parked::default();
-    let a = spawn_set(&cache, &parked, "a", "from a dropped caller");
-    let b = spawn_set(&cache, &parked, "b", "new");
-    queued(&parked, 2).await?;
-    first.release().await?;
-    held.await??;
-    blocked_on(&admin, &settings, &second).await?;
+    let (second, _, a, b) =
+        second_batch_waiting_on_b(&cache, &admin, &settings, &parked, ["from a dropped caller", "new"]).await?;
 
     // In flight: the caller of a goes away; a third write queues behind the batch, then its caller goes
     // away too.
@@ -246,16 +258,8 @@ async fn a_batch_whose_connection_is_killed_fails_every_caller_with_a_typed_erro
     let settings = one_batch_at_a_time("gc_killed");
     let cache = connect(&settings).await?;
     let admin = sql_client(&settings.dsn).await?;
-    cache.set_entry("b", Bytes::from_static(b"old"), &opts()).await?;
-    let (first, held) = hold_a_batch(&cache, &admin, &settings).await?;
-    let second = RowLock::take(&settings, "b").await?;
     let parked = Parked::default();
-    let a = spawn_set(&cache, &parked, "a", "1");
-    let b = spawn_set(&cache, &parked, "b", "2");
-    queued(&parked, 2).await?;
-    first.release().await?;
-    held.await??;
-    let pid = blocked_on(&admin, &settings, &second).await?;
+    let (second, pid, a, b) = second_batch_waiting_on_b(&cache, &admin, &settings, &parked, ["1", "2"]).await?;
     assert!(terminate(&admin, pid).await?);
 
     for task in [a, b] {
