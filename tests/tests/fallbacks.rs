@@ -1,0 +1,159 @@
+//! The fallbacks chosen from the capabilities probed at connect (issue 14), each tested by turning the
+//! probed capability off with `CacheSettings::assume_without`:
+//!
+//! - without NOTIFY, nodes poll the change history: they see each other's writes and plain SQL within
+//!   the bound (poll interval plus one statement), survive `pg_terminate_backend` of the poller, and
+//!   share a prefix with listening nodes (the flusher keeps the history while a poller is registered);
+//! - on a direct connection the probe finds every capability and the cache listens.
+
+use std::time::Duration;
+
+use pgcache_core::prelude::*;
+use pgcache_core::{Capability, InvalidationMode};
+use pgcache_tests::{connect, entries_table, eventually, make_local, node, settings_for, sql_client, terminate};
+
+/// Generous deadline for an invalidation to travel; the measured figures are printed.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// The poll interval of these tests.
+const POLL: Duration = Duration::from_millis(100);
+
+async fn value_of(cache: &PostgresCache, key: &str) -> Option<String> {
+    cache.get::<String>(key).await.ok().flatten()
+}
+
+fn polling(settings: &CacheSettings, suffix: &str) -> CacheSettings {
+    node(settings, suffix).assume_without(Capability::Notify).poll_interval(POLL)
+}
+
+/// The backend of `app`'s poller, found by its statement in `pg_stat_activity`.
+async fn poller_pid(sql: &tokio_postgres::Client, app: &str) -> anyhow::Result<Option<i32>> {
+    let rows = sql
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE '%pg_current_snapshot%'",
+            &[&app],
+        )
+        .await?;
+    Ok(rows.first().map(|row| row.get(0)))
+}
+
+#[tokio::test]
+async fn a_direct_connection_is_probed_with_every_capability_and_listens() -> anyhow::Result<()> {
+    let settings = settings_for("cap_direct");
+    let cache = connect(&settings).await?;
+    let found = cache.capabilities().ok_or_else(|| anyhow::anyhow!("no capabilities after connect"))?;
+    assert!(found.notify && found.session_locks && found.unlogged && found.transition_tables, "{found:?}");
+    assert_eq!(found.invalidation, InvalidationMode::Listen);
+    let off = connect(&node(&settings, "x").assume_without(Capability::Notify)).await?;
+    let found = off.capabilities().ok_or_else(|| anyhow::anyhow!("no capabilities after connect"))?;
+    assert!(!found.notify && found.session_locks, "{found:?}");
+    assert_eq!(found.invalidation, InvalidationMode::Poll);
+    Ok(())
+}
+
+#[tokio::test]
+async fn polling_nodes_see_each_others_writes_and_plain_sql_within_the_bound() -> anyhow::Result<()> {
+    let settings = settings_for("poll_nodes");
+    let a = connect(&polling(&settings, "a")).await?;
+    let b = connect(&polling(&settings, "b")).await?;
+    let c = connect(&polling(&settings, "c")).await?;
+    assert_eq!(b.capabilities().map(|c| c.invalidation), Some(InvalidationMode::Poll));
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    let mut delays = Vec::new();
+    for round in 0..5 {
+        let key = format!("k:{round}");
+        a.set(&key, &"v1", None).await?;
+        for other in [&b, &c] {
+            eventually(DEADLINE, || async { value_of(other, &key).await.as_deref() == Some("v1") }).await?;
+            make_local(other, &key).await?;
+        }
+        a.set(&key, &"v2", None).await?;
+        delays.push(eventually(DEADLINE, || async { value_of(&b, &key).await.as_deref() == Some("v2") }).await?);
+        eventually(DEADLINE, || async { value_of(&c, &key).await.as_deref() == Some("v2") }).await?;
+
+        make_local(&b, &key).await?;
+        make_local(&a, &key).await?;
+        sql.execute(&format!("UPDATE {table} SET value = convert_to('\"by sql\"', 'UTF8') WHERE key = $1"), &[&key])
+            .await?;
+        delays.push(
+            eventually(DEADLINE, || async {
+                value_of(&a, &key).await.as_deref() == Some("by sql")
+                    && value_of(&b, &key).await.as_deref() == Some("by sql")
+            })
+            .await?,
+        );
+        make_local(&c, &key).await?;
+        assert!(b.delete(&key).await?);
+        delays.push(eventually(DEADLINE, || async { value_of(&c, &key).await.is_none() }).await?);
+    }
+    delays.sort();
+    println!(
+        "poll mode ({POLL:?}): write/SQL/delete seen by another node after min={:?} median={:?} max={:?}",
+        delays[0],
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_poller_whose_backend_is_terminated_comes_back_and_misses_nothing() -> anyhow::Result<()> {
+    let settings = settings_for("poll_kill");
+    let a = connect(&polling(&settings, "a")).await?;
+    let b_settings = polling(&settings, "b");
+    let b = connect(&b_settings).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    a.set("k", &"v1", None).await?;
+    eventually(DEADLINE, || async { value_of(&b, "k").await.as_deref() == Some("v1") }).await?;
+    make_local(&b, "k").await?;
+    let app = b_settings.application_name.clone();
+    eventually(DEADLINE, || async { poller_pid(&sql, &app).await.ok().flatten().is_some() }).await?;
+    let pid = poller_pid(&sql, &app).await?.ok_or_else(|| anyhow::anyhow!("no poller backend"))?;
+    assert!(terminate(&sql, pid).await?);
+    // Written while B's poller is down or reconnecting: the reconcile (or the next poll) evicts it.
+    a.set("k", &"v2", None).await?;
+    eventually(DEADLINE, || async { value_of(&b, "k").await.as_deref() == Some("v2") }).await?;
+    eventually(DEADLINE, || async { poller_pid(&sql, &app).await.ok().flatten().is_some_and(|p| p != pid) }).await?;
+    // And it polls again: a later write reaches it too.
+    make_local(&b, "k").await?;
+    a.set("k", &"v3", None).await?;
+    eventually(DEADLINE, || async { value_of(&b, "k").await.as_deref() == Some("v3") }).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn listening_and_polling_nodes_share_a_prefix_and_both_hear_every_write() -> anyhow::Result<()> {
+    let settings = settings_for("poll_mixed");
+    let listening = connect(&node(&settings, "l")).await?;
+    let polls = connect(&polling(&settings, "p")).await?;
+    assert_eq!(listening.capabilities().map(|c| c.invalidation), Some(InvalidationMode::Listen));
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    for round in 0..5 {
+        let key = format!("m:{round}");
+        listening.set(&key, &"v1", None).await?;
+        polls.set(&key, &"v1", None).await?;
+        make_local(&listening, &key).await?;
+        make_local(&polls, &key).await?;
+        // The listener's flusher drains the log (and notifies at once); the history keeps the rows
+        // for the poller.
+        sql.execute(&format!("UPDATE {table} SET value = convert_to('\"by sql\"', 'UTF8') WHERE key = $1"), &[&key])
+            .await?;
+        eventually(DEADLINE, || async {
+            value_of(&listening, &key).await.as_deref() == Some("by sql")
+                && value_of(&polls, &key).await.as_deref() == Some("by sql")
+        })
+        .await?;
+        make_local(&listening, &key).await?;
+        make_local(&polls, &key).await?;
+        polls.set(&key, &"v3", None).await?;
+        eventually(DEADLINE, || async { value_of(&listening, &key).await.as_deref() == Some("v3") }).await?;
+        listening.set(&key, &"v4", None).await?;
+        eventually(DEADLINE, || async { value_of(&polls, &key).await.as_deref() == Some("v4") }).await?;
+    }
+    // The history holds what was moved for the poller: it is kept, not deleted by the flusher.
+    let kept: i64 =
+        sql.query_one(&format!("SELECT count(*) FROM \"{}cache_changes\"", settings.schema_prefix), &[]).await?.get(0);
+    assert!(kept > 0, "the flusher kept no history for the poller");
+    Ok(())
+}
