@@ -4,12 +4,16 @@
 //! - without NOTIFY, nodes poll the change history: they see each other's writes and plain SQL within
 //!   the bound (poll interval plus one statement), survive `pg_terminate_backend` of the poller, and
 //!   share a prefix with listening nodes (the flusher keeps the history while a poller is registered);
+//! - without session advisory locks, `get_or_set` takes lease rows: one loader per key across three
+//!   nodes, and a dead holder's lease (a row no one renews) expires so that another node loads;
 //! - on a direct connection the probe finds every capability and the cache listens.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pgcache_core::prelude::*;
-use pgcache_core::{Capability, InvalidationMode};
+use pgcache_core::{CacheStore, Capability, Fill, InvalidationMode, Source};
 use pgcache_tests::{connect, entries_table, eventually, make_local, node, settings_for, sql_client, terminate};
 
 /// Generous deadline for an invalidation to travel; the measured figures are printed.
@@ -155,5 +159,80 @@ async fn listening_and_polling_nodes_share_a_prefix_and_both_hear_every_write() 
     let kept: i64 =
         sql.query_one(&format!("SELECT count(*) FROM \"{}cache_changes\"", settings.schema_prefix), &[]).await?.get(0);
     assert!(kept > 0, "the flusher kept no history for the poller");
+    Ok(())
+}
+
+fn leasing(settings: &CacheSettings, suffix: &str) -> CacheSettings {
+    node(settings, suffix).assume_without(Capability::SessionLocks)
+}
+
+#[tokio::test]
+async fn lease_rows_keep_one_loader_per_key_across_three_nodes() -> anyhow::Result<()> {
+    let settings = settings_for("lease_one");
+    let nodes = [
+        connect(&leasing(&settings, "a")).await?,
+        connect(&leasing(&settings, "b")).await?,
+        connect(&leasing(&settings, "c")).await?,
+    ];
+    assert_eq!(nodes[0].capabilities().map(|c| c.session_locks), Some(false));
+    let sql = sql_client(&settings.dsn).await?;
+    for round in 0..3 {
+        let key = format!("cold:{round}");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for cache in &nodes {
+            for _ in 0..8 {
+                let (cache, key, runs) = (cache.clone(), key.clone(), Arc::clone(&runs));
+                tasks.push(tokio::spawn(async move {
+                    let loaded = cache
+                        .get_or_load(&key, move || async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            Ok::<_, std::io::Error>(Fill::new(&b"\"loaded\""[..], Duration::from_secs(60)))
+                        })
+                        .await;
+                    loaded.map(|l| l.value).map_err(|e| e.to_string())
+                }));
+            }
+        }
+        for task in tasks {
+            assert_eq!(task.await?.map_err(anyhow::Error::msg)?, &b"\"loaded\""[..]);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "round {round}: one loader across three nodes");
+        // Released: no lease row is left behind.
+        let left: i64 = sql
+            .query_one(&format!("SELECT count(*) FROM \"{}cache_leases\"", settings.schema_prefix), &[])
+            .await?
+            .get(0);
+        assert_eq!(left, 0, "round {round}: a lease row was left behind");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_holders_lease_expires_and_another_node_loads() -> anyhow::Result<()> {
+    let settings = settings_for("lease_dead");
+    let cache = connect(&leasing(&settings, "a")).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    // A holder that died mid-load (its process killed): its lease row stays until it expires.
+    let lock = pgcache_core::lock_key(&settings.schema_prefix, "k");
+    sql.execute(
+        &format!(
+            "INSERT INTO \"{}cache_leases\" (key, holder, expires_at) VALUES ($1, 'dead', clock_timestamp() + interval '1.5 s')",
+            settings.schema_prefix
+        ),
+        &[&lock],
+    )
+    .await?;
+    let start = Instant::now();
+    let loaded = cache
+        .get_or_load("k", || async { Ok::<_, std::io::Error>(Fill::new(&b"\"mine\""[..], Duration::from_secs(60))) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let waited = start.elapsed();
+    println!("a dead holder's lease: another node loaded after {waited:?}");
+    assert_eq!(loaded.source, Source::Loaded);
+    assert!(waited >= Duration::from_secs(1), "loaded while the dead holder's lease was live ({waited:?})");
+    assert!(waited < Duration::from_secs(8), "waited far past the lease's expiry ({waited:?})");
     Ok(())
 }

@@ -31,3 +31,14 @@ CREATE UNLOGGED TABLE IF NOT EXISTS "__PREFIX__cache_pollers" (
     node   text        PRIMARY KEY,
     until  timestamptz NOT NULL
 );
+
+-- Lease rows: `get_or_set`'s lock across processes where session advisory locks do not hold (through a
+-- transaction pooler, or an engine without them; `lock.rs`). A lease is taken by an upsert that only
+-- overwrites an expired one, renewed by its holder while the loader runs, released by DELETE; a holder
+-- that dies stops renewing, and its lease expires. The key is the same 64-bit lock key as the advisory
+-- lock's (`lock_key`).
+CREATE UNLOGGED TABLE IF NOT EXISTS "__PREFIX__cache_leases" (
+    key        bigint      PRIMARY KEY,
+    holder     text        NOT NULL,
+    expires_at timestamptz NOT NULL
+);

@@ -200,7 +200,7 @@ impl Node {
             replicas: Replicas::new(settings)?,
             sql,
             flights: Flights::default(),
-            locks: Arc::new(LockSession::new(settings)?),
+            locks: Arc::new(LockSession::new(settings, capabilities.session_locks)?),
             plans: Plans::new(usize::try_from(settings.local_max_entries).unwrap_or(usize::MAX).clamp(1024, 1 << 20)),
             default_ttl: settings.default_ttl,
             capabilities,

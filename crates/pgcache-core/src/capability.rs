@@ -44,8 +44,8 @@ pub enum Capability {
     /// LISTEN/NOTIFY that delivers. Fallback: polling the change history every
     /// [`poll_interval`](crate::CacheSettings::poll_interval).
     Notify,
-    /// Session advisory locks that hold across statements (`get_or_set` across processes). Without them
-    /// `get_or_set` is dogpile-safe within a process only; see the README's capability matrix.
+    /// Session advisory locks that hold across statements (`get_or_set` across processes). Fallback:
+    /// lease rows (`{prefix}cache_leases`), taken by an upsert and renewed while the loader runs.
     SessionLocks,
     /// `UNLOGGED` tables. Fallback: [`CacheSettings::unlogged`](crate::CacheSettings::unlogged) is
     /// ignored and `init_db` creates the entries table logged.
@@ -137,7 +137,17 @@ pub(crate) async fn probe(settings: &CacheSettings) -> Result<Capabilities> {
         None => ("dsn", settings.dsn.as_str()),
     };
     let wants_notify = settings.listener_enabled() && !assumed_without(settings, Capability::Notify);
-    let (first, mut messages) = open(settings, name, dsn).await?;
+    let opened = async { Ok::<_, crate::Error>((open(settings, name, dsn).await?, open(settings, name, dsn).await?)) };
+    let ((first, mut messages), (second, mut second_messages)) = match opened.await {
+        Ok(pair) => pair,
+        // No slot for the probe where no listener is wanted either (`disable_notify`, a role limited to
+        // what the pool needs): not probed, session locks assumed, and said so.
+        Err(e @ crate::Error::TooManyConnections { .. }) if !settings.listener_enabled() => {
+            tracing::warn!(target: "pgcache::capability", error = %e, "no connection slot to probe the server; assuming session advisory locks hold");
+            return Ok(choose(settings, Capabilities::all()));
+        }
+        Err(e) => return Err(e),
+    };
     let (tx, mut notified) = tokio::sync::mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
         while let Some(Ok(message)) = messages.next().await {
@@ -146,7 +156,6 @@ pub(crate) async fn probe(settings: &CacheSettings) -> Result<Capabilities> {
             }
         }
     });
-    let (second, mut second_messages) = open(settings, name, dsn).await?;
     let second_driver = tokio::spawn(async move { while let Some(Ok(_)) = second_messages.next().await {} });
     let bound = statement_bound(settings);
     let token = format!("{:016x}", fastrand::u64(..));
@@ -217,10 +226,9 @@ pub(crate) fn choose(settings: &CacheSettings, probed: Capabilities) -> Capabili
         "capabilities probed"
     );
     if !chosen.session_locks {
-        tracing::warn!(
+        tracing::info!(
             target: "pgcache::capability",
-            "session advisory locks do not hold on this connection: get_or_set is dogpile-safe within this process only; \
-             point listen_dsn at a direct connection"
+            "session advisory locks do not hold on this connection: get_or_set takes lease rows instead"
         );
     }
     chosen

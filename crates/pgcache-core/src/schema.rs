@@ -209,7 +209,9 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
             problems.push(format!("{kind} {object} is missing"));
         }
     }
-    for log in ["cache_invalidations", "cache_changes", "cache_pollers"].map(|name| quoted(settings, name)) {
+    for log in
+        ["cache_invalidations", "cache_changes", "cache_pollers", "cache_leases"].map(|name| quoted(settings, name))
+    {
         let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&log]).await.map_err(Error::from_pg)?;
         if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
             problems.push(format!("table {log} is missing"));

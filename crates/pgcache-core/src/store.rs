@@ -966,6 +966,117 @@ pub(crate) async fn drain_typed(client: &tokio_postgres::Client, sql: &str, limi
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+// ---- Lease rows: get_or_set's lock where session advisory locks do not hold (issue 14) ----
+
+/// SQL text of the lease statements (`lock.rs`), formatted once per node with validated names.
+#[derive(Debug)]
+pub(crate) struct LeaseStatements {
+    /// Takes lease `$1` for holder `$2` for `$3` seconds unless another holder's lease is live; returns a
+    /// row when taken.
+    pub(crate) take: String,
+    /// As [`get_or_lock`](Statements::get_or_lock), with a lease (`$2` key, `$3` holder, `$4` seconds)
+    /// instead of the advisory lock: taken only when the row is not live.
+    pub(crate) get_or_take: String,
+    /// Extends lease `$1` of holder `$2` by `$3` seconds; returns a row while it is still held.
+    pub(crate) renew: String,
+    /// Releases lease `$1` of holder `$2`.
+    pub(crate) release: String,
+}
+
+impl LeaseStatements {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let t = format!("\"{prefix}cache_entries\"");
+        let leases = format!("\"{prefix}cache_leases\"");
+        let upsert = |source: &str| {
+            format!(
+                "INSERT INTO {leases} AS l (key, holder, expires_at) {source} \
+                 ON CONFLICT (key) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE l.expires_at < clock_timestamp() RETURNING true AS taken"
+            )
+        };
+        Self {
+            take: upsert("VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))"),
+            get_or_take: format!(
+                "WITH r AS (SELECT r.value, r.version, r.ttl, r.live, r.compute_ms, r.refresh_ms \
+                 FROM (SELECT 1) AS one LEFT JOIN (SELECT value, version, {TTL_MS} AS ttl, {LIVE} AS live, \
+                 compute_ms, {REFRESH_MS} AS refresh_ms FROM {t} WHERE key = $1 AND {USABLE}) AS r ON true), \
+                 k AS ({}) \
+                 SELECT r.value, r.version, r.ttl, r.live, r.compute_ms, r.refresh_ms, EXISTS (SELECT 1 FROM k) FROM r",
+                upsert("SELECT $2, $3, clock_timestamp() + make_interval(secs => $4) FROM r WHERE r.live IS NOT TRUE")
+            ),
+            renew: format!(
+                "UPDATE {leases} SET expires_at = clock_timestamp() + make_interval(secs => $3) \
+                 WHERE key = $1 AND holder = $2 RETURNING true"
+            ),
+            release: format!("DELETE FROM {leases} WHERE key = $1 AND holder = $2"),
+        }
+    }
+}
+
+/// Takes lease `key` for `holder` for `length` ([`LeaseStatements::take`]); true when taken.
+pub(crate) async fn take_lease(
+    client: &Client,
+    sql: &Statements,
+    leases: &LeaseStatements,
+    key: i64,
+    holder: &str,
+    length: std::time::Duration,
+) -> Result<bool> {
+    let _timer = telemetry::statement("take_lease");
+    let seconds = length.as_secs_f64();
+    let params: [Param<'_>; 3] = [(&key, Type::INT8), (&holder, Type::TEXT), (&seconds, Type::FLOAT8)];
+    Ok(row_opt(client, sql, &leases.take, &params).await?.is_some())
+}
+
+/// [`get_or_lock`] with a lease instead of the advisory lock ([`LeaseStatements::get_or_take`]).
+pub(crate) async fn get_or_lease(
+    client: &Client,
+    sql: &Statements,
+    leases: &LeaseStatements,
+    key: &str,
+    (lock, holder, length): (i64, &str, std::time::Duration),
+) -> Result<(Option<LoadRow>, bool)> {
+    let _timer = telemetry::statement("get_or_lease");
+    let seconds = length.as_secs_f64();
+    let params: [Param<'_>; 4] =
+        [(&key, Type::TEXT), (&lock, Type::INT8), (&holder, Type::TEXT), (&seconds, Type::FLOAT8)];
+    let row = row_one(client, sql, &leases.get_or_take, &params).await?;
+    let taken: bool = pg(row.try_get(6))?;
+    let found: Option<bool> = pg(row.try_get(3))?;
+    let entry = match found {
+        Some(_) => Some(load_row(&row)?),
+        None => None,
+    };
+    Ok((entry, taken))
+}
+
+/// Extends lease `key` of `holder` ([`LeaseStatements::renew`]); false when it is no longer held.
+pub(crate) async fn renew_lease(
+    client: &Client,
+    sql: &Statements,
+    leases: &LeaseStatements,
+    key: i64,
+    holder: &str,
+    length: std::time::Duration,
+) -> Result<bool> {
+    let seconds = length.as_secs_f64();
+    let params: [Param<'_>; 3] = [(&key, Type::INT8), (&holder, Type::TEXT), (&seconds, Type::FLOAT8)];
+    Ok(row_opt(client, sql, &leases.renew, &params).await?.is_some())
+}
+
+/// Releases lease `key` of `holder` ([`LeaseStatements::release`]).
+pub(crate) async fn release_lease(
+    client: &Client,
+    sql: &Statements,
+    leases: &LeaseStatements,
+    key: i64,
+    holder: &str,
+) -> Result<()> {
+    let _timer = telemetry::statement("release_lease");
+    let params: [Param<'_>; 2] = [(&key, Type::INT8), (&holder, Type::TEXT)];
+    execute(client, sql, &leases.release, &params).await.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
