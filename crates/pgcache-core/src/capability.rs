@@ -60,7 +60,8 @@ pub enum Capability {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// LISTEN/NOTIFY delivered a notification on `listen_dsn` (or `dsn`).
+    /// LISTEN/NOTIFY delivered a notification on `listen_dsn` (or `dsn`). Not probed, and reported
+    /// `true`, when no listener is wanted (`disable_notify`, or no local cache).
     pub notify: bool,
     /// Session advisory locks held across statements on `listen_dsn` (or `dsn`).
     pub session_locks: bool,
