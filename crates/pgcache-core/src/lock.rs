@@ -34,7 +34,7 @@ enum Locking {
     /// Session advisory locks on the lock session's connection.
     Session,
     /// Lease rows, held by `holder` (this cache instance).
-    Lease { holder: String, sql: Statements, leases: LeaseStatements },
+    Lease { holder: String, sql: Box<Statements>, leases: LeaseStatements },
 }
 
 /// Connections the lock session's pool may hold: one in use, plus ones being retired after a failure
@@ -72,7 +72,7 @@ impl LockSession {
             let prefix = &settings.schema_prefix;
             Locking::Lease {
                 holder: format!("{}-{:016x}", settings.application_name, fastrand::u64(..)),
-                sql: Statements::new(prefix, !settings.disable_notify, settings.prepared_statements),
+                sql: Box::new(Statements::new(prefix, !settings.disable_notify, settings.prepared_statements)),
                 leases: LeaseStatements::new(prefix),
             }
         };
