@@ -237,32 +237,39 @@ async fn a_dead_holders_lease_expires_and_another_node_loads() -> anyhow::Result
     Ok(())
 }
 
-/// A measurement, run by hand: the statements a polling node sends at idle, from its database's
-/// `xact_commit` (a private database: nothing else commits there), printed per second.
+/// A measurement, run by hand: the statements an idle node sends, polling and listening, from its
+/// database's `xact_commit` (a private database: nothing else commits there), per second.
 /// `scripts/with-postgres cargo test -p pgcache-tests --test fallbacks -- --ignored --nocapture idle`
 #[tokio::test]
 #[ignore = "a measurement: run by hand with --ignored --nocapture"]
 async fn idle_polling_cost_in_statements_per_second() -> anyhow::Result<()> {
     let base = settings_for("poll_idle");
     let admin = sql_client(&base.dsn).await?;
-    let db = base.schema_prefix.trim_end_matches('_').to_owned();
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
-    let mut settings = polling(&base, "a").poll_interval(Duration::from_millis(200));
-    settings.dsn = pgcache_tests::with_dbname(&base.dsn, &db)?;
-    let cache = connect(&settings).await?;
-    let commits = || async {
-        let row = admin.query_one("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", &[&db]).await?;
-        admin.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
-        anyhow::Ok(row.get::<_, i64>(0))
-    };
-    // Statistics are flushed by backends at most once a second: measure over a long window.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (before, start) = (commits().await?, Instant::now());
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = commits().await?;
-    let per_second = (after - before) as f64 / start.elapsed().as_secs_f64();
-    println!("idle polling node (poll_interval 200 ms, heartbeat 250 ms): {per_second:.1} statements/s");
-    cache.close().await;
-    admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await?;
+    for mode in [InvalidationMode::Poll, InvalidationMode::Listen] {
+        let db = format!("{}{}", base.schema_prefix, if mode == InvalidationMode::Poll { "poll" } else { "listen" });
+        admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+        // The defaults: poll every 200 ms, heartbeat every second.
+        let mut settings =
+            node(&base, "a").poll_interval(Duration::from_millis(200)).heartbeat_interval(Duration::from_secs(1));
+        if mode == InvalidationMode::Poll {
+            settings = settings.assume_without(Capability::Notify);
+        }
+        settings.dsn = pgcache_tests::with_dbname(&base.dsn, &db)?;
+        let cache = connect(&settings).await?;
+        let commits = || async {
+            let row = admin.query_one("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", &[&db]).await?;
+            admin.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
+            anyhow::Ok(row.get::<_, i64>(0))
+        };
+        // A measurement window, not a wait for a condition: backends flush statistics about once a second.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (before, start) = (commits().await?, Instant::now());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let after = commits().await?;
+        let per_second = (after - before) as f64 / start.elapsed().as_secs_f64();
+        println!("idle {mode:?} node (poll_interval 200 ms, heartbeat_interval 1 s): {per_second:.1} statements/s");
+        cache.close().await;
+        admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await?;
+    }
     Ok(())
 }
