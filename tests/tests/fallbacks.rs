@@ -273,3 +273,61 @@ async fn idle_polling_cost_in_statements_per_second() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn without_unlogged_init_db_creates_the_entries_table_logged() -> anyhow::Result<()> {
+    let sql = sql_client(&settings_for("unlogged").dsn).await?;
+    let persistence = |settings: CacheSettings| {
+        let sql = &sql;
+        async move {
+            PostgresCache::init_db(&settings).await?;
+            let row = sql
+                .query_one(
+                    "SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($1)",
+                    &[&entries_table(&settings)],
+                )
+                .await?;
+            anyhow::Ok(row.get::<_, String>(0))
+        }
+    };
+    assert_eq!(persistence(settings_for("unlogged_on").unlogged(true)).await?, "u");
+    let without = settings_for("unlogged_off").unlogged(true).assume_without(Capability::Unlogged);
+    assert_eq!(persistence(without.clone()).await?, "p", "UNLOGGED assumed missing: the table is created logged");
+    // The probe reads the engine, the override wins.
+    let cache = PostgresCache::connect(without).await?;
+    assert_eq!(cache.capabilities().map(|c| c.unlogged), Some(false));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sweeper_trims_the_change_history_past_its_retention_only() -> anyhow::Result<()> {
+    let settings = settings_for("poll_trim");
+    let polls = connect(&polling(&settings, "p")).await?;
+    let writer = connect(&node(&settings, "w")).await?;
+    for i in 0..5 {
+        writer.set(&format!("k{i}"), &i, None).await?;
+    }
+    let sql = sql_client(&settings.dsn).await?;
+    let history = format!("\"{}cache_changes\"", settings.schema_prefix);
+    let count = |filter: &'static str| {
+        let (sql, history) = (&sql, &history);
+        async move {
+            let row = sql.query_one(&format!("SELECT count(*) FROM {history} {filter}"), &[]).await?;
+            anyhow::Ok(row.get::<_, i64>(0))
+        }
+    };
+    eventually(DEADLINE, || async { count("").await.unwrap_or(0) >= 5 }).await?;
+    // Age two rows past the retention window (60 s): the sweeper takes those, not the others.
+    sql.execute(
+        &format!(
+            "UPDATE {history} SET t = t - interval '2 minutes' WHERE ctid IN (SELECT ctid FROM {history} LIMIT 2)"
+        ),
+        &[],
+    )
+    .await?;
+    let before = count("").await?;
+    polls.cleanup_expired().await?;
+    assert_eq!(count("WHERE t < now() - interval '1 minute'").await?, 0, "rows past the retention window remain");
+    assert_eq!(count("").await?, before - 2, "rows within the retention window were trimmed");
+    Ok(())
+}
