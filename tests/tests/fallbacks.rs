@@ -331,3 +331,42 @@ async fn the_sweeper_trims_the_change_history_past_its_retention_only() -> anyho
     assert_eq!(count("").await?, before - 2, "rows within the retention window were trimmed");
     Ok(())
 }
+
+#[tokio::test]
+async fn without_transition_tables_row_level_triggers_still_evict_every_node() -> anyhow::Result<()> {
+    let settings = settings_for("rows_trig").assume_without(Capability::TransitionTables);
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    assert_eq!(b.capabilities().map(|c| c.transition_tables), Some(false));
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    // Row-level (tgtype bit 0), no transition table.
+    let statement_level: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal \
+             AND tgname LIKE '%cache_notify_%' AND tgname NOT LIKE '%truncate' \
+             AND ((tgtype & 1) = 0 OR tgnewtable IS NOT NULL OR tgoldtable IS NOT NULL)",
+            &[&table],
+        )
+        .await?
+        .get(0);
+    assert_eq!(statement_level, 0, "the notify triggers are row-level");
+    // init_db again: the schema is intact, nothing flips back.
+    PostgresCache::init_db(&settings).await?;
+    assert!(PostgresCache::schema_is_current(&settings).await?);
+    for key in ["r1", "r2", "r3"] {
+        a.set(key, &"v1", None).await?;
+        eventually(DEADLINE, || async { value_of(&b, key).await.as_deref() == Some("v1") }).await?;
+        make_local(&b, key).await?;
+    }
+    // One statement, several rows: each row logs itself.
+    sql.execute(&format!("UPDATE {table} SET value = convert_to('\"bulk\"', 'UTF8') WHERE key IN ('r1', 'r2')"), &[])
+        .await?;
+    eventually(DEADLINE, || async {
+        value_of(&b, "r1").await.as_deref() == Some("bulk") && value_of(&b, "r2").await.as_deref() == Some("bulk")
+    })
+    .await?;
+    sql.execute(&format!("DELETE FROM {table} WHERE key = 'r3'"), &[]).await?;
+    eventually(DEADLINE, || async { value_of(&b, "r3").await.is_none() }).await?;
+    Ok(())
+}
