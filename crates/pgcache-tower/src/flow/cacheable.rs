@@ -15,9 +15,10 @@ use pgcache_core::{CacheStore, Entry, Error, Fill, LoadError, Loaded, SetOptions
 use super::ctx::{Ctx, Mode};
 use super::inner::{call, Inner, ResBody, Resp};
 use super::place::{Placement, Prepared, Rulebook};
-use super::respond::{finish, from_stored, only_if_cached, ttl_left};
+use super::respond::{finish, from_stored, only_if_cached, plain_hit, ttl_left};
 use crate::body::{PgBody, ReplayBody};
 use crate::config::Shared;
+use crate::decoded::{DecodedRecord, HitHead};
 use crate::entry::{encode_stored, now_ms, Record, Stored};
 use crate::key;
 use crate::policy::{self, Decision};
@@ -95,6 +96,21 @@ where
         finish(from_stored(&self.ctx.parts, stored, age), &status, &self.shared.config, false)
     }
 
+    /// A fresh hit. For a plain GET (`memo` given), the head remembered for this age and ttl when
+    /// there is one; else the head is built as for any answer, and remembered.
+    fn fresh_hit(&self, stored: &Stored, memo: Option<&DecodedRecord>, age: Duration) -> Resp<RB> {
+        let ttl = ttl_left(stored, age);
+        if let Some((status, headers)) = memo.and_then(|m| m.hit_head(age.as_secs(), ttl)) {
+            return plain_hit(stored, status, headers);
+        }
+        let resp = self.respond(stored, age, CacheStatusMember::hit().ttl(ttl));
+        if let Some(memo) = memo {
+            let head = HitHead { age: age.as_secs(), ttl, status: resp.status(), headers: resp.headers().clone() };
+            memo.remember_hit_head(head);
+        }
+        resp
+    }
+
     /// A response of the inner service, finished (its body dropped for HEAD: fills are GETs).
     fn finish_fill(&self, resp: Resp<RB>, status: CacheStatusMember) -> Resp<RB> {
         finish(resp, &status, &self.shared.config, self.ctx.head)
@@ -135,9 +151,11 @@ where
         let Some(entry) = entry else {
             return Box::pin(self.miss(primary.to_owned(), "uri-miss")).await;
         };
-        let record = self.shared.decoded.record(primary, &entry.value);
-        match record.as_deref() {
-            Some(Record::Response(stored)) if self.ctx.selects(stored) => self.serve(primary, stored, entry).await,
+        let decoded = self.shared.decoded.record(primary, &entry.value);
+        match decoded.as_deref().map(|d| &d.record) {
+            Some(Record::Response(stored)) if self.ctx.selects(stored) => {
+                self.serve(primary, stored, decoded.as_deref(), entry).await
+            }
             Some(Record::Response(stored)) => Box::pin(self.variant(stored.vary_names())).await,
             Some(Record::Variants(index)) => Box::pin(self.variant(index.names.clone())).await,
             Some(Record::Pass(_)) => Box::pin(self.forward(CacheStatusMember::fwd("uri-miss").detail("pass"))).await,
@@ -152,10 +170,10 @@ where
         match self.shared.store.get_entry(&vkey).await {
             Err(e) => Box::pin(self.unavailable(e)).await,
             Ok(Some(entry)) => {
-                let record = self.shared.decoded.record(&vkey, &entry.value);
-                match record.as_deref() {
+                let decoded = self.shared.decoded.record(&vkey, &entry.value);
+                match decoded.as_deref().map(|d| &d.record) {
                     Some(Record::Response(stored)) if self.ctx.selects(stored) => {
-                        self.serve(&vkey, stored, entry).await
+                        self.serve(&vkey, stored, decoded.as_deref(), entry).await
                     }
                     Some(Record::Pass(_)) => {
                         Box::pin(self.forward(CacheStatusMember::fwd("vary-miss").detail("pass"))).await
@@ -169,13 +187,19 @@ where
 
     /// A usable stored response under `key`: fresh → hit; stale within stale-while-revalidate → hit and
     /// one background refresh; otherwise (or `no-cache`) → revalidate now.
-    async fn serve(self, key: &str, stored: &Stored, entry: Entry) -> Result<Resp<RB>, S::Error> {
+    /// `memo` is the memo `stored` was decoded into, which remembers the head of plain hits.
+    async fn serve(
+        self,
+        key: &str,
+        stored: &Stored,
+        memo: Option<&DecodedRecord>,
+        entry: Entry,
+    ) -> Result<Resp<RB>, S::Error> {
         let age = stored.age(entry.expiry.remaining());
         let f = stored.freshness;
         let must_validate = f.no_cache || self.ctx.force_revalidate;
         if !must_validate && age < f.lifetime {
-            let status = CacheStatusMember::hit().ttl(ttl_left(stored, age));
-            return Ok(self.respond(stored, age, status));
+            return Ok(self.fresh_hit(stored, memo.filter(|_| self.ctx.plain), age));
         }
         if !must_validate && age < policy::add(f.lifetime, f.stale_while_revalidate) {
             self.clone().spawn_refresh(key.to_owned(), Box::new(stored.clone()), entry.version);
