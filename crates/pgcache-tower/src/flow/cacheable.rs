@@ -17,7 +17,7 @@ use super::inner::{call, Inner, ResBody, Resp};
 use super::place::{Placement, Prepared, Rulebook};
 use super::respond::{finish, from_stored, only_if_cached, plain_hit, ttl_left};
 use crate::body::{PgBody, ReplayBody};
-use crate::config::Shared;
+use crate::config::{Config, Shared};
 use crate::decoded::{DecodedRecord, HitHead};
 use crate::entry::{encode_stored, now_ms, Record, Stored};
 use crate::key;
@@ -96,21 +96,6 @@ where
         finish(from_stored(&self.ctx.parts, stored, age), &status, &self.shared.config, false)
     }
 
-    /// A fresh hit. For a plain GET (`memo` given), the head remembered for this age and ttl when
-    /// there is one; else the head is built as for any answer, and remembered.
-    fn fresh_hit(&self, stored: &Stored, memo: Option<&DecodedRecord>, age: Duration) -> Resp<RB> {
-        let ttl = ttl_left(stored, age);
-        if let Some((status, headers)) = memo.and_then(|m| m.hit_head(age.as_secs(), ttl)) {
-            return plain_hit(stored, status, headers);
-        }
-        let resp = self.respond(stored, age, CacheStatusMember::hit().ttl(ttl));
-        if let Some(memo) = memo {
-            let head = HitHead { age: age.as_secs(), ttl, status: resp.status(), headers: resp.headers().clone() };
-            memo.remember_hit_head(head);
-        }
-        resp
-    }
-
     /// A response of the inner service, finished (its body dropped for HEAD: fills are GETs).
     fn finish_fill(&self, resp: Resp<RB>, status: CacheStatusMember) -> Resp<RB> {
         finish(resp, &status, &self.shared.config, self.ctx.head)
@@ -138,15 +123,19 @@ where
     B: ReplayBody,
     RB: ResBody,
 {
-    /// Reads the primary key and serves, fills or forwards.
-    pub(super) async fn lookup(self) -> Result<Resp<RB>, S::Error> {
+    /// Reads the primary key (unless `peeked`: what the local cache answered for it already) and
+    /// serves, fills or forwards.
+    pub(super) async fn lookup(self, peeked: Option<Entry>) -> Result<Resp<RB>, S::Error> {
         // Borrowed from a handle of its own (not from `self`, which the branches consume): a hit never
         // copies the key.
         let keys = Arc::clone(&self.ctx.keys);
         let primary = keys.primary.as_str();
-        let entry = match self.shared.store.get_entry(primary).await {
-            Ok(entry) => entry,
-            Err(e) => return Box::pin(self.unavailable(e)).await,
+        let entry = match peeked {
+            Some(entry) => Some(entry),
+            None => match self.shared.store.get_entry(primary).await {
+                Ok(entry) => entry,
+                Err(e) => return Box::pin(self.unavailable(e)).await,
+            },
         };
         let Some(entry) = entry else {
             return Box::pin(self.miss(primary.to_owned(), "uri-miss")).await;
@@ -199,7 +188,7 @@ where
         let f = stored.freshness;
         let must_validate = f.no_cache || self.ctx.force_revalidate;
         if !must_validate && age < f.lifetime {
-            return Ok(self.fresh_hit(stored, memo.filter(|_| self.ctx.plain), age));
+            return Ok(fresh_hit(&self.shared.config, &self.ctx, stored, memo, age));
         }
         if !must_validate && age < policy::add(f.lifetime, f.stale_while_revalidate) {
             self.clone().spawn_refresh(key.to_owned(), Box::new(stored.clone()), entry.version);
@@ -214,6 +203,50 @@ where
         }
         Box::pin(self.revalidate(key.to_owned(), Box::new(stored.clone()), entry.version, age)).await
     }
+}
+
+/// A fresh hit (see [`fresh_now`] for the conditions). For a plain GET, the head remembered in `memo`
+/// for this age and ttl when there is one; else the head is built as for any answer, and remembered.
+fn fresh_hit<RB: ResBody>(
+    cfg: &Config,
+    ctx: &Ctx,
+    stored: &Stored,
+    memo: Option<&DecodedRecord>,
+    age: Duration,
+) -> Resp<RB> {
+    let ttl = ttl_left(stored, age);
+    let memo = memo.filter(|_| ctx.plain);
+    if let Some((status, headers)) = memo.and_then(|m| m.hit_head(age.as_secs(), ttl)) {
+        return plain_hit(stored, status, headers);
+    }
+    let resp = finish(from_stored(&ctx.parts, stored, age), &CacheStatusMember::hit().ttl(ttl), cfg, false);
+    if let Some(memo) = memo {
+        memo.remember_hit_head(HitHead {
+            age: age.as_secs(),
+            ttl,
+            status: resp.status(),
+            headers: resp.headers().clone(),
+        });
+    }
+    resp
+}
+
+/// The answer to a request whose primary key the local cache answered with `entry`, when no waiting
+/// is needed: a fresh stored response this request selects, served as `lookup` and `serve` would serve
+/// it. `None` for anything else (a variant index, a stale or `no-cache` response, a pass marker), which
+/// the flow then takes on from `entry`.
+pub(crate) fn fresh_now<RB: ResBody>(shared: &Shared, ctx: &Ctx, entry: &Entry) -> Option<Resp<RB>> {
+    let decoded = shared.decoded.record(&ctx.keys.primary, &entry.value)?;
+    let Record::Response(stored) = &decoded.record else { return None };
+    if !ctx.selects(stored) {
+        return None;
+    }
+    let age = stored.age(entry.expiry.remaining());
+    let f = stored.freshness;
+    if f.no_cache || ctx.force_revalidate || age >= f.lifetime {
+        return None;
+    }
+    Some(fresh_hit(&shared.config, ctx, stored, Some(&decoded), age))
 }
 
 // ---- Misses: the dogpile-safe fill ----
