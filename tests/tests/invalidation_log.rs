@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use pgcache_core::prelude::*;
 use pgcache_core::{lock_key, ListenerState, Source};
 use pgcache_tests::{
-    advisory_lock_holder, connect, entries_table, eventually, log_drained, make_local, node, settings_for, source_of, sql_client,
-    terminate, NotifyTap,
+    advisory_lock_holder, connect, entries_table, eventually, log_drained, make_local, node, settings_for, source_of,
+    sql_client, terminate, NotifyTap,
 };
 
 /// Generous deadline for an invalidation to travel; measured figures are printed.
@@ -404,9 +404,15 @@ async fn a_node_holding_an_older_copy_installs_the_value_its_notification_carrie
          UPDATE {table} SET value = convert_to('\"sneaky-big\"', 'UTF8') WHERE key = 'big'"
     ))
     .await?;
-    assert!(served_carried(&b, "k", "new", "sneaky").await?, "b read the table again instead of installing the carried value");
+    assert!(
+        served_carried(&b, "k", "new", "sneaky").await?,
+        "b read the table again instead of installing the carried value"
+    );
     assert_eq!(source_of(&b, "k").await?, Source::Local);
-    assert!(!served_carried(&b, "big", &big_new, "sneaky-big").await?, "a value over 512 bytes must be evicted, not carried");
+    assert!(
+        !served_carried(&b, "big", &big_new, "sneaky-big").await?,
+        "a value over 512 bytes must be evicted, not carried"
+    );
     // Nothing was installed for a key b never read: its first read goes to the table.
     assert_ne!(source_of(&b, "never-read").await?, Source::Local);
     a.close().await;

@@ -94,7 +94,10 @@ fn action(prefix: &str, payload: &str) -> Option<(Action, Option<i64>)> {
             Some("flush") => Action::Flush,
             Some(op) => {
                 let deleted = op == "delete";
-                Action::Evict(event.keys.into_iter().map(|(key, version)| (key, version, deleted)).collect(), Vec::new())
+                Action::Evict(
+                    event.keys.into_iter().map(|(key, version)| (key, version, deleted)).collect(),
+                    Vec::new(),
+                )
             }
         },
         Some(2) if event.p != prefix => Action::Ignore,
