@@ -265,6 +265,54 @@ async fn through_pgbouncer_transaction_mode_two_nodes_stay_coherent() -> Result<
 
 #[tokio::test]
 #[ignore = "needs scripts/with-topology (scripts/test runs it with --ignored)"]
+async fn listen_dsn_through_pgbouncer_is_probed_as_no_notify_and_the_cache_polls_coherently() -> Result<()> {
+    // Everything through the pooler, `listen_dsn` too: LISTEN "succeeds" there and nothing arrives.
+    let direct = pooled_settings("bouncer_probe");
+    PostgresCache::init_db(&direct).await?;
+    let mut settings = direct.clone().poll_interval(Duration::from_millis(100));
+    settings.listen_dsn = None;
+    let a = PostgresCache::connect(settings.clone()).await?;
+    let b =
+        PostgresCache::connect(settings.clone().application_name(format!("{}b", settings.application_name))).await?;
+    let found = b.capabilities().context("capabilities after connect")?;
+    assert!(!found.notify, "LISTEN through a transaction pooler must be found not to deliver: {found:?}");
+    assert!(!found.session_locks, "session locks through a transaction pooler must be found not to hold: {found:?}");
+    assert_eq!(found.invalidation, pgcache_core::InvalidationMode::Poll);
+    // The same cache with `listen_dsn` direct listens.
+    let c = PostgresCache::connect(direct.clone().application_name(format!("{}c", settings.application_name))).await?;
+    let found = c.capabilities().context("capabilities after connect")?;
+    assert!(found.notify && found.session_locks, "{found:?}");
+    let sql = sql_client(&shard_dsns()[0]).await?;
+    let table = entries_table(&settings);
+    for round in 0..5 {
+        let key = format!("p{round}");
+        a.set(&key, "v1", None).await?;
+        assert_eq!(b.get::<String>(&key).await?.as_deref(), Some("v1"));
+        assert_eq!(c.get::<String>(&key).await?.as_deref(), Some("v1"));
+        a.set(&key, "v2", None).await?;
+        eventually(Duration::from_secs(5), || async {
+            b.get::<String>(&key).await.ok().flatten().as_deref() == Some("v2")
+                && c.get::<String>(&key).await.ok().flatten().as_deref() == Some("v2")
+        })
+        .await
+        .with_context(|| format!("round {round}: a write through the pooler"))?;
+        sql.execute(&format!("UPDATE {table} SET value = convert_to('\"sql\"', 'UTF8') WHERE key = $1"), &[&key])
+            .await?;
+        eventually(Duration::from_secs(5), || async {
+            a.get::<String>(&key).await.ok().flatten().as_deref() == Some("sql")
+                && b.get::<String>(&key).await.ok().flatten().as_deref() == Some("sql")
+        })
+        .await
+        .with_context(|| format!("round {round}: plain SQL"))?;
+    }
+    for cache in [a, b, c] {
+        cache.close().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/with-topology (scripts/test runs it with --ignored)"]
 async fn through_pgbouncer_one_cold_key_loads_once_across_nodes() -> Result<()> {
     let settings = pooled_settings("bouncer_dogpile");
     PostgresCache::init_db(&settings).await?;

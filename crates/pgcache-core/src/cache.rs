@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::cache_store::{
     CacheStatus, CacheStore, DynLoader, DynOutput, Entry, Fill, ListenerState, LoadError, Loaded, SetOptions, Source,
 };
+use crate::capability::{self, Capabilities, InvalidationMode};
 use crate::codec::{Codec, JsonCodec};
 use crate::coherence::{Coherence, Lease, Snapshot};
 use crate::conn::{Conn, Db};
@@ -33,7 +34,7 @@ use crate::telemetry::{LockWait, Op, Outcome, Telemetry};
 use crate::transaction::CacheTx;
 use crate::ttl::{Expiry, Ttl};
 use crate::typed::TypedCache;
-use crate::{listener, row_triggers, schema, sweeper, telemetry, validate};
+use crate::{listener, poller, row_triggers, schema, sweeper, telemetry, validate};
 
 /// How long a lazily connected cache waits after a failed connection attempt before the next one.
 const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
@@ -110,6 +111,8 @@ struct Node {
     /// What each entry asked for in early refresh.
     plans: Plans,
     default_ttl: Duration,
+    /// What the probe at connect found, and the invalidation mode chosen from it.
+    capabilities: Capabilities,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -187,7 +190,8 @@ impl Node {
         let db = Arc::new(Db::new(settings)?);
         check_schema(&db, settings).await?;
         db.warm(settings.min_pool_size).await?;
-        let coherence = Arc::new(coherence_for(settings));
+        let capabilities = capability::probe(settings).await?;
+        let coherence = Arc::new(coherence_for(settings, capabilities.invalidation));
         let (shutdown, _) = watch::channel(false);
         let sql =
             Arc::new(Statements::new(&settings.schema_prefix, !settings.disable_notify, settings.prepared_statements));
@@ -196,9 +200,10 @@ impl Node {
             replicas: Replicas::new(settings)?,
             sql,
             flights: Flights::default(),
-            locks: Arc::new(LockSession::new(settings)?),
+            locks: Arc::new(LockSession::new(settings, capabilities.session_locks)?),
             plans: Plans::new(usize::try_from(settings.local_max_entries).unwrap_or(usize::MAX).clamp(1024, 1 << 20)),
             default_ttl: settings.default_ttl,
+            capabilities,
             tasks: Mutex::new(Vec::new()),
             db,
             coherence,
@@ -214,10 +219,16 @@ impl Node {
     fn start_tasks(&self, settings: &CacheSettings) -> Option<oneshot::Receiver<Result<()>>> {
         let mut tasks = Vec::new();
         let mut first_listen = None;
-        if settings.listener_enabled() {
-            let (tx, rx) = oneshot::channel();
-            let listen = listener::run(settings.clone(), Arc::clone(&self.coherence), self.shutdown.subscribe(), tx);
-            tasks.push(tokio::spawn(listen));
+        let (tx, rx) = oneshot::channel();
+        let (coherence, shutdown) = (Arc::clone(&self.coherence), self.shutdown.subscribe());
+        match self.capabilities.invalidation {
+            InvalidationMode::Listen => {
+                tasks.push(tokio::spawn(listener::run(settings.clone(), coherence, shutdown, tx)))
+            }
+            InvalidationMode::Poll => tasks.push(tokio::spawn(poller::run(settings.clone(), coherence, shutdown, tx))),
+            InvalidationMode::Off => {}
+        }
+        if self.capabilities.invalidation != InvalidationMode::Off {
             tasks.push(tokio::spawn(Arc::clone(&self.coherence.lease).watch(self.shutdown.subscribe())));
             first_listen = Some(rx);
         }
@@ -415,12 +426,16 @@ struct Origin {
 }
 
 /// The coherent local cache the settings ask for.
-fn coherence_for(settings: &CacheSettings) -> Coherence {
+fn coherence_for(settings: &CacheSettings, mode: InvalidationMode) -> Coherence {
     let evictions = telemetry::Evictions::new(&settings.schema_prefix);
     let local = settings.local_enabled().then(|| {
         LocalCache::new(settings.local_max_entries, settings.local_max_bytes, move |cause| evictions.removed(cause))
     });
-    let lease = Lease::new(settings.listener_enabled(), settings.heartbeat_interval.saturating_mul(2));
+    let lease = match mode {
+        InvalidationMode::Listen => Lease::new(true, settings.heartbeat_interval.saturating_mul(2)),
+        InvalidationMode::Poll => Lease::new(true, poller::lease_length(settings)),
+        InvalidationMode::Off => Lease::new(false, settings.heartbeat_interval.saturating_mul(2)),
+    };
     Coherence::new(local, settings.local_ttl, lease)
 }
 
@@ -502,6 +517,24 @@ impl PostgresCache<JsonCodec> {
         settings.validate()?;
         reject_shards(&settings)?;
         Ok(Self::unconnected(settings))
+    }
+
+    /// What the probe at connect found on `listen_dsn` (or `dsn`), after
+    /// [`CacheSettings::assume_without`], and the invalidation mode chosen from it; `None` until this
+    /// instance has connected (see [`connect_lazy`](Self::connect_lazy)).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), pgcache_core::Error> {
+    /// use pgcache_core::{prelude::*, InvalidationMode};
+    ///
+    /// let cache = PostgresCache::connect(CacheSettings::new("postgresql://localhost/app")).await?;
+    /// if cache.capabilities().is_some_and(|c| c.invalidation == InvalidationMode::Poll) {
+    ///     println!("no LISTEN/NOTIFY here: polling the change history");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn capabilities(&self) -> Option<Capabilities> {
+        self.shared.node.get().map(|node| node.capabilities)
     }
 
     /// Connects with settings from `PGCACHE_*` environment variables ([`CacheSettings::from_env`]).

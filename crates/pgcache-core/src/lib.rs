@@ -5,6 +5,7 @@
 
 mod cache;
 mod cache_store;
+mod capability;
 mod codec;
 mod coherence;
 mod conn;
@@ -17,6 +18,7 @@ mod local;
 mod lock;
 mod lock_key;
 mod null;
+mod poller;
 mod refresh;
 mod replica;
 mod row_triggers;
@@ -36,6 +38,7 @@ pub use cache::PostgresCache;
 pub use cache_store::{
     CacheStatus, CacheStore, DynLoader, DynOutput, Entry, Fill, ListenerState, LoadError, Loaded, SetOptions, Source,
 };
+pub use capability::{Capabilities, Capability, InvalidationMode};
 pub use codec::{Codec, JsonCodec};
 pub use error::{BoxError, Error, Result};
 pub use lock_key::lock_key;

@@ -6,6 +6,15 @@
 //!   connection: the loader runs while the key's lock is held on the lock session, and unrelated traffic
 //!   keeps the whole pool.
 //! - [`AdvisoryLock`]: a session lock held on a pooled connection for a short batch of work (the sweeper).
+//!
+//! Where session advisory locks do not hold (the probe at connect found so: a transaction pooler on
+//! `listen_dsn`, an engine without them, or `assume_without(Capability::SessionLocks)`), the lock
+//! session takes **lease rows** instead (`{prefix}cache_leases`, `sql/005_capabilities.sql`): an upsert
+//! that overwrites only an expired lease, renewed every [`LEASE`]` / 3` by the holder while its loader
+//! runs, released by DELETE. A lease row works through any pooler and on any engine with `INSERT ... ON
+//! CONFLICT`; a transaction-level advisory lock would need a transaction (and a pinned server connection)
+//! open for the loader's whole run, and does not exist on every engine either. One loader per key holds
+//! while the holder lives; a holder that dies stops renewing, and its lease ends within [`LEASE`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,7 +24,18 @@ use deadpool_postgres::Pool;
 use crate::conn::{build_pool, statement_bound, Conn, Db};
 use crate::error::{Error, Result};
 use crate::settings::CacheSettings;
-use crate::store::{self, LoadRow, Statements};
+use crate::store::{self, LeaseStatements, LoadRow, Statements};
+
+/// How long a lease row lasts without renewal: a dead holder's lease ends within it.
+pub(crate) const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How the lock session takes a key's lock.
+enum Locking {
+    /// Session advisory locks on the lock session's connection.
+    Session,
+    /// Lease rows, held by `holder` (this cache instance).
+    Lease { holder: String, sql: Box<Statements>, leases: LeaseStatements },
+}
 
 /// Connections the lock session's pool may hold: one in use, plus ones being retired after a failure
 /// (still referenced by holders finishing on them).
@@ -32,22 +52,74 @@ pub(crate) struct LockSession {
     bound: std::time::Duration,
     current: tokio::sync::Mutex<Option<Arc<Conn>>>,
     held: Mutex<HashSet<i64>>,
+    locking: Locking,
 }
 
 impl LockSession {
     /// The lock session of a cache instance (connects on first use): on `listen_dsn` when set, since
     /// session locks need a direct connection, not one through a transaction pooler.
-    pub(crate) fn new(settings: &CacheSettings) -> Result<Self> {
+    ///
+    /// `session_locks`: whether session advisory locks hold there (the probe at connect); lease rows
+    /// otherwise.
+    pub(crate) fn new(settings: &CacheSettings, session_locks: bool) -> Result<Self> {
         let (name, dsn) = match &settings.listen_dsn {
             Some(dsn) => ("listen_dsn", dsn.as_str()),
             None => ("dsn", settings.dsn.as_str()),
+        };
+        let locking = if session_locks {
+            Locking::Session
+        } else {
+            let prefix = &settings.schema_prefix;
+            Locking::Lease {
+                holder: format!("{}-{:016x}", settings.application_name, fastrand::u64(..)),
+                sql: Box::new(Statements::new(prefix, !settings.disable_notify, settings.prepared_statements)),
+                leases: LeaseStatements::new(prefix),
+            }
         };
         Ok(Self {
             pool: build_pool(settings, name, dsn, LOCK_SESSION_CONNECTIONS)?,
             bound: statement_bound(settings),
             current: tokio::sync::Mutex::new(None),
             held: Mutex::new(HashSet::new()),
+            locking,
         })
+    }
+
+    /// Takes `key`'s lock on `conn` (one statement); true when taken.
+    async fn take(&self, conn: &Conn, key: i64) -> Result<bool> {
+        match &self.locking {
+            Locking::Session => conn.bounded(store::try_advisory_lock(conn.client()?, key)).await,
+            Locking::Lease { holder, sql, leases } => {
+                conn.bounded(store::take_lease(conn.client()?, sql, leases, key, holder, LEASE)).await
+            }
+        }
+    }
+
+    /// Renews `key`'s lease every [`LEASE`]` / 3` on `conn` until aborted (lease mode only).
+    fn keep_alive(self: &Arc<Self>, conn: &Arc<Conn>, key: i64) -> Option<tokio::task::JoinHandle<()>> {
+        if matches!(self.locking, Locking::Session) {
+            return None;
+        }
+        let (session, conn) = (Arc::clone(self), Arc::clone(conn));
+        Some(tokio::spawn(async move {
+            let Locking::Lease { holder, sql, leases } = &session.locking else { return };
+            loop {
+                tokio::time::sleep(LEASE / 3).await;
+                let renewed = match conn.client() {
+                    Ok(client) => conn.bounded(store::renew_lease(client, sql, leases, key, holder, LEASE)).await,
+                    Err(e) => Err(e),
+                };
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(target: "pgcache::lock", key, "lease lost (expired before its renewal)");
+                        return;
+                    }
+                    // Tried again at the next renewal: the lease lasts three of them.
+                    Err(e) => tracing::warn!(target: "pgcache::lock", key, error = %e, "lease renewal failed"),
+                }
+            }
+        }))
     }
 
     /// Tries to take `key`'s lock; `None` when another session, or another caller of this process,
@@ -65,13 +137,16 @@ impl LockSession {
         };
         // The guard exists before the statement is sent: if this future is dropped mid-statement, its Drop
         // unlocks (a no-op when the lock was not taken) before the key leaves the held set.
-        let mut lock = KeyLock { session: Arc::clone(self), conn: Some(conn), key };
+        let mut lock = KeyLock { session: Arc::clone(self), conn: Some(conn), key, renewal: None };
         let acquired = match lock.conn.as_deref() {
-            Some(conn) => conn.bounded(store::try_advisory_lock(conn.client()?, key)).await,
+            Some(conn) => self.take(conn, key).await,
             None => Ok(false),
         };
         match acquired {
-            Ok(true) => Ok(Some(lock)),
+            Ok(true) => {
+                lock.renewal = lock.conn.as_ref().and_then(|conn| self.keep_alive(conn, key));
+                Ok(Some(lock))
+            }
             Ok(false) => {
                 lock.conn = None;
                 self.held_set().remove(&key);
@@ -112,13 +187,20 @@ impl LockSession {
             }
         };
         // As in `try_lock`: the guard exists before the statement is sent.
-        let mut guard = KeyLock { session: Arc::clone(self), conn: Some(conn), key: lock };
-        let read = match guard.conn.as_deref() {
-            Some(conn) => conn.bounded(store::get_or_lock(conn.client()?, sql, key, lock)).await,
-            None => Ok((None, false)),
+        let mut guard = KeyLock { session: Arc::clone(self), conn: Some(conn), key: lock, renewal: None };
+        let read = match (guard.conn.as_deref(), &self.locking) {
+            (Some(conn), Locking::Session) => conn.bounded(store::get_or_lock(conn.client()?, sql, key, lock)).await,
+            (Some(conn), Locking::Lease { holder, sql, leases }) => {
+                let read = store::get_or_lease(conn.client()?, sql, leases, key, (lock, holder, LEASE));
+                conn.bounded(read).await
+            }
+            (None, _) => Ok((None, false)),
         };
         match read {
-            Ok((row, true)) => Ok((row, Some(guard))),
+            Ok((row, true)) => {
+                guard.renewal = guard.conn.as_ref().and_then(|conn| self.keep_alive(conn, lock));
+                Ok((row, Some(guard)))
+            }
             Ok((row, false)) => {
                 guard.conn = None;
                 self.held_set().remove(&lock);
@@ -183,6 +265,8 @@ pub(crate) struct KeyLock {
     /// `None` once released.
     conn: Option<Arc<Conn>>,
     key: i64,
+    /// Lease mode: the task renewing the lease while it is held.
+    renewal: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl KeyLock {
@@ -200,6 +284,9 @@ impl KeyLock {
 
     /// Unlocks on the lock session, then lets the key be taken again by this process.
     pub(crate) async fn release(mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
         if let Some(conn) = self.conn.take() {
             unlock(&self.session, &conn, self.key).await;
         }
@@ -207,9 +294,12 @@ impl KeyLock {
 }
 
 async fn unlock(session: &LockSession, conn: &Arc<Conn>, key: i64) {
-    let unlocked = match conn.client() {
-        Ok(client) => conn.bounded(store::advisory_unlock(client, key)).await,
-        Err(e) => Err(e),
+    let unlocked = match (conn.client(), &session.locking) {
+        (Ok(client), Locking::Session) => conn.bounded(store::advisory_unlock(client, key)).await.map(|_| ()),
+        (Ok(client), Locking::Lease { holder, sql, leases }) => {
+            conn.bounded(store::release_lease(client, sql, leases, key, holder)).await
+        }
+        (Err(e), _) => Err(e),
     };
     if let Err(e) = unlocked {
         // The session is retired: its locks are freed with it.
@@ -221,6 +311,9 @@ async fn unlock(session: &LockSession, conn: &Arc<Conn>, key: i64) {
 
 impl Drop for KeyLock {
     fn drop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
         let Some(conn) = self.conn.take() else { return };
         let (session, key) = (Arc::clone(&self.session), self.key);
         match tokio::runtime::Handle::try_current() {

@@ -3,7 +3,8 @@
 //! The SQL is in `sql/` (shipped inside this crate): `001_init.sql` creates the table, the version
 //! sequence and the version trigger; `002_incarnation.sql` the row naming the table's current life
 //! (a new one whenever the table is created); `003_refresh_at.sql` the `refresh_at` column of early
-//! refresh; `004_invalidation_log.sql` the invalidation log; `notify_function.sql` the trigger function
+//! refresh; `004_invalidation_log.sql` the invalidation log; `005_capabilities.sql` what the polling
+//! mode needs (the writer's transaction id, the change history, the pollers); `notify_function.sql` the trigger function
 //! that appends other writers' changes to the log (it names the channel) and its triggers.
 //! All are idempotent. `init_db` does not trust the version row alone: it
 //! inspects the objects and re-applies the files when anything is missing or differs (a table or trigger
@@ -18,7 +19,7 @@ use crate::lock_key::lock_key;
 use crate::settings::CacheSettings;
 
 /// The schema version this library writes and expects.
-pub(crate) const SCHEMA_VERSION: i32 = 4;
+pub(crate) const SCHEMA_VERSION: i32 = 5;
 
 /// The table, its version sequence and the version trigger.
 const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
@@ -28,6 +29,8 @@ const INCARNATION_SQL: &str = include_str!("../sql/002_incarnation.sql");
 const REFRESH_AT_SQL: &str = include_str!("../sql/003_refresh_at.sql");
 /// Migration 4: the invalidation log (issue 9).
 const INVALIDATION_LOG_SQL: &str = include_str!("../sql/004_invalidation_log.sql");
+/// Migration 5: the writer's transaction id on log rows, the change history and the pollers (issue 14).
+const CAPABILITIES_SQL: &str = include_str!("../sql/005_capabilities.sql");
 /// Columns added after migration 1, each checked by `inspect`.
 const ADDED_COLUMNS: [&str; 1] = ["refresh_at"];
 /// The notification function and its triggers.
@@ -50,7 +53,9 @@ const FUNCTIONS: [(&str, &str); 2] = [("cache_bump_version", ENTRIES_SQL), ("cac
 
 /// Replaces the placeholders of a SQL file with validated identifiers.
 fn render(sql: &str, settings: &CacheSettings) -> String {
-    sql.replace("__UNLOGGED__", if settings.unlogged { "UNLOGGED" } else { "" })
+    // Without UNLOGGED (an engine that lacks it, or told so), the table is created logged.
+    let unlogged = settings.unlogged && !crate::capability::assumed_without(settings, crate::Capability::Unlogged);
+    sql.replace("__UNLOGGED__", if unlogged { "UNLOGGED" } else { "" })
         .replace("__PREFIX__", &settings.schema_prefix)
         .replace("__CHANNEL__", &settings.notify_channel)
 }
@@ -102,6 +107,7 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
             batch(&tx, &render(INCARNATION_SQL, settings)).await?;
             batch(&tx, &render(REFRESH_AT_SQL, settings)).await?;
             batch(&tx, &render(INVALIDATION_LOG_SQL, settings)).await?;
+            batch(&tx, &render(CAPABILITIES_SQL, settings)).await?;
             batch(&tx, &render(NOTIFY_SQL, settings)).await?;
             batch(&tx, &render(VIEWS_SQL, settings)).await?;
             // One row per migration applied (a fresh install applies them all at once).
@@ -203,10 +209,25 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
             problems.push(format!("{kind} {object} is missing"));
         }
     }
+    for log in
+        ["cache_invalidations", "cache_changes", "cache_pollers", "cache_leases"].map(|name| quoted(settings, name))
+    {
+        let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&log]).await.map_err(Error::from_pg)?;
+        if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+            problems.push(format!("table {log} is missing"));
+        }
+    }
+    // The writer's transaction id on log rows (migration 5): the polling mode's watermark needs it.
     let log = quoted(settings, "cache_invalidations");
-    let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&log]).await.map_err(Error::from_pg)?;
-    if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
-        problems.push(format!("table {log} is missing"));
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'xid' AND NOT attisdropped",
+            &[&log],
+        )
+        .await
+        .map_err(Error::from_pg)?;
+    if row.try_get::<_, i64>(0).map_err(Error::from_pg)? == 0 {
+        problems.push(format!("column xid of {log} is missing"));
     }
     let incarnation = quoted(settings, "cache_incarnation");
     let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&incarnation]).await.map_err(Error::from_pg)?;

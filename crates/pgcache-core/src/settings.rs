@@ -65,7 +65,8 @@ const ONE_MS: Duration = Duration::from_millis(1);
 /// `PGCACHE_MIN_POOL_SIZE`, `PGCACHE_MAX_POOL_SIZE`, `PGCACHE_POOL_TIMEOUT`, `PGCACHE_STATEMENT_TIMEOUT`,
 /// `PGCACHE_LOCK_WAIT_TIMEOUT`, `PGCACHE_MAX_KEY_BYTES`, `PGCACHE_MAX_VALUE_BYTES`, `PGCACHE_UNLOGGED`,
 /// `PGCACHE_SWEEPER_INTERVAL` (`0` disables), `PGCACHE_CLEANUP_BATCH_SIZE`, `PGCACHE_HEARTBEAT_INTERVAL`,
-/// `PGCACHE_TLS_ROOT_CERT`, `PGCACHE_LOADER_SOFT_TIMEOUT` and `PGCACHE_LOADER_HARD_TIMEOUT` (`0`: none).
+/// `PGCACHE_TLS_ROOT_CERT`, `PGCACHE_LOADER_SOFT_TIMEOUT` and `PGCACHE_LOADER_HARD_TIMEOUT` (`0`: none),
+/// `PGCACHE_POLL_INTERVAL`.
 ///
 /// # Durations
 /// Durations are written `250ms`, `5s`, `10m`, `1h`; a bare number means seconds, and `us` and `ns` are
@@ -225,6 +226,15 @@ pub struct CacheSettings {
     /// Group-commit batches of this instance in flight at once (each on a pooled connection).
     /// Default: 2. Accepted: 1 to 64; never more than `max_pool_size` are used.
     pub write_batches_in_flight: usize,
+    /// How often a node in the polling invalidation mode (chosen at connect when LISTEN/NOTIFY does not
+    /// deliver, see [`Capabilities`](crate::Capabilities)) reads the change history. Its staleness bound
+    /// is this interval plus one statement. Default: 200 ms. Accepted: 10 ms to 10 s.
+    #[serde(with = "duration_format")]
+    pub poll_interval: Duration,
+    /// Capabilities treated as missing whatever the probe at connect finds, so that the fallback for
+    /// each is used: for tests, and for an engine the probe gets wrong. Default: none.
+    /// See [`assume_without`](Self::assume_without).
+    pub assume_without: Vec<crate::Capability>,
 }
 
 impl Default for CacheSettings {
@@ -263,6 +273,8 @@ impl Default for CacheSettings {
             write_batch_max_rows: 1000,
             write_batch_max_bytes: 8 * 1024 * 1024,
             write_batches_in_flight: 2,
+            poll_interval: Duration::from_millis(200),
+            assume_without: Vec::new(),
         }
     }
 }
@@ -305,6 +317,8 @@ impl fmt::Debug for CacheSettings {
             write_batch_max_rows,
             write_batch_max_bytes,
             write_batches_in_flight,
+            poll_interval,
+            assume_without,
         } = self;
         f.debug_struct("CacheSettings")
             .field("dsn", &redact_dsn(dsn))
@@ -340,6 +354,8 @@ impl fmt::Debug for CacheSettings {
             .field("write_batch_max_rows", write_batch_max_rows)
             .field("write_batch_max_bytes", write_batch_max_bytes)
             .field("write_batches_in_flight", write_batches_in_flight)
+            .field("poll_interval", poll_interval)
+            .field("assume_without", assume_without)
             .finish()
     }
 }
@@ -448,9 +464,32 @@ impl CacheSettings {
         self
     }
 
+    /// Treats `capability` as missing whatever the probe at connect finds (see
+    /// [`assume_without`](Self::assume_without)): the cache then uses its fallback. For tests, and for an
+    /// engine the probe gets wrong.
+    ///
+    /// ```
+    /// use pgcache_core::{CacheSettings, Capability};
+    ///
+    /// // Poll the change history every 100 ms instead of listening.
+    /// let s = CacheSettings::new("postgresql://localhost/app")
+    ///     .assume_without(Capability::Notify)
+    ///     .poll_interval(std::time::Duration::from_millis(100));
+    /// assert_eq!(s.assume_without, vec![Capability::Notify]);
+    /// ```
+    #[must_use]
+    pub fn assume_without(mut self, capability: crate::Capability) -> Self {
+        if !self.assume_without.contains(&capability) {
+            self.assume_without.push(capability);
+        }
+        self
+    }
+
     setters! {
         /// Sets [`disable_notify`](Self::disable_notify).
         disable_notify: bool,
+        /// Sets [`poll_interval`](Self::poll_interval).
+        poll_interval: Duration,
         /// Sets [`local_max_entries`](Self::local_max_entries); `0` disables the local cache.
         local_max_entries: u64,
         /// Sets [`local_max_bytes`](Self::local_max_bytes).
@@ -575,6 +614,7 @@ impl CacheSettings {
         duration!("PGCACHE_LOCK_WAIT_TIMEOUT", lock_wait_timeout);
         duration!("PGCACHE_HEARTBEAT_INTERVAL", heartbeat_interval);
         duration!("PGCACHE_MAX_REPLICA_LAG", max_replica_lag);
+        duration!("PGCACHE_POLL_INTERVAL", poll_interval);
         if let Some(v) = var("PGCACHE_SWEEPER_INTERVAL") {
             let d = parse_duration("sweeper_interval", &v)?;
             s.sweeper_interval = (!d.is_zero()).then_some(d);
@@ -656,6 +696,7 @@ impl CacheSettings {
             ("lock_wait_timeout", self.lock_wait_timeout, Duration::ZERO, MAX_TIMEOUT),
             ("heartbeat_interval", self.heartbeat_interval, ONE_MS, MAX_TIMEOUT),
             ("max_replica_lag", self.max_replica_lag, ONE_MS, MAX_TIMEOUT),
+            ("poll_interval", self.poll_interval, Duration::from_millis(10), Duration::from_secs(10)),
         ] {
             check_range(name, value, min, max, "")?;
         }

@@ -651,7 +651,9 @@ pub(crate) const CARRIED_VALUE_MAX: usize = 512;
 /// `t` is when the oldest change of the batch was written.
 /// A key written several times in a batch is sent once, with its newest version; a delete wins over the
 /// write of the same version (the deleted row's version is the one its last write gave it), else a node
-/// holding that version would keep it.
+/// holding that version would keep it. While a node polls instead of listening (a row of `cache_pollers`
+/// not lapsed), the batch also moves its rows into the change history the pollers read (`poller.rs`),
+/// in the same statement: a poll's snapshot sees each row in the log or in the history, never in neither.
 ///
 /// `w` (issue 9, the re-read herd): for a written key whose row still has that version, is live and holds
 /// at most [`CARRIED_VALUE_MAX`] bytes, the value (base64) and its expiry (epoch milliseconds by the
@@ -662,11 +664,14 @@ pub(crate) const CARRIED_VALUE_MAX: usize = 512;
 fn drain_sql(prefix: &str, channel: &str) -> String {
     let log = format!("\"{prefix}cache_invalidations\"");
     let entries = format!("\"{prefix}cache_entries\"");
+    let (changes, pollers) = (format!("\"{prefix}cache_changes\""), format!("\"{prefix}cache_pollers\""));
     let flush = format!(r#"format('{{"v":2,"p":"{prefix}","t":%s,"f":1}}', (SELECT t FROM m))"#);
     let live = LIVE.replace("expires_at", "e.expires_at");
     format!(
         "WITH d AS (DELETE FROM {log} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {log} LIMIT $1)) \
-         RETURNING key, version, deleted, t), \
+         RETURNING key, version, deleted, t, xid), \
+         h AS (INSERT INTO {changes} (key, version, deleted, xid) SELECT key, version, deleted, xid FROM d \
+               WHERE EXISTS (SELECT 1 FROM {pollers} WHERE until > now())), \
          m AS (SELECT coalesce((EXTRACT(EPOCH FROM min(t)) * 1000)::bigint, 0) AS t, \
                coalesce(bool_or(key IS NULL), false) AS everything FROM d), \
          k AS (SELECT DISTINCT ON (key) key, version, deleted FROM d WHERE key IS NOT NULL \
@@ -789,6 +794,312 @@ pub(crate) async fn try_lock(
     key: i64,
 ) -> Result<bool> {
     pg(pg(client.query_one(stmt, &[&key]).await)?.try_get(0))
+}
+
+// ---- Capabilities and the polling invalidation mode (issue 14) ----
+//
+// Unnamed typed statements (`query_typed`, one round trip each): these run a few times a second at
+// most, on connections that may go through a transaction pooler, where a prepared statement would not
+// survive its transaction.
+
+/// SQL text of the polling mode's statements and the capability probe, formatted once per node with
+/// validated names.
+#[derive(Debug)]
+pub(crate) struct PollStatements {
+    /// Registers (or renews) node `$1` as a poller for `$2` more seconds: the flusher keeps the history.
+    pub(crate) register: String,
+    /// Removes node `$1`'s registration (at close).
+    pub(crate) unregister: String,
+    /// The snapshot's `xmin`, then every change (history and log) whose writer id is at least `$1`:
+    /// `(xmin, key, version, deleted, xid, in_log)`, one row with only `xmin` when there is none.
+    pub(crate) changes: String,
+    /// Deletes up to `$1` history rows moved more than `$2` seconds ago, and lapsed registrations.
+    pub(crate) trim_changes: String,
+    /// Whether the engine kept the log table UNLOGGED (`relpersistence`), and whether the notify
+    /// triggers have transition tables.
+    pub(crate) probe_schema: String,
+}
+
+impl PollStatements {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let changes = format!("\"{prefix}cache_changes\"");
+        let log = format!("\"{prefix}cache_invalidations\"");
+        let pollers = format!("\"{prefix}cache_pollers\"");
+        Self {
+            register: format!(
+                "INSERT INTO {pollers} (node, until) VALUES ($1, now() + make_interval(secs => $2)) \
+                 ON CONFLICT (node) DO UPDATE SET until = EXCLUDED.until"
+            ),
+            unregister: format!("DELETE FROM {pollers} WHERE node = $1"),
+            changes: format!(
+                "SELECT s.xmin, c.key, c.version, c.deleted, c.xid, c.in_log \
+                 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) AS s LEFT JOIN \
+                 (SELECT key, version, deleted, xid::text::bigint AS xid, false AS in_log FROM {changes} \
+                  WHERE xid >= $1::text::xid8 \
+                  UNION ALL \
+                  SELECT key, version, deleted, xid::text::bigint, true FROM {log} WHERE xid >= $1::text::xid8) AS c ON true"
+            ),
+            trim_changes: format!(
+                "WITH p AS (DELETE FROM {pollers} WHERE until < now()) \
+                 DELETE FROM {changes} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {changes} \
+                 WHERE t < clock_timestamp() - make_interval(secs => $2) LIMIT $1))"
+            ),
+            probe_schema: format!(
+                "SELECT coalesce((SELECT relpersistence = 'u' FROM pg_class WHERE oid = to_regclass('{log}')), false), \
+                 EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('\"{prefix}cache_entries\"') \
+                         AND (tgnewtable IS NOT NULL OR tgoldtable IS NOT NULL))"
+            ),
+        }
+    }
+}
+
+/// One change read by a poll: `key` `None` means every key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Change {
+    pub(crate) key: Option<String>,
+    pub(crate) version: i64,
+    pub(crate) deleted: bool,
+    /// The writing transaction's id.
+    pub(crate) xid: i64,
+}
+
+/// Registers node `node` as a poller for `seconds` more ([`PollStatements::register`]).
+pub(crate) async fn register_poller(
+    client: &tokio_postgres::Client,
+    sql: &PollStatements,
+    node: &str,
+    seconds: f64,
+) -> Result<()> {
+    let _timer = telemetry::statement("register_poller");
+    pg(client.query_typed(&sql.register, &[(&node, Type::TEXT), (&seconds, Type::FLOAT8)]).await)?;
+    Ok(())
+}
+
+/// Removes node `node`'s registration ([`PollStatements::unregister`]).
+pub(crate) async fn unregister_poller(client: &tokio_postgres::Client, sql: &PollStatements, node: &str) -> Result<()> {
+    pg(client.query_typed(&sql.unregister, &[(&node, Type::TEXT)]).await)?;
+    Ok(())
+}
+
+/// What one poll read: the `xmin` of its snapshot (the next watermark), the changes, and whether any
+/// of them was still in the log (not yet moved by a flusher: the log needs draining).
+pub(crate) struct Polled {
+    pub(crate) xmin: i64,
+    pub(crate) changes: Vec<Change>,
+    pub(crate) in_log: bool,
+}
+
+/// The changes written by transactions with an id at or above `watermark`, and the `xmin` of the
+/// snapshot that read them: the next call's watermark ([`PollStatements::changes`]).
+pub(crate) async fn poll_changes(
+    client: &tokio_postgres::Client,
+    sql: &PollStatements,
+    watermark: i64,
+) -> Result<Polled> {
+    let _timer = telemetry::statement("poll_changes");
+    let rows = pg(client.query_typed(&sql.changes, &[(&watermark, Type::INT8)]).await)?;
+    let mut polled = Polled { xmin: watermark, changes: Vec::new(), in_log: false };
+    for row in &rows {
+        polled.xmin = pg(row.try_get(0))?;
+        let xid: Option<i64> = pg(row.try_get(4))?;
+        if let Some(xid) = xid {
+            let version: Option<i64> = pg(row.try_get(2))?;
+            polled.in_log |= pg::<Option<bool>>(row.try_get(5))?.unwrap_or(false);
+            polled.changes.push(Change {
+                key: pg(row.try_get(1))?,
+                // A NULL version (a row written by hand into the log): newer than anything held.
+                version: version.unwrap_or(i64::MAX),
+                deleted: pg(row.try_get(3))?,
+                xid,
+            });
+        }
+    }
+    Ok(polled)
+}
+
+/// Deletes up to `batch` history rows older than `retention`, and lapsed poller registrations.
+pub(crate) async fn trim_changes(
+    client: &tokio_postgres::Client,
+    sql: &PollStatements,
+    batch: i64,
+    retention: std::time::Duration,
+) -> Result<u64> {
+    let _timer = telemetry::statement("trim_changes");
+    let seconds = retention.as_secs_f64();
+    pg(client.execute_typed(&sql.trim_changes, &[(&batch, Type::INT8), (&seconds, Type::FLOAT8)]).await)
+}
+
+/// `(unlogged kept, transition tables)` ([`PollStatements::probe_schema`]).
+pub(crate) async fn probe_schema(client: &tokio_postgres::Client, sql: &PollStatements) -> Result<(bool, bool)> {
+    let rows = pg(client.query_typed(&sql.probe_schema, &[]).await)?;
+    match rows.first() {
+        Some(row) => Ok((pg(row.try_get(0))?, pg(row.try_get(1))?)),
+        None => Ok((false, false)),
+    }
+}
+
+/// Runs `sql` (a statement without parameters returning one `bool` or nothing) unprepared; for the
+/// capability probe, where the statement may fail on an engine that lacks the feature.
+pub(crate) async fn probe_bool(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Option<bool>> {
+    let rows = pg(client.query_typed(sql, params).await)?;
+    match rows.first() {
+        Some(row) => Ok(pg(row.try_get(0))?),
+        None => Ok(None),
+    }
+}
+
+/// The probe's `pg_backend_pid()`, unprepared.
+pub(crate) async fn backend_pid(client: &tokio_postgres::Client) -> Result<Option<i32>> {
+    let rows = pg(client.query_typed("SELECT pg_backend_pid()", &[]).await)?;
+    rows.first().map(|row| pg(row.try_get(0))).transpose()
+}
+
+/// Versions of the live rows among `keys`, unprepared (`sql`: [`CoherenceStatements::versions`]).
+pub(crate) async fn versions_typed(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    keys: &[&str],
+) -> Result<Vec<(String, i64)>> {
+    let rows = pg(client.query_typed(sql, &[(&keys, Type::TEXT_ARRAY)]).await)?;
+    rows.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
+}
+
+/// The incarnation of the shared table, unprepared (`sql`: [`CoherenceStatements::incarnation`]).
+pub(crate) async fn incarnation_typed(client: &tokio_postgres::Client, sql: &str) -> Result<Incarnation> {
+    let rows = pg(client.query_typed(sql, &[]).await)?;
+    // The statement has no FROM: one row always. None would read as "the table is gone": flush.
+    let Some(row) = rows.first() else { return Ok(Incarnation { id: None, table: None, system: None, started: None }) };
+    Ok(Incarnation {
+        id: pg(row.try_get(0))?,
+        table: pg(row.try_get(1))?,
+        system: pg(row.try_get(2))?,
+        started: pg(row.try_get(3))?,
+    })
+}
+
+/// One flusher batch, unprepared (`sql`: [`CoherenceStatements::drain`]); returns the rows taken.
+pub(crate) async fn drain_typed(client: &tokio_postgres::Client, sql: &str, limit: i64) -> Result<u64> {
+    let rows = pg(client.query_typed(sql, &[(&limit, Type::INT8)]).await)?;
+    let n: i64 = match rows.first() {
+        Some(row) => pg(row.try_get(0))?,
+        None => 0,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+// ---- Lease rows: get_or_set's lock where session advisory locks do not hold (issue 14) ----
+
+/// SQL text of the lease statements (`lock.rs`), formatted once per node with validated names.
+#[derive(Debug)]
+pub(crate) struct LeaseStatements {
+    /// Takes lease `$1` for holder `$2` for `$3` seconds unless another holder's lease is live; returns a
+    /// row when taken.
+    pub(crate) take: String,
+    /// As [`get_or_lock`](Statements::get_or_lock), with a lease (`$2` key, `$3` holder, `$4` seconds)
+    /// instead of the advisory lock: taken only when the row is not live.
+    pub(crate) get_or_take: String,
+    /// Extends lease `$1` of holder `$2` by `$3` seconds; returns a row while it is still held.
+    pub(crate) renew: String,
+    /// Releases lease `$1` of holder `$2`.
+    pub(crate) release: String,
+}
+
+impl LeaseStatements {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let t = format!("\"{prefix}cache_entries\"");
+        let leases = format!("\"{prefix}cache_leases\"");
+        let upsert = |source: &str| {
+            format!(
+                "INSERT INTO {leases} AS l (key, holder, expires_at) {source} \
+                 ON CONFLICT (key) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE l.expires_at < clock_timestamp() RETURNING true AS taken"
+            )
+        };
+        Self {
+            take: upsert("VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))"),
+            get_or_take: format!(
+                "WITH r AS (SELECT r.value, r.version, r.ttl, r.live, r.compute_ms, r.refresh_ms \
+                 FROM (SELECT 1) AS one LEFT JOIN (SELECT value, version, {TTL_MS} AS ttl, {LIVE} AS live, \
+                 compute_ms, {REFRESH_MS} AS refresh_ms FROM {t} WHERE key = $1 AND {USABLE}) AS r ON true), \
+                 k AS ({}) \
+                 SELECT r.value, r.version, r.ttl, r.live, r.compute_ms, r.refresh_ms, EXISTS (SELECT 1 FROM k) FROM r",
+                upsert("SELECT $2, $3, clock_timestamp() + make_interval(secs => $4) FROM r WHERE r.live IS NOT TRUE")
+            ),
+            renew: format!(
+                "UPDATE {leases} SET expires_at = clock_timestamp() + make_interval(secs => $3) \
+                 WHERE key = $1 AND holder = $2 RETURNING true"
+            ),
+            release: format!("DELETE FROM {leases} WHERE key = $1 AND holder = $2"),
+        }
+    }
+}
+
+/// Takes lease `key` for `holder` for `length` ([`LeaseStatements::take`]); true when taken.
+pub(crate) async fn take_lease(
+    client: &Client,
+    sql: &Statements,
+    leases: &LeaseStatements,
+    key: i64,
+    holder: &str,
+    length: std::time::Duration,
+) -> Result<bool> {
+    let _timer = telemetry::statement("take_lease");
+    let seconds = length.as_secs_f64();
+    let params: [Param<'_>; 3] = [(&key, Type::INT8), (&holder, Type::TEXT), (&seconds, Type::FLOAT8)];
+    Ok(row_opt(client, sql, &leases.take, &params).await?.is_some())
+}
+
+/// [`get_or_lock`] with a lease instead of the advisory lock ([`LeaseStatements::get_or_take`]).
+pub(crate) async fn get_or_lease(
+    client: &Client,
+    sql: &Statements,
+    leases: &LeaseStatements,
+    key: &str,
+    (lock, holder, length): (i64, &str, std::time::Duration),
+) -> Result<(Option<LoadRow>, bool)> {
+    let _timer = telemetry::statement("get_or_lease");
+    let seconds = length.as_secs_f64();
+    let params: [Param<'_>; 4] =
+        [(&key, Type::TEXT), (&lock, Type::INT8), (&holder, Type::TEXT), (&seconds, Type::FLOAT8)];
+    let row = row_one(client, sql, &leases.get_or_take, &params).await?;
+    let taken: bool = pg(row.try_get(6))?;
+    let found: Option<bool> = pg(row.try_get(3))?;
+    let entry = match found {
+        Some(_) => Some(load_row(&row)?),
+        None => None,
+    };
+    Ok((entry, taken))
+}
+
+/// Extends lease `key` of `holder` ([`LeaseStatements::renew`]); false when it is no longer held.
+pub(crate) async fn renew_lease(
+    client: &Client,
+    sql: &Statements,
+    leases: &LeaseStatements,
+    key: i64,
+    holder: &str,
+    length: std::time::Duration,
+) -> Result<bool> {
+    let seconds = length.as_secs_f64();
+    let params: [Param<'_>; 3] = [(&key, Type::INT8), (&holder, Type::TEXT), (&seconds, Type::FLOAT8)];
+    Ok(row_opt(client, sql, &leases.renew, &params).await?.is_some())
+}
+
+/// Releases lease `key` of `holder` ([`LeaseStatements::release`]).
+pub(crate) async fn release_lease(
+    client: &Client,
+    sql: &Statements,
+    leases: &LeaseStatements,
+    key: i64,
+    holder: &str,
+) -> Result<()> {
+    let _timer = telemetry::statement("release_lease");
+    let params: [Param<'_>; 2] = [(&key, Type::INT8), (&holder, Type::TEXT)];
+    execute(client, sql, &leases.release, &params).await.map(|_| ())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The background sweeper: deletes expired rows in small batches, one sweeper per prefix at a time, and
-//! trims invalidation-log rows that no flusher took for a minute.
+//! trims invalidation-log rows that no flusher took for a minute, and change-history rows past the
+//! polling mode's retention window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,12 @@ pub(crate) async fn sweep(db: &Db, sql: &Statements, prefix: &str, batch: u32) -
         if trimmed > 0 {
             tracing::warn!(target: "pgcache::sweeper", trimmed, "dropped invalidation-log rows no flusher took for a minute");
         }
+    }
+    // Change-history rows older than the retention window, and lapsed poller registrations (poller.rs).
+    if let Some(conn) = guard.conn() {
+        let polls = store::PollStatements::new(prefix);
+        let trim = store::trim_changes(conn.client()?, &polls, i64::from(batch), crate::poller::RETENTION);
+        conn.bounded(trim).await?;
     }
     guard.release().await;
     crate::telemetry::swept(prefix, total);
