@@ -507,3 +507,47 @@ async fn odd_keys_and_oversized_payloads_still_evict() -> anyhow::Result<()> {
     b.close().await;
     Ok(())
 }
+
+/// `peek_local` answers from the local cache alone, without waiting, exactly what `get_entry` would answer
+/// from it: never a key the node does not hold, never a copy an invalidation evicted, never an older value
+/// than the node's own read; and through a `SharedCache` handle as well.
+#[tokio::test]
+async fn peek_local_never_answers_what_an_invalidation_evicted() -> anyhow::Result<()> {
+    let settings = settings_for("coh_peek");
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    let shared_b = pgcache_core::SharedCache::from(b.clone());
+    let key = "peek:1";
+    assert!(b.peek_local(key).is_none(), "nothing held yet");
+    assert!(b.peek_local("").is_none(), "a bad key is no answer, not a panic");
+
+    for round in 0..5 {
+        let v1 = format!("v1-{round}");
+        a.set(key, &v1, None).await?;
+        eventually(DEADLINE, || async { value_of(&b, key).await.as_deref() == Some(v1.as_str()) }).await?;
+        make_local(&b, key).await?;
+        let peeked = b.peek_local(key).ok_or_else(|| anyhow::anyhow!("a local copy was not peeked"))?;
+        let read = b.get_entry(key).await?.ok_or_else(|| anyhow::anyhow!("the key vanished"))?;
+        assert_eq!((&peeked.value, peeked.version), (&read.value, read.version));
+        assert_eq!(shared_b.peek_local(key).map(|e| e.value), Some(read.value.clone()), "SharedCache forwards");
+
+        // Another node deletes: once evicted, the copy is never peeked again.
+        assert!(a.delete(key).await?);
+        eventually(DEADLINE, || async { b.peek_local(key).is_none() }).await?;
+        assert!(b.get_entry(key).await?.is_none());
+        assert!(b.peek_local(key).is_none());
+
+        // Another node writes anew: b peeks the new value or nothing, never the one before it.
+        let v2 = format!("\"v2-{round}\"");
+        a.set_bytes(key, Bytes::from(v2.clone()), Ttl::Default).await?;
+        eventually(DEADLINE, || async { value_of(&b, key).await.is_some() }).await?;
+        if let Some(peeked) = b.peek_local(key) {
+            assert_eq!(peeked.value, Bytes::from(v2), "only the new value");
+        }
+        b.delete(key).await?;
+        assert!(b.peek_local(key).is_none(), "a node's own delete evicts its copy at once");
+    }
+    a.close().await;
+    b.close().await;
+    Ok(())
+}

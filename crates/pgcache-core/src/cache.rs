@@ -1175,6 +1175,13 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         Box::pin(self.get_shared(key)).await
     }
 
+    fn peek_local(&self, key: &str) -> Option<Entry> {
+        self.check_key(key).ok()?;
+        let hit = self.shared.node.get()?.coherence.peek_entry(key)?;
+        self.shared.telemetry.read(Op::Get, Outcome::L1Hit, 1);
+        Some(hit)
+    }
+
     async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         PostgresCache::get_bytes(self, key).await
     }

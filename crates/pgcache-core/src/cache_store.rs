@@ -398,6 +398,23 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Bad key; database errors only when the cache is configured to fail closed.
     async fn get_entry(&self, key: &str) -> Result<Option<Entry>>;
 
+    /// The entry for `key` from this node's local cache (L1) alone, without waiting: `Some` only when
+    /// [`get_entry`](Self::get_entry) would answer it from there now (the same coherence rules: nothing
+    /// an invalidation evicted, nothing while the invalidation listener is not trusted). `None` says
+    /// nothing about the key (not held locally, a bad key, or a read that would have had to wait): call
+    /// `get_entry`. For front ends whose hit path is synchronous; the default (stores without a local
+    /// cache) is always `None`.
+    ///
+    /// ```
+    /// use pgcache_core::{CacheStore, NullCache};
+    ///
+    /// assert!(NullCache::new().peek_local("k").is_none());
+    /// ```
+    fn peek_local(&self, key: &str) -> Option<Entry> {
+        let _ = key;
+        None
+    }
+
     /// Reads a value; an expired entry is a miss.
     ///
     /// # Errors

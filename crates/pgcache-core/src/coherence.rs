@@ -310,6 +310,15 @@ impl Coherence {
         Some(Entry { value: hit.value.clone(), version: hit.version, expiry: hit.expiry_now() })
     }
 
+    /// [`hit_entry`](Self::hit_entry) without waiting (`None` when it would wait; see `LocalCache::peek`).
+    pub(crate) fn peek_entry(&self, key: &str) -> Option<Entry> {
+        if !self.lease.trusted() {
+            return None;
+        }
+        let hit = self.local.as_ref()?.peek(key)?;
+        Some(Entry { value: hit.value.clone(), version: hit.version, expiry: hit.expiry_now() })
+    }
+
     pub(crate) fn snapshot(&self, key: &str) -> Snapshot {
         self.epochs.snapshot(key)
     }

@@ -85,6 +85,13 @@ impl LocalCache {
         self.cache.get(key).await
     }
 
+    /// [`get`](Self::get) without waiting: `None` also when moka's read would have to wait (for its
+    /// maintenance lock). moka's reads are cancel-safe: a read dropped unfinished is retried by the next.
+    pub(crate) fn peek(&self, key: &str) -> Option<Arc<LocalEntry>> {
+        use futures_util::FutureExt;
+        self.cache.get(key).now_or_never().flatten()
+    }
+
     pub(crate) async fn insert(&self, key: Arc<str>, entry: LocalEntry) {
         self.cache.insert(key, Arc::new(entry)).await;
     }

@@ -292,6 +292,10 @@ impl<C: Send + Sync + 'static> CacheStore for ShardedCache<C> {
         self.shard(key).get_entry(key).await
     }
 
+    fn peek_local(&self, key: &str) -> Option<Entry> {
+        self.shard(key).peek_local(key)
+    }
+
     async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         PostgresCache::get_bytes(self.shard(key), key).await
     }

@@ -109,6 +109,10 @@ impl<C: Send + Sync + 'static> CacheStore for SharedCache<C> {
         self.store.get_entry(key)
     }
 
+    fn peek_local(&self, key: &str) -> Option<Entry> {
+        self.store.peek_local(key)
+    }
+
     fn get_bytes<'s, 'k, 'f>(&'s self, key: &'k str) -> Boxed<'f, Result<Option<Bytes>>>
     where
         's: 'f,

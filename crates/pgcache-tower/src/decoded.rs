@@ -6,11 +6,17 @@
 //! serve anything the core would not: coherence stays the core's. It is bounded by entries and by the
 //! bytes it keeps alive; past either bound it forgets arbitrary memos (the core's L1, bounded by its own
 //! LRU budget, is the real cache; this only saves work).
+//!
+//! Each memo also keeps the finished head of its latest plain hit ([`HitHead`]): the answers to plain
+//! fresh GETs within one second of age are identical but for nothing, so they clone one `HeaderMap`
+//! instead of copying the stored one, adding `Age`, removing the targeted field and rendering
+//! `Cache-Status` again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 
 use crate::entry::Record;
 
@@ -27,20 +33,55 @@ pub(crate) struct Decoded {
 
 #[derive(Default)]
 struct Memos {
-    by_key: HashMap<String, Memo>,
+    by_key: HashMap<String, Memo, foldhash::fast::RandomState>,
     bytes: usize,
 }
 
 struct Memo {
     /// The stored value the record was decoded from.
     value: Bytes,
-    record: Arc<Record>,
+    record: Arc<DecodedRecord>,
+}
+
+/// A decoded record and the head of its latest plain hit.
+pub(crate) struct DecodedRecord {
+    pub(crate) record: Record,
+    hit_head: RwLock<Option<HitHead>>,
+}
+
+/// The finished head (status and headers, `Age` and `Cache-Status` included) of a plain fresh hit at
+/// one age and remaining freshness, both in whole seconds: every plain hit with the same two numbers
+/// gets the same head.
+pub(crate) struct HitHead {
+    pub(crate) age: u64,
+    pub(crate) ttl: i64,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+}
+
+impl DecodedRecord {
+    fn new(record: Record) -> Self {
+        Self { record, hit_head: RwLock::new(None) }
+    }
+
+    /// The status and headers of the remembered hit head when it was made for this `age` and `ttl`.
+    pub(crate) fn hit_head(&self, age: u64, ttl: i64) -> Option<(StatusCode, HeaderMap)> {
+        let head = self.hit_head.read().unwrap_or_else(PoisonError::into_inner);
+        head.as_ref().filter(|h| h.age == age && h.ttl == ttl).map(|h| (h.status, h.headers.clone()))
+    }
+
+    /// Remembers `head` (skipped when another request is remembering one right now: it only saves work).
+    pub(crate) fn remember_hit_head(&self, head: HitHead) {
+        if let Ok(mut slot) = self.hit_head.try_write() {
+            *slot = Some(head);
+        }
+    }
 }
 
 impl Decoded {
     /// The record stored as `value` under `key`: the memo when `value` is the very allocation it was
     /// decoded from, else decoded now (and remembered). `None` for a value that is not a record.
-    pub(crate) fn record(&self, key: &str, value: &Bytes) -> Option<Arc<Record>> {
+    pub(crate) fn record(&self, key: &str, value: &Bytes) -> Option<Arc<DecodedRecord>> {
         {
             let memos = self.inner.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(memo) = memos.by_key.get(key) {
@@ -49,7 +90,7 @@ impl Decoded {
                 }
             }
         }
-        let record = Arc::new(Record::decode(value)?);
+        let record = Arc::new(DecodedRecord::new(Record::decode(value)?));
         if value.len() <= MAX_BYTES / 16 {
             let mut memos = self.inner.write().unwrap_or_else(PoisonError::into_inner);
             memos.insert(key, Memo { value: value.clone(), record: Arc::clone(&record) });
@@ -86,13 +127,26 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &decoded.record("k", &a.clone()).unwrap()), "same bytes: the memo");
         // Equal content in another allocation (a new write, another node) is decoded again.
         let b = Bytes::copy_from_slice(&Record::Pass("b".into()).encode());
-        assert_eq!(*decoded.record("k", &b).unwrap(), Record::Pass("b".into()));
-        assert_eq!(decoded.record("garbage", &Bytes::from_static(b"x")), None);
+        assert_eq!(decoded.record("k", &b).unwrap().record, Record::Pass("b".into()));
+        assert!(decoded.record("garbage", &Bytes::from_static(b"x")).is_none());
         for i in 0..MAX_ENTRIES + 10 {
             decoded.record(&i.to_string(), &Record::Pass(String::new()).encode());
         }
         let memos = decoded.inner.read().unwrap();
         assert!(memos.by_key.len() <= MAX_ENTRIES);
         assert_eq!(memos.bytes, memos.by_key.values().map(|m| m.value.len()).sum::<usize>());
+    }
+
+    #[test]
+    fn a_hit_head_is_reused_only_at_the_same_age_and_ttl() {
+        let decoded = DecodedRecord::new(Record::Pass(String::new()));
+        assert!(decoded.hit_head(3, 57).is_none());
+        let mut headers = HeaderMap::new();
+        headers.insert("age", http::HeaderValue::from_static("3"));
+        decoded.remember_hit_head(HitHead { age: 3, ttl: 57, status: StatusCode::OK, headers });
+        let (status, headers) = decoded.hit_head(3, 57).unwrap();
+        assert_eq!((status, &headers["age"]), (StatusCode::OK, &http::HeaderValue::from_static("3")));
+        assert!(decoded.hit_head(4, 57).is_none(), "a second later: another Age");
+        assert!(decoded.hit_head(3, 56).is_none(), "another ttl");
     }
 }

@@ -66,11 +66,27 @@ fn hex16(digest: &[u8]) -> String {
 /// The exact bytes a [`Hasher`] would digest (its length-prefixed fields), kept to memoise keys.
 struct Fields(Vec<u8>);
 
+thread_local! {
+    /// The buffer [`Fields`] are written into, reused by every request of a thread (a hit allocates none).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl Fields {
+    /// Starts in this thread's scratch buffer; [`Fields::done`] gives it back.
     fn new(domain: &str) -> Self {
-        let mut f = Self(Vec::with_capacity(160));
+        let mut buf = SCRATCH.take();
+        buf.clear();
+        let mut f = Self(buf);
         f.field(domain.as_bytes());
         f
+    }
+
+    /// Returns the buffer for the next request of this thread (unless it grew large: a huge key once
+    /// must not pin its memory).
+    fn done(self) {
+        if self.0.capacity() <= 4096 {
+            SCRATCH.set(self.0);
+        }
     }
 
     fn field(&mut self, bytes: &[u8]) {
@@ -85,23 +101,23 @@ impl Fields {
 /// forgets arbitrary ones.
 #[derive(Default)]
 pub(crate) struct KeyMemo {
-    by_input: RwLock<HashMap<Vec<u8>, Arc<Keys>>>,
+    by_input: RwLock<HashMap<Vec<u8>, Arc<Keys>, foldhash::fast::RandomState>>,
 }
 
 impl KeyMemo {
     const MAX: usize = 4096;
 
-    fn get_or_insert(&self, input: Vec<u8>, make: impl FnOnce(&[u8]) -> Keys) -> Arc<Keys> {
-        if let Some(keys) = self.by_input.read().unwrap_or_else(PoisonError::into_inner).get(&input) {
+    fn get_or_insert(&self, input: &[u8], make: impl FnOnce(&[u8]) -> Keys) -> Arc<Keys> {
+        if let Some(keys) = self.by_input.read().unwrap_or_else(PoisonError::into_inner).get(input) {
             return Arc::clone(keys);
         }
-        let keys = Arc::new(make(&input));
+        let keys = Arc::new(make(input));
         let mut memo = self.by_input.write().unwrap_or_else(PoisonError::into_inner);
         while memo.len() >= Self::MAX {
             let Some(victim) = memo.keys().next().cloned() else { break };
             memo.remove(&victim);
         }
-        memo.insert(input, Arc::clone(&keys));
+        memo.insert(input.to_vec(), Arc::clone(&keys));
         keys
     }
 }
@@ -209,7 +225,7 @@ pub(crate) fn primary(
     let hashed = h.0.len();
     h.field(authority.as_bytes());
     h.field(path.as_bytes());
-    memo.get_or_insert(h.0, |input| {
+    let keys = memo.get_or_insert(&h.0, |input| {
         let ns = &cfg.namespace;
         Keys {
             primary: format!("{ns}p:{}", hex16(&Sha256::digest(&input[..hashed]))),
@@ -217,7 +233,9 @@ pub(crate) fn primary(
             path: path.to_owned(),
             origin: authority.into_owned(),
         }
-    })
+    });
+    h.done();
+    keys
 }
 
 /// The query string after the configured normalisation (sorting, dropped parameters).

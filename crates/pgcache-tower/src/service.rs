@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use tower_service::Service;
 use tracing::Instrument;
@@ -84,8 +85,17 @@ where
             cache.key_hash = tracing::field::Empty,
             cache.outcome = tracing::field::Empty,
         );
-        let flow = flow::run(Arc::clone(&self.shared), inner, self.make_key.clone(), req);
-        ResponseFuture::new(Box::pin(flow.instrument(span)))
+        let shared = Arc::clone(&self.shared);
+        let flow: BoxFuture<'static, _> = match span.in_scope(|| flow::start(&self.shared, &self.make_key, req)) {
+            // The ready service is dropped unused: its reservation (a concurrency permit) goes with it.
+            flow::Started::Answered(resp) => return ResponseFuture::ready(resp),
+            flow::Started::Keyed(ctx, peeked) => Box::pin(flow::keyed(shared, inner, ctx, peeked).instrument(span)),
+            flow::Started::Pass(req, status) => Box::pin(flow::passed(shared, inner, req, status).instrument(span)),
+            flow::Started::Request(req) => {
+                Box::pin(flow::run(shared, inner, self.make_key.clone(), req).instrument(span))
+            }
+        };
+        ResponseFuture::new(flow)
     }
 }
 

@@ -15,9 +15,10 @@ use pgcache_core::{CacheStore, Entry, Error, Fill, LoadError, Loaded, SetOptions
 use super::ctx::{Ctx, Mode};
 use super::inner::{call, Inner, ResBody, Resp};
 use super::place::{Placement, Prepared, Rulebook};
-use super::respond::{finish, from_stored, only_if_cached, ttl_left};
+use super::respond::{finish, from_stored, only_if_cached, plain_hit, ttl_left};
 use crate::body::{PgBody, ReplayBody};
-use crate::config::Shared;
+use crate::config::{Config, Shared};
+use crate::decoded::{DecodedRecord, HitHead};
 use crate::entry::{encode_stored, now_ms, Record, Stored};
 use crate::key;
 use crate::policy::{self, Decision};
@@ -122,22 +123,28 @@ where
     B: ReplayBody,
     RB: ResBody,
 {
-    /// Reads the primary key and serves, fills or forwards.
-    pub(super) async fn lookup(self) -> Result<Resp<RB>, S::Error> {
+    /// Reads the primary key (unless `peeked`: what the local cache answered for it already) and
+    /// serves, fills or forwards.
+    pub(super) async fn lookup(self, peeked: Option<Entry>) -> Result<Resp<RB>, S::Error> {
         // Borrowed from a handle of its own (not from `self`, which the branches consume): a hit never
         // copies the key.
         let keys = Arc::clone(&self.ctx.keys);
         let primary = keys.primary.as_str();
-        let entry = match self.shared.store.get_entry(primary).await {
-            Ok(entry) => entry,
-            Err(e) => return Box::pin(self.unavailable(e)).await,
+        let entry = match peeked {
+            Some(entry) => Some(entry),
+            None => match self.shared.store.get_entry(primary).await {
+                Ok(entry) => entry,
+                Err(e) => return Box::pin(self.unavailable(e)).await,
+            },
         };
         let Some(entry) = entry else {
             return Box::pin(self.miss(primary.to_owned(), "uri-miss")).await;
         };
-        let record = self.shared.decoded.record(primary, &entry.value);
-        match record.as_deref() {
-            Some(Record::Response(stored)) if self.ctx.selects(stored) => self.serve(primary, stored, entry).await,
+        let decoded = self.shared.decoded.record(primary, &entry.value);
+        match decoded.as_deref().map(|d| &d.record) {
+            Some(Record::Response(stored)) if self.ctx.selects(stored) => {
+                self.serve(primary, stored, decoded.as_deref(), entry).await
+            }
             Some(Record::Response(stored)) => Box::pin(self.variant(stored.vary_names())).await,
             Some(Record::Variants(index)) => Box::pin(self.variant(index.names.clone())).await,
             Some(Record::Pass(_)) => Box::pin(self.forward(CacheStatusMember::fwd("uri-miss").detail("pass"))).await,
@@ -152,10 +159,10 @@ where
         match self.shared.store.get_entry(&vkey).await {
             Err(e) => Box::pin(self.unavailable(e)).await,
             Ok(Some(entry)) => {
-                let record = self.shared.decoded.record(&vkey, &entry.value);
-                match record.as_deref() {
+                let decoded = self.shared.decoded.record(&vkey, &entry.value);
+                match decoded.as_deref().map(|d| &d.record) {
                     Some(Record::Response(stored)) if self.ctx.selects(stored) => {
-                        self.serve(&vkey, stored, entry).await
+                        self.serve(&vkey, stored, decoded.as_deref(), entry).await
                     }
                     Some(Record::Pass(_)) => {
                         Box::pin(self.forward(CacheStatusMember::fwd("vary-miss").detail("pass"))).await
@@ -169,13 +176,19 @@ where
 
     /// A usable stored response under `key`: fresh → hit; stale within stale-while-revalidate → hit and
     /// one background refresh; otherwise (or `no-cache`) → revalidate now.
-    async fn serve(self, key: &str, stored: &Stored, entry: Entry) -> Result<Resp<RB>, S::Error> {
+    /// `memo` is the memo `stored` was decoded into, which remembers the head of plain hits.
+    async fn serve(
+        self,
+        key: &str,
+        stored: &Stored,
+        memo: Option<&DecodedRecord>,
+        entry: Entry,
+    ) -> Result<Resp<RB>, S::Error> {
         let age = stored.age(entry.expiry.remaining());
         let f = stored.freshness;
         let must_validate = f.no_cache || self.ctx.force_revalidate;
         if !must_validate && age < f.lifetime {
-            let status = CacheStatusMember::hit().ttl(ttl_left(stored, age));
-            return Ok(self.respond(stored, age, status));
+            return Ok(fresh_hit(&self.shared.config, &self.ctx, stored, memo, age));
         }
         if !must_validate && age < policy::add(f.lifetime, f.stale_while_revalidate) {
             self.clone().spawn_refresh(key.to_owned(), Box::new(stored.clone()), entry.version);
@@ -190,6 +203,50 @@ where
         }
         Box::pin(self.revalidate(key.to_owned(), Box::new(stored.clone()), entry.version, age)).await
     }
+}
+
+/// A fresh hit (see [`fresh_now`] for the conditions). For a plain GET, the head remembered in `memo`
+/// for this age and ttl when there is one; else the head is built as for any answer, and remembered.
+fn fresh_hit<RB: ResBody>(
+    cfg: &Config,
+    ctx: &Ctx,
+    stored: &Stored,
+    memo: Option<&DecodedRecord>,
+    age: Duration,
+) -> Resp<RB> {
+    let ttl = ttl_left(stored, age);
+    let memo = memo.filter(|_| ctx.plain);
+    if let Some((status, headers)) = memo.and_then(|m| m.hit_head(age.as_secs(), ttl)) {
+        return plain_hit(stored, status, headers);
+    }
+    let resp = finish(from_stored(&ctx.parts, stored, age), &CacheStatusMember::hit().ttl(ttl), cfg, false);
+    if let Some(memo) = memo {
+        memo.remember_hit_head(HitHead {
+            age: age.as_secs(),
+            ttl,
+            status: resp.status(),
+            headers: resp.headers().clone(),
+        });
+    }
+    resp
+}
+
+/// The answer to a request whose primary key the local cache answered with `entry`, when no waiting
+/// is needed: a fresh stored response this request selects, served as `lookup` and `serve` would serve
+/// it. `None` for anything else (a variant index, a stale or `no-cache` response, a pass marker), which
+/// the flow then takes on from `entry`.
+pub(crate) fn fresh_now<RB: ResBody>(shared: &Shared, ctx: &Ctx, entry: &Entry) -> Option<Resp<RB>> {
+    let decoded = shared.decoded.record(&ctx.keys.primary, &entry.value)?;
+    let Record::Response(stored) = &decoded.record else { return None };
+    if !ctx.selects(stored) {
+        return None;
+    }
+    let age = stored.age(entry.expiry.remaining());
+    let f = stored.freshness;
+    if f.no_cache || ctx.force_revalidate || age >= f.lifetime {
+        return None;
+    }
+    Some(fresh_hit(&shared.config, ctx, stored, Some(&decoded), age))
 }
 
 // ---- Misses: the dogpile-safe fill ----

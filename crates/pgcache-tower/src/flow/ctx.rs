@@ -32,6 +32,8 @@ pub(crate) struct Ctx {
     /// A GET with `Range`: answered (206, 416) from a fresh stored response; forwarded as it is, and
     /// nothing stored, when there is none.
     pub(crate) range: bool,
+    /// A GET without conditionals or `Range`: every fresh hit at one age gets the same head.
+    pub(crate) plain: bool,
 }
 
 /// How to rebuild the request for the inner service.
@@ -56,6 +58,10 @@ impl Ctx {
             only_if_cached: client.only_if_cached,
             head: parts.method == Method::HEAD,
             range: parts.method == Method::GET && parts.headers.contains_key(header::RANGE),
+            plain: parts.method == Method::GET
+                && !parts.headers.contains_key(header::RANGE)
+                && !parts.headers.contains_key(header::IF_NONE_MATCH)
+                && !parts.headers.contains_key(header::IF_MODIFIED_SINCE),
             parts,
             body,
             keys,

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, Uri};
 use http_body::Body;
-use pgcache_core::CacheStore;
+use pgcache_core::{CacheStore, Entry};
 use tower_service::Service;
 
 use crate::body::{read_request, PgBody, ReplayBody, RequestBody};
@@ -34,7 +34,83 @@ use self::ctx::Ctx;
 use self::inner::{call, Inner, ResBody, Resp};
 use self::respond::finish;
 
-/// Handles one request: the entry point of [`PgCache`](crate::PgCache)'s future.
+/// A request after the steps [`start`] takes without waiting.
+pub(crate) enum Started<B, RB: Body> {
+    /// Answered already: a fresh hit from the local cache.
+    Answered(Resp<RB>),
+    /// A cacheable GET or HEAD, read and keyed, for [`keyed`]; with what the local cache answered for its
+    /// primary key, if anything.
+    Keyed(Box<Ctx>, Option<Entry>),
+    /// The key hook declined: to the inner service as it is.
+    Pass(Request<B>, CacheStatusMember),
+    /// Anything else, untouched, for [`run`].
+    Request(Request<B>),
+}
+
+/// The steps of [`run`] that never wait, for a GET or HEAD without a body: classified, keyed, and, when
+/// the core's local cache answers at once with a fresh response, answered. The service's future is then
+/// ready at once: no flow is built, boxed or polled for a local hit.
+pub(crate) fn start<B, RB, K>(shared: &Shared, make_key: &K, req: Request<B>) -> Started<B, RB>
+where
+    B: ReplayBody,
+    RB: ResBody,
+    K: MakeKey,
+{
+    let cfg = &shared.config;
+    let candidate = matches!(*req.method(), Method::GET | Method::HEAD)
+        && !is_grpc(req.headers())
+        && bypass_reason(cfg, req.method(), req.headers()).is_none()
+        && req.body().is_end_stream();
+    if !candidate {
+        return Started::Request(req);
+    }
+    let (parts, _empty) = req.into_parts();
+    let Some(custom) = make_key.make_key(&parts) else {
+        let req = Request::from_parts(parts, B::from_bytes(Bytes::new()));
+        return Started::Pass(req, CacheStatusMember::fwd("bypass").detail("key"));
+    };
+    let keys = key::primary(cfg, &shared.keys, &parts, &custom, None, false);
+    pgcache_core::telemetry::record_key_hash(&keys.primary);
+    let ctx = Ctx::new(cfg, parts, Bytes::new(), keys, false);
+    let peeked = shared.store.peek_local(&ctx.keys.primary);
+    if let Some(resp) = peeked.as_ref().and_then(|entry| cacheable::fresh_now(shared, &ctx, entry)) {
+        return Started::Answered(resp);
+    }
+    Started::Keyed(Box::new(ctx), peeked)
+}
+
+/// Goes on with a request [`start`] read and keyed.
+pub(crate) async fn keyed<S, B, RB>(
+    shared: Arc<Shared>,
+    inner: S,
+    ctx: Box<Ctx>,
+    peeked: Option<Entry>,
+) -> Result<Resp<RB>, S::Error>
+where
+    S: Inner<B, RB>,
+    B: ReplayBody,
+    RB: ResBody,
+{
+    Flow::new(shared, inner, *ctx).lookup(peeked).await
+}
+
+/// Straight to the inner service, as [`start`] decided.
+pub(crate) async fn passed<S, B, RB>(
+    shared: Arc<Shared>,
+    inner: S,
+    req: Request<B>,
+    status: CacheStatusMember,
+) -> Result<Resp<RB>, S::Error>
+where
+    S: Inner<B, RB>,
+    B: ReplayBody,
+    RB: ResBody,
+{
+    pass(&shared, inner, req, status).await
+}
+
+/// Handles one request: the entry point of [`PgCache`](crate::PgCache)'s future for every request
+/// [`start`] did not take.
 pub(crate) async fn run<S, B, RB, K>(
     shared: Arc<Shared>,
     inner: S,
@@ -98,7 +174,7 @@ where
     let keys = key::primary(cfg, &shared.keys, &parts, &custom, digest.as_ref(), grpc);
     pgcache_core::telemetry::record_key_hash(&keys.primary);
     let ctx = Ctx::new(cfg, parts, body, keys, grpc);
-    Flow::new(shared, inner, ctx).lookup().await
+    Flow::new(shared, inner, ctx).lookup(None).await
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body::Body;
@@ -54,6 +54,16 @@ pub(crate) fn from_stored<B: Body>(req: &Parts, stored: &Stored, age: Duration) 
             resp
         };
     resp.headers_mut().insert(header::AGE, HeaderValue::from(age.as_secs()));
+    resp
+}
+
+/// A fresh hit to a plain GET with a head already finished (the same head `from_stored` and `finish`
+/// give it, remembered): the stored body, and the hit counted.
+pub(crate) fn plain_hit<B: Body>(stored: &Stored, status: StatusCode, headers: HeaderMap) -> Response<PgBody<B>> {
+    let mut resp = Response::new(PgBody::replay(stored.body.clone(), stored.trailers.clone()));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    pgcache_core::telemetry::http_response(CacheStatusMember::hit().outcome());
     resp
 }
 
