@@ -419,14 +419,14 @@ async fn a_delayed_replica_never_serves_a_value_an_invalidation_evicted() -> Res
     // The table itself reaches the replica only after the apply delay.
     replica_caught_up().await?;
 
-    writer.set("k", "v1", None).await?;
+    writer.set("k", &uncarried("v1"), None).await?;
     writer.set("k2", "w", None).await?;
     let delay = replica_caught_up().await?;
     assert!(delay > Duration::from_secs(1), "the replica applies with a delay ({delay:?})");
     // The first read after the invalidations takes the fence: the primary's WAL position now (the
     // replica answers if it has replayed that far, else the primary).
     let before = reader.status();
-    assert_eq!(reader.get::<String>("k").await?.as_deref(), Some("v1"));
+    assert_eq!(reader.get::<String>("k").await?.as_deref(), Some(uncarried("v1").as_str()));
     let after = reader.status();
     assert_eq!(after.replica_reads + after.replica_fallbacks, before.replica_reads + before.replica_fallbacks + 1);
     let before = after;
@@ -436,15 +436,19 @@ async fn a_delayed_replica_never_serves_a_value_an_invalidation_evicted() -> Res
     assert_eq!(reader.status().replica_reads, before.replica_reads + 1, "a caught-up replica answers");
 
     // The replica holds v1 for a few more seconds: the reader must not serve it once it heard of v2.
-    writer.set("k", "v2", None).await?;
+    writer.set("k", &uncarried("v2"), None).await?;
     let seen = eventually(Duration::from_secs(2), || async {
-        reader.get::<String>("k").await.ok().flatten().as_deref() == Some("v2")
+        reader.get::<String>("k").await.ok().flatten().as_deref() == Some(uncarried("v2").as_str())
     })
     .await
     .context("the reader sees v2 before the replica has it (the fence sends it to the primary)")?;
     assert!(reader.status().replica_fallbacks > before.replica_fallbacks, "v2 came from the primary");
     for _ in 0..20 {
-        assert_eq!(reader.get::<String>("k").await?.as_deref(), Some("v2"), "v1 came back after {seen:?}");
+        assert_eq!(
+            reader.get::<String>("k").await?.as_deref(),
+            Some(uncarried("v2").as_str()),
+            "v1 came back after {seen:?}"
+        );
     }
     writer.delete("k").await?;
     eventually(Duration::from_secs(2), || async { reader.get::<String>("k").await.ok().flatten().is_none() })
@@ -474,6 +478,105 @@ async fn a_down_replica_sends_reads_to_the_primary() -> Result<()> {
     assert!(started.elapsed() < Duration::from_secs(5));
     let status = reader.status();
     assert_eq!((status.replica_reads, status.replica_fallbacks), (0, 1));
+    writer.close().await;
+    reader.close().await;
+    Ok(())
+}
+
+/// A value too large for a notification to carry (`store::CARRIED_VALUE_MAX`, 512 bytes): a node holding
+/// the key evicts it and reads it again, which is the read the fence is about.
+fn uncarried(tag: &str) -> String {
+    format!("{tag}:{}", "x".repeat(1000))
+}
+
+/// A writer and a reader on `primary_dsn()` (the reader reads `replica_dsn()`, its fence moved only by
+/// this test's invalidations, never by age), and the replica caught up with the new table.
+async fn writer_and_replica_reader(name: &str) -> Result<(PostgresCache, PostgresCache)> {
+    let settings = settings_on(&primary_dsn(), name);
+    PostgresCache::init_db(&settings).await?;
+    let writer =
+        PostgresCache::connect(settings.clone().application_name(format!("{}w", settings.application_name))).await?;
+    let reader =
+        PostgresCache::connect(settings.clone().read_dsns([replica_dsn()]).max_replica_lag(Duration::from_secs(3600)))
+            .await?;
+    replica_caught_up().await?;
+    Ok((writer, reader))
+}
+
+/// `get_or_set` with a loader that must not run: the value is in the cache.
+async fn get_or_set_cached(cache: &PostgresCache, key: &str) -> Result<String> {
+    Ok(cache.get_or_set(key, || async { Ok::<_, std::io::Error>("loaded".to_owned()) }, None).await?)
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/with-topology (scripts/test runs it with --ignored)"]
+async fn get_many_reads_a_caught_up_replica_and_never_an_evicted_value_from_a_delayed_one() -> Result<()> {
+    let (writer, reader) = writer_and_replica_reader("replica_many").await?;
+    writer.set_many(&[("a", uncarried("a1")), ("b", "b1".to_owned())], None).await?;
+    replica_caught_up().await?;
+    // The first read takes the fence (the replica or the primary answers, depending on other tests' WAL).
+    assert_eq!(reader.get_many::<String>(&["a"]).await?, vec![Some(uncarried("a1"))]);
+    replica_caught_up().await?;
+    let before = reader.status();
+    // One statement on the caught-up replica for both keys, the absent one included.
+    assert_eq!(reader.get_many::<String>(&["b", "none"]).await?, vec![Some("b1".to_owned()), None]);
+    let after = reader.status();
+    assert_eq!(after.replica_reads, before.replica_reads + 1, "a caught-up replica answers get_many");
+    assert_eq!(after.replica_fallbacks, before.replica_fallbacks);
+
+    // The replica holds a1 for a few more seconds: once the reader heard of a2 it must not serve a1.
+    writer.set("a", &uncarried("a2"), None).await?;
+    let seen = eventually(Duration::from_secs(2), || async {
+        reader.get_many::<String>(&["a", "b"]).await.ok() == Some(vec![Some(uncarried("a2")), Some("b1".to_owned())])
+    })
+    .await
+    .context("get_many sees a2 before the replica has it (the fence sends it to the primary)")?;
+    assert!(reader.status().replica_fallbacks > after.replica_fallbacks, "a2 came from the primary");
+    for _ in 0..20 {
+        let got = reader.get_many::<String>(&["a", "b"]).await?;
+        assert_eq!(got, vec![Some(uncarried("a2")), Some("b1".to_owned())], "a1 came back after {seen:?}");
+    }
+    writer.delete("a").await?;
+    eventually(Duration::from_secs(2), || async { reader.get_many::<String>(&["a"]).await.ok() == Some(vec![None]) })
+        .await
+        .context("get_many sees the delete before the replica has it")?;
+    for _ in 0..20 {
+        assert_eq!(reader.get_many::<String>(&["a"]).await?, vec![None], "a deleted value came back");
+    }
+    writer.close().await;
+    reader.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs scripts/with-topology (scripts/test runs it with --ignored)"]
+async fn get_or_set_reads_a_caught_up_replica_and_never_an_evicted_value_from_a_delayed_one() -> Result<()> {
+    let (writer, reader) = writer_and_replica_reader("replica_load").await?;
+    writer.set_many(&[("a", uncarried("a1")), ("b", "b1".to_owned())], None).await?;
+    replica_caught_up().await?;
+    // The first read takes the fence (the replica or the primary answers, depending on other tests' WAL).
+    assert_eq!(get_or_set_cached(&reader, "a").await?, uncarried("a1"));
+    replica_caught_up().await?;
+    let before = reader.status();
+    assert_eq!(get_or_set_cached(&reader, "b").await?, "b1");
+    let after = reader.status();
+    assert_eq!(after.replica_reads, before.replica_reads + 1, "a caught-up replica answers get_or_set");
+    assert_eq!(after.replica_fallbacks, before.replica_fallbacks);
+    // A key the replica does not have goes to the primary's read-and-lock, and its loader runs once.
+    assert_eq!(get_or_set_cached(&reader, "none").await?, "loaded");
+    assert_eq!(writer.get::<String>("none").await?.as_deref(), Some("loaded"));
+
+    // The replica holds a1 for a few more seconds: once the reader heard of a2 it must not serve a1.
+    writer.set("a", &uncarried("a2"), None).await?;
+    let seen = eventually(Duration::from_secs(2), || async {
+        get_or_set_cached(&reader, "a").await.ok() == Some(uncarried("a2"))
+    })
+    .await
+    .context("get_or_set sees a2 before the replica has it (the fence sends it to the primary)")?;
+    assert!(reader.status().replica_fallbacks > after.replica_fallbacks, "a2 came from the primary");
+    for _ in 0..20 {
+        assert_eq!(get_or_set_cached(&reader, "a").await?, uncarried("a2"), "a1 came back after {seen:?}");
+    }
     writer.close().await;
     reader.close().await;
     Ok(())

@@ -286,27 +286,52 @@ impl Node {
     /// hit locally.
     async fn read_shared(&self, key: &str) -> Result<Option<Entry>> {
         let snapshot = self.coherence.snapshot(key);
-        if let Some(replicas) = &self.replicas {
-            // After the snapshot: an invalidation is then either covered by the fence or refused at
-            // install. With the listener not trusted, invalidations may be missing: the primary answers.
-            let generation = self.coherence.epochs.generation();
-            if self.coherence.lease.trusted() {
-                if let Answer::Replica(row) = replicas.get(&self.db, &self.sql, key, generation).await {
-                    if let Some(row) = &row {
-                        self.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
-                    }
-                    return Ok(row);
-                }
-            } else {
-                replicas.not_trusted();
+        let row = match self.read_replica(key).await {
+            Some(row) => row.map(|row| row.entry),
+            None => {
+                let conn = self.db.conn().await?;
+                conn.bounded(store::get(conn.client()?, &self.sql, key)).await?
             }
-        }
-        let conn = self.db.conn().await?;
-        let row = conn.bounded(store::get(conn.client()?, &self.sql, key)).await?;
+        };
         if let Some(row) = &row {
             self.coherence.install(key, row.value.clone(), row.version, row.expiry, snapshot).await;
         }
         Ok(row)
+    }
+
+    /// The live row of `key` on a fenced replica (`Some(None)`: none there), or `None` when no replica
+    /// answers and the primary must. Call it *after* taking the key's snapshot: an invalidation is then
+    /// either covered by the fence or refused at install. Installs nothing.
+    async fn read_replica(&self, key: &str) -> Option<Option<LoadRow>> {
+        let replicas = self.replicas.as_ref()?;
+        let generation = self.fence_generation(replicas)?;
+        match replicas.get(&self.db, &self.sql, key, generation).await {
+            Answer::Replica(row) => Some(row),
+            Answer::Primary => None,
+        }
+    }
+
+    /// The live rows of `keys` on a fenced replica, or `None` when no replica answers and the primary
+    /// must. Called after the keys' snapshots, like [`read_replica`](Self::read_replica).
+    async fn read_many_replica(&self, keys: &[&str]) -> Option<Vec<(String, Entry)>> {
+        let replicas = self.replicas.as_ref()?;
+        let generation = self.fence_generation(replicas)?;
+        match replicas.get_many(&self.db, &self.sql, keys, generation).await {
+            Answer::Replica(rows) => Some(rows),
+            Answer::Primary => None,
+        }
+    }
+
+    /// The invalidation generation a replica read must be fenced at, or `None` when the listener is not
+    /// trusted (invalidations may be missing: the primary answers).
+    fn fence_generation(&self, replicas: &Replicas) -> Option<u64> {
+        let generation = self.coherence.epochs.generation();
+        if self.coherence.lease.trusted() {
+            Some(generation)
+        } else {
+            replicas.not_trusted();
+            None
+        }
     }
 
     /// Reads the row `get_or_load` may use and, when it is not live, tries the key's advisory lock `lock`
@@ -828,7 +853,16 @@ impl<C> PostgresCache<C> {
             }
         }
         let snapshot = node.coherence.snapshot(key);
-        let loaded = match node.read_or_lock(key, self.lock_key(key), snapshot).await {
+        // With replicas, a live row on a fenced replica is the answer; anything else (a miss, a row in its
+        // stale window, no replica answering) goes to the primary's read-and-try-lock.
+        let read = match node.read_replica(key).await {
+            Some(Some(row)) if row.fresh => {
+                node.found_for_load(key, &row, snapshot).await;
+                Ok((Some(row), None))
+            }
+            _ => node.read_or_lock(key, self.lock_key(key), snapshot).await,
+        };
+        let loaded = match read {
             Ok((Some(row), _)) if row.fresh => {
                 if node.plans.due(key, row.entry.version) {
                     Shared::refresh_in_background(&self.shared, key, loader, row.entry.version);
@@ -1213,6 +1247,9 @@ impl<C: Send + Sync + 'static> CacheStore for PostgresCache<C> {
         let wanted: Vec<&str> = missing.iter().filter_map(|&i| keys.get(i).copied()).collect();
         let snapshots: Vec<Snapshot> = wanted.iter().map(|k| node.coherence.snapshot(k)).collect();
         let read = async {
+            if let Some(rows) = node.read_many_replica(&wanted).await {
+                return Ok(rows);
+            }
             let conn = node.db.conn().await?;
             conn.bounded(store::get_many(conn.client()?, &node.sql, &wanted)).await
         };

@@ -13,6 +13,7 @@
 //! The fence is taken again at least every `max_replica_lag`, so a replica further behind than that
 //! answers nothing even when no invalidation arrives (notifications off).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::cache_store::Entry;
 use crate::conn::{build_pool, Conn, Db};
 use crate::error::Result;
 use crate::settings::CacheSettings;
-use crate::store::{self, Statements};
+use crate::store::{self, LoadRow, Statements};
 use crate::telemetry;
 
 /// The read replicas of one cache instance, and its fence.
@@ -81,9 +82,9 @@ struct Fence {
 }
 
 /// Where a fenced read was answered.
-pub(crate) enum Answer {
+pub(crate) enum Answer<T> {
     /// By a replica that had replayed the fence.
-    Replica(Option<Entry>),
+    Replica(T),
     /// Not by a replica: the caller reads the primary.
     Primary,
 }
@@ -120,12 +121,33 @@ impl Replicas {
 
     /// Reads `key` on a replica if one has replayed past every invalidation up to `generation` (the
     /// invalidation epochs' counter, read *after* the caller's snapshot: an invalidation is then either
-    /// fenced or refused at install), else [`Answer::Primary`].
-    pub(crate) async fn get(&self, primary: &Db, sql: &Statements, key: &str, generation: u64) -> Answer {
-        let answer = self.try_get(primary, sql, key, generation).await;
-        let counter = if matches!(answer, Answer::Replica(_)) { &self.answered } else { &self.fell_back };
-        counter.fetch_add(1, Ordering::Relaxed);
-        answer
+    /// fenced or refused at install), else [`Answer::Primary`]. The row comes with `get_or_load`'s
+    /// columns.
+    pub(crate) async fn get(
+        &self,
+        primary: &Db,
+        sql: &Statements,
+        key: &str,
+        generation: u64,
+    ) -> Answer<Option<LoadRow>> {
+        self.fenced(primary, generation, |conn| async move {
+            conn.bounded(store::get_on_replica(conn.client()?, sql, key)).await
+        })
+        .await
+    }
+
+    /// [`get`](Self::get) for many keys in one statement: the live rows found, under the same fence.
+    pub(crate) async fn get_many(
+        &self,
+        primary: &Db,
+        sql: &Statements,
+        keys: &[&str],
+        generation: u64,
+    ) -> Answer<Vec<(String, Entry)>> {
+        self.fenced(primary, generation, |conn| async move {
+            conn.bounded(store::get_many_on_replica(conn.client()?, sql, keys)).await
+        })
+        .await
     }
 
     /// Counts a read sent to the primary because the listener is not trusted.
@@ -139,7 +161,24 @@ impl Replicas {
         (self.answered.load(Ordering::Relaxed), self.fell_back.load(Ordering::Relaxed))
     }
 
-    async fn try_get(&self, primary: &Db, sql: &Statements, key: &str, generation: u64) -> Answer {
+    /// Runs `read` (which returns its rows and the replay position it saw) on a replica that has
+    /// replayed the fence for `generation`, else [`Answer::Primary`]; counts where the read went.
+    async fn fenced<T, F, Fut>(&self, primary: &Db, generation: u64, read: F) -> Answer<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<(T, u64)>>,
+    {
+        let answer = self.try_fenced(primary, generation, read).await;
+        let counter = if matches!(answer, Answer::Replica(_)) { &self.answered } else { &self.fell_back };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
+    }
+
+    async fn try_fenced<T, F, Fut>(&self, primary: &Db, generation: u64, read: F) -> Answer<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<(T, u64)>>,
+    {
         let fence = match self.fence(primary, generation).await {
             Ok(fence) => fence,
             Err(e) => {
@@ -152,11 +191,11 @@ impl Replicas {
             telemetry::shared_read(&self.name, "primary", "unavailable");
             return Answer::Primary;
         };
-        match self.read(replica, sql, key, fence).await {
-            Ok(Some(entry)) => {
+        match self.read(replica, fence, read).await {
+            Ok(Some(rows)) => {
                 replica.answered();
                 telemetry::shared_read(&self.name, "replica", "fenced");
-                Answer::Replica(entry)
+                Answer::Replica(rows)
             }
             Ok(None) => {
                 tracing::debug!(target: "pgcache::replica", "replica behind the fence; reading the primary");
@@ -196,8 +235,12 @@ impl Replicas {
         Ok(lsn)
     }
 
-    /// The row on `replica` when it has replayed `fence`: `Ok(None)` when it has not.
-    async fn read(&self, replica: &Replica, sql: &Statements, key: &str, fence: u64) -> Result<Option<Option<Entry>>> {
+    /// What `read` returns on `replica` when it has replayed `fence`: `Ok(None)` when it has not.
+    async fn read<T, F, Fut>(&self, replica: &Replica, fence: u64, read: F) -> Result<Option<T>>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<(T, u64)>>,
+    {
         let object = replica.pool.get().await.map_err(crate::error::Error::from_pool)?;
         let conn = Conn::new(object, self.statement_bound);
         if replica.replayed.load(Ordering::SeqCst) < fence {
@@ -208,10 +251,10 @@ impl Replicas {
                 return Ok(None);
             }
         }
-        let (entry, replayed) = conn.bounded(store::get_on_replica(conn.client()?, sql, key)).await?;
+        let (rows, replayed) = read(conn).await?;
         // Read during the statement, so after its snapshot: it vouches for later reads only.
         replica.replayed.fetch_max(replayed, Ordering::SeqCst);
-        Ok(Some(entry))
+        Ok(Some(rows))
     }
 
     pub(crate) fn close(&self) {

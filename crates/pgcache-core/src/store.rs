@@ -55,8 +55,11 @@ pub(crate) struct Statements {
     pub(crate) touch_batch: String,
     /// Group commit: the delete of every row carrying any of the tags, with the tags of the live ones.
     pub(crate) delete_tags_batch: String,
-    /// `GET` on a read replica, with the WAL position the replica has replayed (see `replica.rs`).
+    /// `GET` on a read replica, with the WAL position the replica has replayed (see `replica.rs`); the
+    /// columns of [`get_for_load`](Self::get_for_load), so that `get_or_load` can use it too.
     pub(crate) get_on_replica: String,
+    /// [`get_many`](Self::get_many) on a read replica, with the WAL position the replica has replayed.
+    pub(crate) get_many_on_replica: String,
     /// Server-side prepared statements (`prepare_cached`), or unnamed typed ones (`query_typed`).
     pub(crate) prepared: bool,
 }
@@ -211,9 +214,15 @@ impl Statements {
                 "{} SELECT tags FROM d WHERE live",
                 log.with("d", &format!("DELETE FROM {t} WHERE tags && $1"), &format!(", tags{live}"), true, "live")
             ),
+            // One row always (the LEFT JOIN), so the replay position comes back with a miss too.
             get_on_replica: format!(
-                "SELECT {REPLAYED}, r.value, r.version, r.ttl FROM (SELECT 1) AS one LEFT JOIN \
-                 (SELECT value, version, {TTL_MS} AS ttl FROM {t} WHERE key = $1 AND {LIVE}) AS r ON true"
+                "SELECT r.value, r.version, r.ttl, r.live, r.compute_ms, r.refresh_ms, {REPLAYED} \
+                 FROM (SELECT 1) AS one LEFT JOIN (SELECT value, version, {TTL_MS} AS ttl, true AS live, \
+                 compute_ms, {REFRESH_MS} AS refresh_ms FROM {t} WHERE key = $1 AND {LIVE}) AS r ON true"
+            ),
+            get_many_on_replica: format!(
+                "SELECT {REPLAYED}, r.key, r.value, r.version, r.ttl FROM (SELECT 1) AS one LEFT JOIN \
+                 (SELECT key, value, version, {TTL_MS} AS ttl FROM {t} WHERE key = ANY($1) AND {LIVE}) AS r ON true"
             ),
             prepared,
         }
@@ -556,7 +565,12 @@ pub(crate) async fn sweep_batch(client: &Client, sql: &Statements, batch: i64) -
 // ---- Read replicas (replica.rs): the fence and the fenced read ----
 
 fn wal_position(row: &Row) -> Result<u64> {
-    let bytes: i64 = pg(row.try_get(0))?;
+    wal_position_at(row, 0)
+}
+
+/// A WAL position in bytes from column `column` (below zero, which PostgreSQL never returns, reads 0).
+fn wal_position_at(row: &Row, column: usize) -> Result<u64> {
+    let bytes: i64 = pg(row.try_get(column))?;
     Ok(u64::try_from(bytes).unwrap_or(0))
 }
 
@@ -576,17 +590,39 @@ pub(crate) async fn replayed_wal_lsn(client: &Client) -> Result<u64> {
     wal_position(&row)
 }
 
-/// `GET` on a replica: the live row for `key`, and the WAL position replayed while the statement ran.
-pub(crate) async fn get_on_replica(client: &Client, sql: &Statements, key: &str) -> Result<(Option<Entry>, u64)> {
+/// `GET` on a replica: the live row for `key` (as `get_or_load` reads it), and the WAL position replayed
+/// while the statement ran.
+pub(crate) async fn get_on_replica(client: &Client, sql: &Statements, key: &str) -> Result<(Option<LoadRow>, u64)> {
     let _timer = telemetry::statement("get_on_replica");
     let row = row_one(client, sql, &sql.get_on_replica, &[(&key, Type::TEXT)]).await?;
-    let replayed = wal_position(&row)?;
-    let version: Option<i64> = pg(row.try_get(2))?;
+    let replayed = wal_position_at(&row, 6)?;
+    let version: Option<i64> = pg(row.try_get(1))?;
     let entry = match version {
-        Some(_) => Some(row_of(&row, 1)?),
+        Some(_) => Some(load_row(&row)?),
         None => None,
     };
     Ok((entry, replayed))
+}
+
+/// `GET` of many keys on a replica: the live rows, and the furthest WAL position replayed while the
+/// statement ran.
+pub(crate) async fn get_many_on_replica(
+    client: &Client,
+    sql: &Statements,
+    keys: &[&str],
+) -> Result<(Vec<(String, Entry)>, u64)> {
+    let _timer = telemetry::statement("get_many_on_replica");
+    let rows = query_rows(client, sql, &sql.get_many_on_replica, &[(&keys, Type::TEXT_ARRAY)]).await?;
+    let mut replayed = 0;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        replayed = replayed.max(wal_position(row)?);
+        // The LEFT JOIN's row without a match carries only the replay position.
+        if let Some(key) = pg(row.try_get::<_, Option<String>>(1))? {
+            found.push((key, row_of(row, 2)?));
+        }
+    }
+    Ok((found, replayed))
 }
 
 /// Deletes up to `batch` invalidation-log rows older than a minute; returns how many.
