@@ -111,11 +111,14 @@ pub struct CacheSettings {
     /// `Debug` and `Serialize`.
     #[serde(serialize_with = "serialize_redacted_dsns")]
     pub shard_dsns: Vec<String>,
-    /// Read replicas (hot standbys of `dsn`'s primary) for shared-table reads of `get` and `get_many`;
-    /// writes, locks, `get_or_set` and the listener stay on the primary. A replica read is fenced: it is
-    /// used only when the replica has replayed the primary's WAL up to a position taken after the last
-    /// invalidation this node heard, else the primary answers. Empty (default): no replicas. Passwords
-    /// are redacted in `Debug` and `Serialize`.
+    /// Read replicas (hot standbys of `dsn`'s primary) for the shared-table reads of `get`, `get_entry`,
+    /// `get_many` and `get_or_set`/`get_or_load`; writes, advisory locks and the listener stay on the
+    /// primary. A replica read is fenced: it is used only when the replica has replayed the primary's WAL
+    /// up to a position taken after the last invalidation this node heard, else the primary answers.
+    /// Trade-off for `get_or_set`/`get_or_load`: a live row on the replica is the answer, but a miss (or
+    /// a row only within its stale window) then goes to the primary's read-and-try-lock, one more round
+    /// trip than without replicas. Empty (default): no replicas. Passwords are redacted in `Debug` and
+    /// `Serialize`.
     #[serde(serialize_with = "serialize_redacted_dsns")]
     pub read_dsns: Vec<String>,
     /// With `read_dsns`: the oldest the fence (the primary's WAL position) may be before it is taken
