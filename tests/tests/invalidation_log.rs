@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use pgcache_core::prelude::*;
 use pgcache_core::{lock_key, ListenerState, Source};
 use pgcache_tests::{
-    advisory_lock_holder, connect, entries_table, eventually, make_local, node, settings_for, source_of, sql_client,
-    terminate, NotifyTap,
+    advisory_lock_holder, connect, entries_table, eventually, log_drained, make_local, node, settings_for, source_of,
+    sql_client, terminate, NotifyTap,
 };
 
 /// Generous deadline for an invalidation to travel; measured figures are printed.
@@ -353,6 +353,69 @@ async fn a_write_and_its_delete_in_one_batch_evict_as_a_delete() -> anyhow::Resu
     squatter.execute("SELECT pg_advisory_unlock_all()", &[]).await?;
     eventually(DEADLINE, || async { value_of(&b, "k").await.is_none() }).await?;
     writer.close().await;
+    b.close().await;
+    Ok(())
+}
+
+/// Reads `key` on `cache` until it returns `want` (true) or `sneaky` (false: the node read the table
+/// again instead of installing the value its notification carried).
+async fn served_carried(cache: &PostgresCache, key: &str, want: &str, sneaky: &str) -> anyhow::Result<bool> {
+    let start = Instant::now();
+    loop {
+        match value_of(cache, key).await.as_deref() {
+            Some(v) if v == want => return Ok(true),
+            Some(v) if v == sneaky => return Ok(false),
+            _ if start.elapsed() > DEADLINE => anyhow::bail!("{key} never became {want:?} or {sneaky:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// A node that holds a key at an older version installs the new value the flusher's notification carries
+/// instead of evicting it, so its readers do not read the key again from PostgreSQL (issue 9, the re-read
+/// herd). Proved by overwriting the row silently (no log row, same version) once the notification is out:
+/// a node that read the table again would serve the silent value. Values over `CARRIED_VALUE_MAX` (512
+/// bytes) are still evicted and read again, and a node installs nothing for a key it never held.
+#[tokio::test]
+async fn a_node_holding_an_older_copy_installs_the_value_its_notification_carries() -> anyhow::Result<()> {
+    let settings = settings_for("il_carry");
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    let big_old = "o".repeat(600);
+    let big_new = "n".repeat(600);
+    a.set("k", &"old", None).await?;
+    a.set("big", &big_old, None).await?;
+    make_local(&b, "k").await?;
+    make_local(&b, "big").await?;
+    let mut tap = NotifyTap::listen(&settings.dsn, &settings.notify_channel).await?;
+    a.set("k", &"new", None).await?;
+    a.set("big", &big_new, None).await?;
+    a.set("never-read", &"x", None).await?;
+    log_drained(&sql, &settings).await?;
+    let payloads = tap.drain(&settings.notify_channel).await?;
+    // "\"new\"" in base64.
+    assert!(payloads.iter().any(|p| p.contains("Im5ldyI=")), "{payloads:?}");
+    // Silently: the library's session settings skip the triggers, so no log row, no new version.
+    sql.batch_execute(&format!(
+        "SET pgcache.skip_notify = on; SET pgcache.library = on; \
+         UPDATE {table} SET value = convert_to('\"sneaky\"', 'UTF8') WHERE key = 'k'; \
+         UPDATE {table} SET value = convert_to('\"sneaky-big\"', 'UTF8') WHERE key = 'big'"
+    ))
+    .await?;
+    assert!(
+        served_carried(&b, "k", "new", "sneaky").await?,
+        "b read the table again instead of installing the carried value"
+    );
+    assert_eq!(source_of(&b, "k").await?, Source::Local);
+    assert!(
+        !served_carried(&b, "big", &big_new, "sneaky-big").await?,
+        "a value over 512 bytes must be evicted, not carried"
+    );
+    // Nothing was installed for a key b never read: its first read goes to the table.
+    assert_ne!(source_of(&b, "never-read").await?, Source::Local);
+    a.close().await;
     b.close().await;
     Ok(())
 }

@@ -13,6 +13,10 @@
 //! Local entries are only served while the listener holds a [`Lease`]: it is renewed by every heartbeat
 //! answered through the listener's connection and withdrawn when none came within twice the heartbeat
 //! interval, so a dead or frozen listener cannot leave stale copies in service.
+//!
+//! Installs of one key are serialised (a lock per stripe of keys) and never replace a newer version with
+//! an older one, so a notification carrying a key's new value ([`Coherence::replace_notified`]) and this
+//! node's own write of that key cannot leave the older of the two in place.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -20,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Mutex as AsyncMutex, Notify};
 
 use crate::cache_store::Entry;
 use crate::local::{LocalCache, LocalEntry};
@@ -66,7 +70,7 @@ impl Epochs {
         }
     }
 
-    fn stripe(key: &str) -> usize {
+    pub(crate) fn stripe(key: &str) -> usize {
         (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) as usize) % STRIPES
     }
 
@@ -230,6 +234,40 @@ impl Drop for FillWait<'_> {
     }
 }
 
+/// The database clock as last read by the listener, to turn an expiry instant set by the database into a
+/// local one without trusting this host's wall clock.
+///
+/// A sample is `(sent, db)`: the database read its clock (`db`, microseconds since the epoch) after the
+/// request left at the local instant `sent`. At any later local instant `l` the database clock reads at
+/// most `db + (l - sent)`, so a row expiring at database time `e` is still live until at least
+/// `sent + (e - db)`: a local copy dropped then never outlives its row. The bound assumes both clocks run
+/// at the same rate between two heartbeats (NTP slews by at most 0.05 %); [`CLOCK_MARGIN`] covers that and
+/// the millisecond rounding of expiries. A database clock stepped forward (not slewed) can end a row
+/// earlier than this bound until the next heartbeat resamples it, as for any TTL a client counts.
+#[derive(Default)]
+pub(crate) struct DbClock {
+    sample: Mutex<Option<(Instant, i64)>>,
+}
+
+/// Taken off every expiry mapped through [`DbClock`].
+const CLOCK_MARGIN: Duration = Duration::from_millis(2);
+
+impl DbClock {
+    /// Records that the database read `db_micros` after a request sent at `sent`.
+    pub(crate) fn sample(&self, sent: Instant, db_micros: i64) {
+        *self.sample.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((sent, db_micros));
+    }
+
+    /// What is left now of a row that expires at `expires_ms` (epoch milliseconds by the database clock),
+    /// counted conservatively; `None` without a sample (the caller evicts instead).
+    pub(crate) fn remaining(&self, expires_ms: i64) -> Option<Duration> {
+        let (sent, db) = (*self.sample.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))?;
+        let until = expires_ms.saturating_mul(1000).saturating_sub(db);
+        let until = Duration::from_micros(u64::try_from(until).unwrap_or(0));
+        Some(until.saturating_sub(sent.elapsed()).saturating_sub(CLOCK_MARGIN))
+    }
+}
+
 /// The local cache kept coherent: every install is checked against the epochs, every hit against the
 /// lease, every notification applied.
 pub(crate) struct Coherence {
@@ -239,11 +277,23 @@ pub(crate) struct Coherence {
     pub(crate) epochs: Epochs,
     pub(crate) lease: Arc<Lease>,
     pub(crate) fills: FillSignals,
+    /// The database clock, sampled by the listener's heartbeats.
+    pub(crate) clock: DbClock,
+    /// Serialises installs per stripe of keys (see the module notes).
+    installing: Box<[AsyncMutex<()>]>,
 }
 
 impl Coherence {
     pub(crate) fn new(local: Option<LocalCache>, local_ttl: Duration, lease: Lease) -> Self {
-        Self { local, local_ttl, epochs: Epochs::new(), lease: Arc::new(lease), fills: FillSignals::default() }
+        Self {
+            local,
+            local_ttl,
+            epochs: Epochs::new(),
+            lease: Arc::new(lease),
+            fills: FillSignals::default(),
+            clock: DbClock::default(),
+            installing: (0..STRIPES).map(|_| AsyncMutex::new(())).collect(),
+        }
     }
 
     /// A local hit, if local entries may be served.
@@ -273,25 +323,46 @@ impl Coherence {
         self.epochs.snapshot(key)
     }
 
-    /// Installs a value read or written at `snapshot`, unless an invalidation came in since.
+    /// Installs a value read or written at `snapshot`, unless an invalidation came in since or a newer
+    /// version is held.
     pub(crate) async fn install(&self, key: &str, value: Bytes, version: i64, expiry: Expiry, snapshot: Snapshot) {
         let Some(local) = &self.local else { return };
         if !self.lease.trusted() || !self.epochs.admits(key, snapshot, version) {
             return;
         }
+        let _installing = self.installing[Epochs::stripe(key)].lock().await;
+        if local.get(key).await.is_some_and(|held| held.version > version) {
+            return;
+        }
+        self.insert_checked(local, key, value, version, expiry, snapshot).await;
+    }
+
+    /// The insert of [`install`](Self::install), under the stripe's install lock: removed again if an
+    /// invalidation came in meanwhile. True when the value was inserted and kept.
+    async fn insert_checked(
+        &self,
+        local: &LocalCache,
+        key: &str,
+        value: Bytes,
+        version: i64,
+        expiry: Expiry,
+        snapshot: Snapshot,
+    ) -> bool {
         // Count the remaining TTL from before the statement was sent, so a local copy never outlives the row.
         let elapsed = snapshot.taken.elapsed();
         let expiry = expiry.less(elapsed);
         let local_left = self.local_ttl.saturating_sub(elapsed);
         let lifetime = expiry.remaining().map_or(local_left, |left| left.min(local_left));
         if lifetime.is_zero() {
-            return;
+            return false;
         }
         let key: Arc<str> = Arc::from(key);
         local.insert(Arc::clone(&key), LocalEntry { value, version, lifetime, read_at: Instant::now(), expiry }).await;
         if !self.epochs.admits(&key, snapshot, version) {
             local.remove(&key).await;
+            return false;
         }
+        true
     }
 
     /// Evicts a key unconditionally (a local delete or a write of unknown version).
@@ -314,6 +385,39 @@ impl Coherence {
             return;
         }
         local.remove(key).await;
+    }
+
+    /// Applies a notification that carries the key's new value: the key was written with `version`, and
+    /// the row holds `value` until `expires_ms` (epoch milliseconds by the database clock; `None`: never).
+    /// A node that holds the key at an older version installs the new value instead of evicting it (its
+    /// readers need not read it again); a node that does not hold it installs nothing (no copy is made of
+    /// keys this node never read); a node holding that version or a newer one keeps what it has.
+    pub(crate) async fn replace_notified(&self, key: &str, version: i64, value: Bytes, expires_ms: Option<i64>) {
+        self.epochs.bump_key_to(key, version);
+        self.fills.written(key);
+        let Some(local) = &self.local else { return };
+        let _installing = self.installing[Epochs::stripe(key)].lock().await;
+        match local.get(key).await {
+            None => return,
+            Some(held) if held.version >= version => return,
+            Some(_) => {}
+        }
+        let expiry = match expires_ms {
+            None => Some(Expiry::Never),
+            Some(ms) => self.clock.remaining(ms).map(Expiry::In),
+        };
+        // Taken after the bump above: an invalidation of this key from now on removes the install.
+        let snapshot = self.epochs.snapshot(key);
+        let installed = match expiry {
+            Some(expiry) if self.lease.trusted() => {
+                self.insert_checked(local, key, value, version, expiry, snapshot).await
+            }
+            _ => false,
+        };
+        if !installed {
+            // The held copy is older than the row: it goes either way.
+            local.remove(key).await;
+        }
     }
 
     /// Makes every fill that started before now stale, without touching what is held: the listener
@@ -427,6 +531,62 @@ mod tests {
         c.install("k", Bytes::from_static(b"v"), 1, Expiry::Never, c.snapshot("k")).await;
         assert!(c.hit("k").await.is_some());
         c.lease.set_listening(false);
+        assert!(c.hit("k").await.is_none());
+    }
+
+    /// Epoch milliseconds of the database clock as sampled just now, plus `ms`.
+    fn db_in(c: &Coherence, ms: i64) -> i64 {
+        let now_micros = 1_700_000_000_000_000;
+        c.clock.sample(Instant::now(), now_micros);
+        now_micros / 1000 + ms
+    }
+
+    #[tokio::test]
+    async fn carried_values_replace_only_older_held_copies() {
+        let c = coherence();
+        let expires = Some(db_in(&c, 60_000));
+        // Not held: nothing is installed (no copy of a key this node never read).
+        c.replace_notified("k", 5, Bytes::from_static(b"v5"), expires).await;
+        assert!(c.hit("k").await.is_none());
+        // Held older: replaced by the carried value.
+        c.install("k", Bytes::from_static(b"v3"), 3, Expiry::Never, c.snapshot("k")).await;
+        c.replace_notified("k", 5, Bytes::from_static(b"v5"), expires).await;
+        assert_eq!(value(&c, "k").await, Some(Bytes::from_static(b"v5")));
+        // Held newer (this node's own later write): kept, never replaced by an older version.
+        c.install("k", Bytes::from_static(b"v9"), 9, Expiry::Never, c.snapshot("k")).await;
+        c.replace_notified("k", 7, Bytes::from_static(b"v7"), expires).await;
+        assert_eq!(value(&c, "k").await, Some(Bytes::from_static(b"v9")));
+        // An install of an older version (a fill that read before the carried write) never replaces it.
+        let snap = c.snapshot("k");
+        c.install("k", Bytes::from_static(b"v8"), 8, Expiry::Never, snap).await;
+        assert_eq!(value(&c, "k").await, Some(Bytes::from_static(b"v9")));
+        // A fill of an older version that started before the carried value came is refused.
+        c.install("j", Bytes::from_static(b"j1"), 1, Expiry::Never, c.snapshot("j")).await;
+        let old_fill = c.snapshot("j");
+        c.replace_notified("j", 4, Bytes::from_static(b"j4"), None).await;
+        c.install("j", Bytes::from_static(b"j2"), 2, Expiry::Never, old_fill).await;
+        assert_eq!(value(&c, "j").await, Some(Bytes::from_static(b"j4")));
+    }
+
+    #[tokio::test]
+    async fn carried_values_never_outlive_their_row() {
+        let c = coherence();
+        // Expired by the database clock (or within the margin): the older copy is evicted, nothing installed.
+        c.install("k", Bytes::from_static(b"v1"), 1, Expiry::Never, c.snapshot("k")).await;
+        let expires = Some(db_in(&c, 1));
+        c.replace_notified("k", 2, Bytes::from_static(b"v2"), expires).await;
+        assert!(c.hit("k").await.is_none());
+        // A live one is installed with what is left of its TTL, by the sampled database clock.
+        c.install("k", Bytes::from_static(b"v1"), 1, Expiry::Never, c.snapshot("k")).await;
+        let expires = Some(db_in(&c, 10_000));
+        c.replace_notified("k", 3, Bytes::from_static(b"v3"), expires).await;
+        let left = c.hit_entry("k").await.and_then(|e| e.expiry.remaining());
+        assert!(left.is_some_and(|left| left <= Duration::from_secs(10) - CLOCK_MARGIN), "{left:?}");
+        assert!(left.is_some_and(|left| left > Duration::from_secs(9)), "{left:?}");
+        // Without a clock sample the expiry cannot be mapped: evicted.
+        let c = coherence();
+        c.install("k", Bytes::from_static(b"v1"), 1, Expiry::Never, c.snapshot("k")).await;
+        c.replace_notified("k", 2, Bytes::from_static(b"v2"), Some(i64::MAX / 1000)).await;
         assert!(c.hit("k").await.is_none());
     }
 }

@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,7 +32,9 @@ use crate::store::{self, CoherenceStatements, Incarnation};
 use crate::telemetry::ListenerMetrics;
 
 /// A notification payload. Version 2 (no `op`, `"v": 2`), sent by the flusher (`store::drain_sql`):
-/// `{"v":2,"p":prefix,"t":ms,"u":[[key,version],...],"d":[[key,version],...]}` (written and deleted keys)
+/// `{"v":2,"p":prefix,"t":ms,"u":[[key,version],...],"d":[[key,version],...],"w":[[key,version,value,expires],...]}`
+/// (written and deleted keys, and the new values of some written keys: base64, expiry in epoch
+/// milliseconds by the database clock or null; every key of `w` is in `u` too, and `w` is optional)
 /// or `{"v":2,"p":prefix,"t":ms,"f":1}` (every key). Version 1 (no `v`), sent by the triggers of schema
 /// versions before 4: `{"p":prefix,"op":"insert"|"update"|"delete"|"flush","keys":[[key,version],...]}`.
 /// A payload of any other version, or one that does not parse, flushes: never misread.
@@ -52,6 +57,9 @@ pub(crate) struct Event {
     /// Version 2: (key, version) of deleted keys (the version the row had).
     #[serde(default)]
     pub(crate) d: Vec<(String, i64)>,
+    /// Version 2: (key, version, base64 value, expiry) of written keys whose new value came along.
+    #[serde(default)]
+    pub(crate) w: Vec<(String, i64, String, Option<i64>)>,
     /// Version 2: present when every key is invalidated.
     #[serde(default)]
     pub(crate) f: Option<u8>,
@@ -68,9 +76,13 @@ enum Action {
     Ignore,
     /// Every key.
     Flush,
-    /// These keys: (key, version, deleted).
-    Evict(Vec<(String, i64, bool)>),
+    /// These keys: (key, version, deleted), and the new values carried for some written keys.
+    Evict(Vec<(String, i64, bool)>, Vec<Carried>),
 }
+
+/// A written key's new value carried by a notification: (key, version, value, expiry in epoch
+/// milliseconds by the database clock, `None`: never).
+type Carried = (String, i64, Bytes, Option<i64>);
 
 /// Reads a payload for `prefix`; `None` when it is unreadable or of an unknown version.
 fn action(prefix: &str, payload: &str) -> Option<(Action, Option<i64>)> {
@@ -82,14 +94,26 @@ fn action(prefix: &str, payload: &str) -> Option<(Action, Option<i64>)> {
             Some("flush") => Action::Flush,
             Some(op) => {
                 let deleted = op == "delete";
-                Action::Evict(event.keys.into_iter().map(|(key, version)| (key, version, deleted)).collect())
+                Action::Evict(
+                    event.keys.into_iter().map(|(key, version)| (key, version, deleted)).collect(),
+                    Vec::new(),
+                )
             }
         },
         Some(2) if event.p != prefix => Action::Ignore,
         Some(2) if event.f.is_some() => Action::Flush,
         Some(2) => {
             let written = event.u.into_iter().map(|(key, version)| (key, version, false));
-            Action::Evict(written.chain(event.d.into_iter().map(|(key, version)| (key, version, true))).collect())
+            let keys = written.chain(event.d.into_iter().map(|(key, version)| (key, version, true))).collect();
+            // A value that does not decode is left out: its key is in `u`, so it is evicted.
+            let carried = event
+                .w
+                .into_iter()
+                .filter_map(|(key, version, value, expires)| {
+                    Some((key, version, Bytes::from(BASE64.decode(value).ok()?), expires))
+                })
+                .collect();
+            Action::Evict(keys, carried)
         }
         Some(_) => return None,
     };
@@ -104,9 +128,15 @@ pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str, metric
             local.evict_all();
             metrics.invalidated(true, t);
         }
-        Some((Action::Evict(keys), t)) => {
+        Some((Action::Evict(keys, carried), t)) => {
+            let carried: HashMap<&str, &Carried> = carried.iter().map(|c| (c.0.as_str(), c)).collect();
             for (key, version, deleted) in keys {
-                local.evict_notified(&key, version, deleted).await;
+                match carried.get(key.as_str()) {
+                    Some((_, v, value, expires)) if !deleted && *v == version => {
+                        local.replace_notified(&key, version, value.clone(), *expires).await;
+                    }
+                    _ => local.evict_notified(&key, version, deleted).await,
+                }
             }
             metrics.invalidated(false, t);
         }
@@ -236,7 +266,10 @@ async fn resync(
     let bound = statement_bound(settings);
     // Whatever a fill read while the listener was away may have missed an invalidation.
     coherence.distrust_fills();
-    let now = bounded(bound, "reading the incarnation", store::incarnation(client, &prepared.incarnation)).await?;
+    let sent = Instant::now();
+    let read = bounded(bound, "reading the incarnation", store::incarnation(client, &prepared.incarnation));
+    let (now, clock) = read.await?;
+    coherence.clock.sample(sent, clock);
     if replaced(known, now) {
         coherence.evict_all();
         return Ok(());
@@ -349,7 +382,8 @@ async fn session(
                     check_log(settings, &client, &prepared).await?;
                     let beat = store::incarnation(&client, &prepared.incarnation);
                     match bounded(heartbeat_every, "heartbeat", beat).await {
-                        Ok(now) => {
+                        Ok((now, clock)) => {
+                            coherence.clock.sample(sent, clock);
                             if replaced(known, now) {
                                 coherence.evict_all();
                             }
@@ -391,7 +425,7 @@ mod tests {
     #[test]
     fn payload_versions_are_read_or_refused_never_misread() {
         let evict = |keys: &[(&str, i64, bool)]| {
-            Some(Action::Evict(keys.iter().map(|(k, v, d)| ((*k).to_owned(), *v, *d)).collect()))
+            Some(Action::Evict(keys.iter().map(|(k, v, d)| ((*k).to_owned(), *v, *d)).collect(), Vec::new()))
         };
         let read = |payload: &str| action("a_", payload).map(|(action, _)| action);
         assert_eq!(read(r#"{"p":"a_","op":"delete","keys":[["k",3]]}"#), evict(&[("k", 3, true)]));
@@ -401,6 +435,14 @@ mod tests {
             evict(&[("w", 5, false), ("x", 6, true)])
         );
         assert_eq!(read(r#"{"v":2,"p":"a_","t":1,"f":1}"#), Some(Action::Flush));
+        // Carried values: decoded; one that does not decode is left out (its key is still evicted).
+        assert_eq!(
+            read(r#"{"v":2,"p":"a_","t":1,"u":[["w",5],["z",6]],"d":[],"w":[["w",5,"aGk=",null],["z",6,"%%",7]]}"#),
+            Some(Action::Evict(
+                vec![("w".to_owned(), 5, false), ("z".to_owned(), 6, false)],
+                vec![("w".to_owned(), 5, Bytes::from_static(b"hi"), None)]
+            ))
+        );
         assert_eq!(read(r#"{"v":2,"p":"b_","t":1,"f":1}"#), Some(Action::Ignore));
         assert_eq!(read(r#"{"p":"b_","op":"update","keys":[]}"#), Some(Action::Ignore));
         // Unknown versions and shapes are refused (the caller flushes), whatever prefix they name.

@@ -619,7 +619,8 @@ pub(crate) async fn advisory_unlock(client: &Client, key: i64) -> Result<bool> {
 pub(crate) struct CoherenceStatements {
     /// `(key, version)` of the live rows among `$1`.
     pub(crate) versions: String,
-    /// The incarnation row, the table's current oid, the server's system identifier and start time.
+    /// The incarnation row, the table's current oid, the server's system identifier and start time, and
+    /// the database clock (for the expiry of values carried by notifications, `Coherence::clock`).
     pub(crate) incarnation: String,
     /// The flusher's batch (issue 9): deletes up to `$1` log rows and notifies them, in one statement
     /// (one transaction: a flusher killed mid-batch neither deletes nor sends it). Returns the rows taken.
@@ -641,18 +642,31 @@ const CHUNK_BYTES: usize = 6000;
 /// The longest payload the flusher sends as is.
 const PAYLOAD_MAX: usize = 7900;
 
+/// The longest value a flusher notification carries (see [`drain_sql`]); longer values are only evicted.
+pub(crate) const CARRIED_VALUE_MAX: usize = 512;
+
 /// The flusher's batch statement, see [`CoherenceStatements::drain`]. Payload version 2 (listener.rs):
-/// `{"v":2,"p":prefix,"t":ms,"u":[[key,version],...],"d":[[key,version],...]}` (written, deleted) or
-/// `{"v":2,"p":prefix,"t":ms,"f":1}` (every key). `t` is when the oldest change of the batch was written.
+/// `{"v":2,"p":prefix,"t":ms,"u":[[key,version],...],"d":[[key,version],...],"w":[[key,version,value,expires],...]}`
+/// (written, deleted, and the new values of written keys) or `{"v":2,"p":prefix,"t":ms,"f":1}` (every key).
+/// `t` is when the oldest change of the batch was written.
 /// A key written several times in a batch is sent once, with its newest version; a delete wins over the
 /// write of the same version (the deleted row's version is the one its last write gave it), else a node
 /// holding that version would keep it. While a node polls instead of listening (a row of `cache_pollers`
 /// not lapsed), the batch also moves its rows into the change history the pollers read (`poller.rs`),
 /// in the same statement: a poll's snapshot sees each row in the log or in the history, never in neither.
+///
+/// `w` (issue 9, the re-read herd): for a written key whose row still has that version, is live and holds
+/// at most [`CARRIED_VALUE_MAX`] bytes, the value (base64) and its expiry (epoch milliseconds by the
+/// database clock, rounded down; `null`: never), read in this same statement. Every key of `w` is in `u`
+/// too, so a node that does not read `w` (an older release) still evicts it. A node that holds the key at
+/// an older version installs this value instead of evicting it (`Coherence::replace_notified`), so its
+/// readers do not all read the key again from PostgreSQL.
 fn drain_sql(prefix: &str, channel: &str) -> String {
     let log = format!("\"{prefix}cache_invalidations\"");
+    let entries = format!("\"{prefix}cache_entries\"");
     let (changes, pollers) = (format!("\"{prefix}cache_changes\""), format!("\"{prefix}cache_pollers\""));
     let flush = format!(r#"format('{{"v":2,"p":"{prefix}","t":%s,"f":1}}', (SELECT t FROM m))"#);
+    let live = LIVE.replace("expires_at", "e.expires_at");
     format!(
         "WITH d AS (DELETE FROM {log} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {log} LIMIT $1)) \
          RETURNING key, version, deleted, t, xid), \
@@ -662,10 +676,18 @@ fn drain_sql(prefix: &str, channel: &str) -> String {
                coalesce(bool_or(key IS NULL), false) AS everything FROM d), \
          k AS (SELECT DISTINCT ON (key) key, version, deleted FROM d WHERE key IS NOT NULL \
          ORDER BY key, version DESC, deleted DESC), \
-         c AS (SELECT key, version, deleted, sum(octet_length(key) + 24) OVER (ORDER BY key) / {CHUNK_BYTES} AS chunk FROM k), \
+         kv AS (SELECT k.key, k.version, k.deleted, e.value, \
+                floor(EXTRACT(EPOCH FROM e.expires_at) * 1000)::bigint AS x \
+                FROM k LEFT JOIN {entries} e ON NOT k.deleted AND e.key = k.key AND e.version = k.version \
+                AND octet_length(e.value) <= {CARRIED_VALUE_MAX} AND {live}), \
+         c AS (SELECT key, version, deleted, value, x, \
+               sum(octet_length(key) + 24 + coalesce(octet_length(key) + octet_length(value) * 4 / 3 + 48, 0)) \
+               OVER (ORDER BY key) / {CHUNK_BYTES} AS chunk FROM kv), \
          p AS (SELECT json_build_object('v', 2, 'p', '{prefix}', 't', (SELECT t FROM m), \
                  'u', coalesce(json_agg(json_build_array(key, version)) FILTER (WHERE NOT deleted), '[]'), \
-                 'd', coalesce(json_agg(json_build_array(key, version)) FILTER (WHERE deleted), '[]'))::text AS payload \
+                 'd', coalesce(json_agg(json_build_array(key, version)) FILTER (WHERE deleted), '[]'), \
+                 'w', coalesce(json_agg(json_build_array(key, version, translate(encode(value, 'base64'), E'\\n', ''), x)) \
+                      FILTER (WHERE value IS NOT NULL), '[]'))::text AS payload \
                FROM c WHERE NOT (SELECT everything FROM m) GROUP BY chunk \
                UNION ALL SELECT {flush} FROM m WHERE everything) \
          SELECT (SELECT count(*) FROM d), \
@@ -685,7 +707,8 @@ impl CoherenceStatements {
                  to_regclass('{t}')::oid::bigint, \
                  CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE') \
                       THEN (SELECT system_identifier FROM pg_control_system()) END, \
-                 (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::bigint"
+                 (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000000)::bigint, \
+                 (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
             ),
             drain: format!("{LISTENER_TAG}{prefix} */ {}", drain_sql(prefix, channel)),
             log_age: format!(
@@ -728,18 +751,20 @@ pub(crate) async fn versions(
     rows.iter().map(|row| Ok((pg(row.try_get(0))?, pg(row.try_get(1))?))).collect()
 }
 
-/// The incarnation of the shared table (`stmt`: [`CoherenceStatements::incarnation`]).
+/// The incarnation of the shared table (`stmt`: [`CoherenceStatements::incarnation`]), and the database
+/// clock when it was read (microseconds since the epoch, `clock_timestamp()`).
 pub(crate) async fn incarnation(
     client: &tokio_postgres::Client,
     stmt: &tokio_postgres::Statement,
-) -> Result<Incarnation> {
+) -> Result<(Incarnation, i64)> {
     let row = pg(client.query_one(stmt, &[]).await)?;
-    Ok(Incarnation {
+    let incarnation = Incarnation {
         id: pg(row.try_get(0))?,
         table: pg(row.try_get(1))?,
         system: pg(row.try_get(2))?,
         started: pg(row.try_get(3))?,
-    })
+    };
+    Ok((incarnation, pg(row.try_get(4))?))
 }
 
 /// One flusher batch of up to `limit` log rows (`stmt`: [`CoherenceStatements::drain`]); returns how
