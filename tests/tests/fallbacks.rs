@@ -273,3 +273,100 @@ async fn idle_polling_cost_in_statements_per_second() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn without_unlogged_init_db_creates_the_entries_table_logged() -> anyhow::Result<()> {
+    let sql = sql_client(&settings_for("unlogged").dsn).await?;
+    let persistence = |settings: CacheSettings| {
+        let sql = &sql;
+        async move {
+            PostgresCache::init_db(&settings).await?;
+            let row = sql
+                .query_one(
+                    "SELECT relpersistence::text FROM pg_class WHERE oid = to_regclass($1)",
+                    &[&entries_table(&settings)],
+                )
+                .await?;
+            anyhow::Ok(row.get::<_, String>(0))
+        }
+    };
+    assert_eq!(persistence(settings_for("unlogged_on").unlogged(true)).await?, "u");
+    let without = settings_for("unlogged_off").unlogged(true).assume_without(Capability::Unlogged);
+    assert_eq!(persistence(without.clone()).await?, "p", "UNLOGGED assumed missing: the table is created logged");
+    // The probe reads the engine, the override wins.
+    let cache = PostgresCache::connect(without).await?;
+    assert_eq!(cache.capabilities().map(|c| c.unlogged), Some(false));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sweeper_trims_the_change_history_past_its_retention_only() -> anyhow::Result<()> {
+    let settings = settings_for("poll_trim");
+    let polls = connect(&polling(&settings, "p")).await?;
+    let writer = connect(&node(&settings, "w")).await?;
+    for i in 0..5 {
+        writer.set(&format!("k{i}"), &i, None).await?;
+    }
+    let sql = sql_client(&settings.dsn).await?;
+    let history = format!("\"{}cache_changes\"", settings.schema_prefix);
+    let count = |filter: &'static str| {
+        let (sql, history) = (&sql, &history);
+        async move {
+            let row = sql.query_one(&format!("SELECT count(*) FROM {history} {filter}"), &[]).await?;
+            anyhow::Ok(row.get::<_, i64>(0))
+        }
+    };
+    eventually(DEADLINE, || async { count("").await.unwrap_or(0) >= 5 }).await?;
+    // Age two rows past the retention window (60 s): the sweeper takes those, not the others.
+    sql.execute(
+        &format!(
+            "UPDATE {history} SET t = t - interval '2 minutes' WHERE ctid IN (SELECT ctid FROM {history} LIMIT 2)"
+        ),
+        &[],
+    )
+    .await?;
+    let before = count("").await?;
+    polls.cleanup_expired().await?;
+    assert_eq!(count("WHERE t < now() - interval '1 minute'").await?, 0, "rows past the retention window remain");
+    assert_eq!(count("").await?, before - 2, "rows within the retention window were trimmed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_transition_tables_row_level_triggers_still_evict_every_node() -> anyhow::Result<()> {
+    let settings = settings_for("rows_trig").assume_without(Capability::TransitionTables);
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    assert_eq!(b.capabilities().map(|c| c.transition_tables), Some(false));
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    // Row-level (tgtype bit 0), no transition table.
+    let statement_level: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal \
+             AND tgname LIKE '%cache_notify_%' AND tgname NOT LIKE '%truncate' \
+             AND ((tgtype & 1) = 0 OR tgnewtable IS NOT NULL OR tgoldtable IS NOT NULL)",
+            &[&table],
+        )
+        .await?
+        .get(0);
+    assert_eq!(statement_level, 0, "the notify triggers are row-level");
+    // init_db again: the schema is intact, nothing flips back.
+    PostgresCache::init_db(&settings).await?;
+    assert!(PostgresCache::schema_is_current(&settings).await?);
+    for key in ["r1", "r2", "r3"] {
+        a.set(key, &"v1", None).await?;
+        eventually(DEADLINE, || async { value_of(&b, key).await.as_deref() == Some("v1") }).await?;
+        make_local(&b, key).await?;
+    }
+    // One statement, several rows: each row logs itself.
+    sql.execute(&format!("UPDATE {table} SET value = convert_to('\"bulk\"', 'UTF8') WHERE key IN ('r1', 'r2')"), &[])
+        .await?;
+    eventually(DEADLINE, || async {
+        value_of(&b, "r1").await.as_deref() == Some("bulk") && value_of(&b, "r2").await.as_deref() == Some("bulk")
+    })
+    .await?;
+    sql.execute(&format!("DELETE FROM {table} WHERE key = 'r3'"), &[]).await?;
+    eventually(DEADLINE, || async { value_of(&b, "r3").await.is_none() }).await?;
+    Ok(())
+}

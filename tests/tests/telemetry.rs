@@ -372,3 +372,24 @@ async fn every_operation_has_a_span_with_its_outcome_and_a_key_hash_never_the_ke
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_capabilities_probed_at_connect_are_recorded_as_gauges() -> Result<()> {
+    install_recorder();
+    let settings = settings_for("m_capabilities").assume_without(pgcache_core::Capability::Notify);
+    let prefix = settings.schema_prefix.clone();
+    let cache = connect(&settings).await?;
+    // Published at connect and again with every usage sample. A snapshot of this recorder zeroes every
+    // gauge, so the four are read from one snapshot.
+    let wanted = [("notify", 0.0), ("polling", 1.0), ("session_locks", 1.0), ("unlogged", 1.0)];
+    eventually(Duration::from_secs(5), || async {
+        let all = recorded();
+        wanted.iter().all(|(name, value)| {
+            let labels = [(telemetry::CACHE_NAME, prefix.as_str()), ("capability", *name)];
+            all.gauges.iter().any(|((n, l), v)| n == telemetry::CAPABILITY && matches(l, &labels) && v == value)
+        })
+    })
+    .await?;
+    cache.close().await;
+    Ok(())
+}

@@ -21,6 +21,18 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     changed bigint;
 BEGIN
+    IF TG_LEVEL = 'ROW' THEN
+        -- Row-level triggers (`notify_triggers_rows.sql`: an engine without transition tables): one log
+        -- row per changed row.
+        IF TG_OP = 'DELETE' THEN
+            IF OLD.expires_at IS NULL OR OLD.expires_at > now() THEN
+                INSERT INTO "__PREFIX__cache_invalidations" (key, version, deleted) VALUES (OLD.key, OLD.version, true);
+            END IF;
+        ELSE
+            INSERT INTO "__PREFIX__cache_invalidations" (key, version, deleted) VALUES (NEW.key, NEW.version, false);
+        END IF;
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         INSERT INTO "__PREFIX__cache_invalidations" (key) VALUES (NULL);
         RETURN NULL;

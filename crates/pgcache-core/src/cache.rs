@@ -233,7 +233,8 @@ impl Node {
             first_listen = Some(rx);
         }
         tasks.push(tokio::spawn(telemetry::sample_usage(
-            telemetry::UsageGauges::new(&settings.schema_prefix),
+            telemetry::UsageGauges::new(&settings.schema_prefix)
+                .with_capabilities(&settings.schema_prefix, &self.capabilities),
             Arc::clone(&self.db),
             Arc::clone(&self.coherence),
             self.shutdown.subscribe(),

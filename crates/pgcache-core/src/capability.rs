@@ -226,6 +226,7 @@ pub(crate) fn choose(settings: &CacheSettings, probed: Capabilities) -> Capabili
         poll_interval = ?settings.poll_interval,
         "capabilities probed"
     );
+    crate::telemetry::capabilities(&settings.schema_prefix, &chosen);
     if !chosen.session_locks {
         tracing::info!(
             target: "pgcache::capability",

@@ -4,8 +4,10 @@
 //! sequence and the version trigger; `002_incarnation.sql` the row naming the table's current life
 //! (a new one whenever the table is created); `003_refresh_at.sql` the `refresh_at` column of early
 //! refresh; `004_invalidation_log.sql` the invalidation log; `005_capabilities.sql` what the polling
-//! mode needs (the writer's transaction id, the change history, the pollers); `notify_function.sql` the trigger function
-//! that appends other writers' changes to the log (it names the channel) and its triggers.
+//! mode needs (the writer's transaction id, the change history, the pollers, the leases);
+//! `notify_function.sql` the trigger function that appends other writers' changes to the log (it names
+//! the channel) and its triggers (`notify_triggers_rows.sql`: row-level ones, for engines without
+//! transition tables).
 //! All are idempotent. `init_db` does not trust the version row alone: it
 //! inspects the objects and re-applies the files when anything is missing or differs (a table or trigger
 //! dropped by hand, a function changed, another channel), so running it again repairs the schema.
@@ -35,6 +37,8 @@ const CAPABILITIES_SQL: &str = include_str!("../sql/005_capabilities.sql");
 const ADDED_COLUMNS: [&str; 1] = ["refresh_at"];
 /// The notification function and its triggers.
 const NOTIFY_SQL: &str = include_str!("../sql/notify_function.sql");
+/// Row-level replacements of the notify triggers, for engines without transition tables.
+const ROW_TRIGGERS_SQL: &str = include_str!("../sql/notify_triggers_rows.sql");
 /// The operator views (read-only, no cost to writes).
 const VIEWS_SQL: &str = include_str!("../sql/views.sql");
 /// The views `VIEWS_SQL` creates, by name suffix after the prefix.
@@ -63,6 +67,13 @@ fn render(sql: &str, settings: &CacheSettings) -> String {
 /// Function source compared as text, whatever line endings the files were checked out with.
 fn same_text(source: &str) -> String {
     source.replace("\r\n", "\n")
+}
+
+/// A rendered file's text up to the end of its first `$fn$ ... $fn$;` function definition.
+fn function_statement(rendered: &str) -> Option<&str> {
+    let start = rendered.find("$fn$")? + "$fn$".len();
+    let end = start + rendered.get(start..)?.find("$fn$;")? + "$fn$;".len();
+    rendered.get(..end)
 }
 
 /// The body of the first `$fn$ ... $fn$` function in a rendered file: what `pg_proc.prosrc` holds.
@@ -108,7 +119,7 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
             batch(&tx, &render(REFRESH_AT_SQL, settings)).await?;
             batch(&tx, &render(INVALIDATION_LOG_SQL, settings)).await?;
             batch(&tx, &render(CAPABILITIES_SQL, settings)).await?;
-            batch(&tx, &render(NOTIFY_SQL, settings)).await?;
+            notify_triggers(&tx, settings).await?;
             batch(&tx, &render(VIEWS_SQL, settings)).await?;
             // One row per migration applied (a fresh install applies them all at once).
             let record = format!(
@@ -125,6 +136,36 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
         tracing::warn!(target: "pgcache::schema", prefix = %settings.schema_prefix, version = SCHEMA_VERSION, repaired = ?problems, "upgraded or repaired schema");
     }
     Ok(())
+}
+
+/// The notify function and its triggers: statement-level with transition tables, or row-level when the
+/// engine refuses those (tried in a savepoint) or the settings say it lacks them.
+async fn notify_triggers<C: GenericClient>(client: &C, settings: &CacheSettings) -> Result<()> {
+    let rows = || async {
+        // The function alone (the file's text up to the end of its `$fn$` body), then the row triggers.
+        let rendered = render(NOTIFY_SQL, settings);
+        let function = function_statement(&rendered).unwrap_or(&rendered);
+        batch(client, function).await?;
+        batch(client, &render(ROW_TRIGGERS_SQL, settings)).await
+    };
+    if crate::capability::assumed_without(settings, crate::Capability::TransitionTables) {
+        return rows().await;
+    }
+    batch(client, "SAVEPOINT pgcache_notify_triggers").await?;
+    match batch(client, &render(NOTIFY_SQL, settings)).await {
+        Ok(()) => batch(client, "RELEASE SAVEPOINT pgcache_notify_triggers").await,
+        Err(Error::Postgres(e))
+            if e.code().is_some_and(|c| {
+                *c == tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+                    || *c == tokio_postgres::error::SqlState::SYNTAX_ERROR
+            }) =>
+        {
+            tracing::warn!(target: "pgcache::schema", error = %e, "statement-level triggers with transition tables refused; creating row-level triggers");
+            batch(client, "ROLLBACK TO SAVEPOINT pgcache_notify_triggers").await?;
+            rows().await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn batch<C: GenericClient>(client: &C, sql: &str) -> Result<()> {

@@ -55,6 +55,9 @@ pub const LISTENER_RECONNECTS: &str = "pgcache.listener.reconnects";
 /// How long each period without a trusted listener lasted, in seconds (histogram; its sum is the time
 /// spent untrusted).
 pub const LISTENER_UNTRUSTED_DURATION: &str = "pgcache.listener.untrusted.duration";
+/// What the probe at connect found (gauge, `1` or `0`, by `capability`: `notify`, `session_locks`,
+/// `unlogged`, `transition_tables`, and `polling` for the invalidation mode chosen).
+pub const CAPABILITY: &str = "pgcache.capability";
 /// Connections open in the pool (gauge).
 pub const POOL_SIZE: &str = "pgcache.pool.size";
 /// Connections of the pool in use (gauge).
@@ -347,6 +350,25 @@ pub(crate) fn swept(prefix: &str, rows: u64) {
     }
 }
 
+/// The [`CAPABILITY`] gauges' values for `found`.
+fn capability_values(found: &crate::Capabilities) -> [(&'static str, f64); 5] {
+    let value = |present: bool| if present { 1.0 } else { 0.0 };
+    [
+        ("notify", value(found.notify)),
+        ("session_locks", value(found.session_locks)),
+        ("unlogged", value(found.unlogged)),
+        ("transition_tables", value(found.transition_tables)),
+        ("polling", value(found.invalidation == crate::InvalidationMode::Poll)),
+    ]
+}
+
+/// Records what the probe at connect found (see [`CAPABILITY`]); the usage sampler publishes it again.
+pub(crate) fn capabilities(prefix: &str, found: &crate::Capabilities) {
+    for (name, value) in capability_values(found) {
+        gauge!(CAPABILITY, CACHE_NAME => prefix.to_owned(), "capability" => name).set(value);
+    }
+}
+
 /// The listener's metric handles.
 pub(crate) struct ListenerMetrics {
     keys: Counter,
@@ -417,6 +439,9 @@ pub(crate) struct UsageGauges {
     pool_max_size: Gauge,
     local_entries: Gauge,
     local_bytes: Gauge,
+    /// [`CAPABILITY`] gauges and their values, published again with every sample (a recorder may drop a
+    /// gauge that is never set again).
+    capabilities: Vec<(Gauge, f64)>,
 }
 
 impl UsageGauges {
@@ -429,11 +454,24 @@ impl UsageGauges {
             pool_max_size: g(POOL_MAX_SIZE),
             local_entries: g(LOCAL_ENTRIES),
             local_bytes: g(LOCAL_BYTES),
+            capabilities: Vec::new(),
         }
+    }
+
+    /// Publishes `found` with every sample too (see [`CAPABILITY`]).
+    pub(crate) fn with_capabilities(mut self, prefix: &str, found: &crate::Capabilities) -> Self {
+        self.capabilities = capability_values(found)
+            .into_iter()
+            .map(|(name, value)| (gauge!(CAPABILITY, CACHE_NAME => prefix.to_owned(), "capability" => name), value))
+            .collect();
+        self
     }
 
     /// Publishes one sample.
     pub(crate) fn set(&self, pool: deadpool_postgres::Status, (entries, bytes): (u64, u64)) {
+        for (gauge, value) in &self.capabilities {
+            gauge.set(*value);
+        }
         self.pool_size.set(pool.size as f64);
         self.pool_in_use.set(pool.size.saturating_sub(pool.available) as f64);
         self.pool_waiters.set(pool.waiting as f64);
@@ -531,6 +569,7 @@ pub fn describe() {
     describe_histogram!(INVALIDATION_LAG, Unit::Seconds, "From the writing statement's trigger to the local eviction");
     describe_counter!(LISTENER_RECONNECTS, "Listener connections re-established after a loss");
     describe_histogram!(LISTENER_UNTRUSTED_DURATION, Unit::Seconds, "Periods without a trusted listener");
+    describe_gauge!(CAPABILITY, "Capabilities found by the probe at connect (1 or 0), and whether the node polls");
     describe_gauge!(POOL_SIZE, "Connections open in the pool");
     describe_gauge!(POOL_IN_USE, "Pooled connections in use");
     describe_gauge!(POOL_WAITERS, "Callers waiting for a pooled connection");
