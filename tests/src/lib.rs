@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 pub mod workers;
 use pgcache_core::{CacheSettings, CacheStore, Fill, PostgresCache, Source};
@@ -190,19 +190,34 @@ pub async fn terminate(client: &tokio_postgres::Client, pid: i32) -> Result<bool
     Ok(client.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await?.try_get(0)?)
 }
 
-/// Creates a login role (not a superuser, so `CONNECTION LIMIT` applies to it) allowed to use every
-/// table and sequence of the `public` schema, and returns a DSN for it on the server of `admin_dsn`.
-/// Run it after `init_db`. Roles are cluster-wide: `name` should be unique (e.g. a settings' prefix).
-pub async fn login_role(admin_dsn: &str, name: &str, connection_limit: i32) -> Result<String> {
+/// Creates the login role `{prefix}{suffix}` (not a superuser, so `CONNECTION LIMIT` applies to it) allowed
+/// to use every table, view and sequence of the `public` schema whose name starts with `prefix` (the test's
+/// own objects), and returns a DSN for it on the server of `admin_dsn`. Run it after `init_db`. Roles are
+/// cluster-wide: `prefix` should be a test's settings prefix.
+///
+/// Only the test's own objects: a `GRANT ... ON ALL TABLES IN SCHEMA public` rewrites the catalog row of every
+/// table, and another test creating a trigger on its own table at that moment fails with "tuple concurrently
+/// updated".
+pub async fn login_role(admin_dsn: &str, prefix: &str, suffix: &str, connection_limit: i32) -> Result<String> {
+    ensure!(
+        prefix.bytes().chain(suffix.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "test role names are letters, digits and underscores: {prefix:?} {suffix:?}"
+    );
     let admin = sql_client(admin_dsn).await?;
-    let role = name.trim_end_matches('_');
+    let role = format!("{prefix}{suffix}");
+    let role = role.trim_end_matches('_');
     let create = format!(
         "CREATE ROLE \"{role}\" LOGIN PASSWORD 'pgcache_test' CONNECTION LIMIT {connection_limit}; \
-         GRANT ALL ON ALL TABLES IN SCHEMA public TO \"{role}\"; \
-         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO \"{role}\";"
+         DO $grant$ DECLARE o record; BEGIN \
+           FOR o IN SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'S') \
+                       AND starts_with(c.relname, '{prefix}') LOOP \
+             EXECUTE format(CASE o.relkind WHEN 'S' THEN 'GRANT ALL ON SEQUENCE %I TO %I' \
+                                           ELSE 'GRANT ALL ON TABLE %I TO %I' END, o.relname, '{role}'); \
+           END LOOP; END $grant$;"
     );
-    // One implicit transaction: a GRANT racing another test's DDL ("tuple concurrently updated", a table
-    // dropped meanwhile) rolls it all back, so it is simply tried again.
+    // One implicit transaction: a GRANT racing a DDL on the same objects rolls it all back, so it is simply
+    // tried again.
     let mut attempts = 0;
     while let Err(e) = admin.batch_execute(&create).await {
         attempts += 1;

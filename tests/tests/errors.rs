@@ -39,7 +39,7 @@ async fn wrong_password_shows_the_servers_message() -> anyhow::Result<()> {
     let cluster = blocking(TestCluster::start).await?;
     let settings = settings_on(&cluster.dsn(), "err_pw");
     PostgresCache::init_db(&settings).await?;
-    let good = login_role(&cluster.dsn(), &settings.schema_prefix, -1).await?;
+    let good = login_role(&cluster.dsn(), &settings.schema_prefix, "", -1).await?;
     let role = settings.schema_prefix.trim_end_matches('_').to_owned();
     let wrong = with_user(&cluster.dsn(), &role, "not-the-password")?;
     let cluster = Arc::new(cluster);

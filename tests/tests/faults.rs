@@ -344,7 +344,7 @@ async fn killed_listener_never_serves_stale_past_the_bound_and_reconnects() -> a
     // B logs in as its own role, so the test can keep B's listener from reconnecting for a while.
     let role = format!("{}b", settings.schema_prefix);
     let mut b_settings = node(&settings, "b");
-    b_settings.dsn = login_role(&settings.dsn, &role, -1).await?;
+    b_settings.dsn = login_role(&settings.dsn, &settings.schema_prefix, "b", -1).await?;
     let b = PostgresCache::connect(b_settings.clone()).await?;
     let admin = sql_client(&settings.dsn).await?;
     let bound = b_settings.heartbeat_interval * 2;

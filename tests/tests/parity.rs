@@ -199,8 +199,7 @@ async fn too_many_connections_message_says_how_to_use_fewer() -> anyhow::Result<
     let settings = settings_for("par_toomany");
     PostgresCache::init_db(&settings).await?;
     // A role allowed two connections; both taken.
-    let role = format!("{}r", settings.schema_prefix);
-    let dsn = login_role(&settings.dsn, &role, 2).await?;
+    let dsn = login_role(&settings.dsn, &settings.schema_prefix, "r", 2).await?;
     let _first = sql_client(&dsn).await?;
     let _second = sql_client(&dsn).await?;
     let mut limited = settings.clone();
@@ -237,7 +236,7 @@ async fn too_many_connections_for_the_listener_is_reported_by_connect() -> anyho
     let settings = settings_for("par_toomany_listen");
     PostgresCache::init_db(&settings).await?;
     let mut limited = settings.clone();
-    limited.dsn = login_role(&settings.dsn, &format!("{}r", settings.schema_prefix), 1).await?;
+    limited.dsn = login_role(&settings.dsn, &settings.schema_prefix, "r", 1).await?;
     let outcome = tokio::time::timeout(Duration::from_secs(10), PostgresCache::connect(limited.clone())).await?;
     let status = outcome.as_ref().ok().map(|cache| cache.status());
     if let Ok(cache) = &outcome {

@@ -45,7 +45,7 @@ async fn reconnect_reconciles_the_local_cache_instead_of_flushing_it() -> anyhow
     // B logs in as its own role, so the test can keep its listener out while A changes keys.
     let role = format!("{}b", settings.schema_prefix);
     let mut b_settings = node(&settings, "b");
-    b_settings.dsn = login_role(&settings.dsn, &role, -1).await?;
+    b_settings.dsn = login_role(&settings.dsn, &settings.schema_prefix, "b", -1).await?;
     let b = PostgresCache::connect(b_settings.clone()).await?;
     let admin = sql_client(&settings.dsn).await?;
 

@@ -147,7 +147,7 @@ async fn a_role_without_cache_rights_still_invalidates() -> anyhow::Result<()> {
         .await?;
     a.invalidate_on(&orders, "order:{id}").await?;
     let role = format!("{}w", settings.schema_prefix);
-    let dsn = login_role(&settings.dsn, &role, -1).await?;
+    let dsn = login_role(&settings.dsn, &settings.schema_prefix, "w", -1).await?;
     let role_name = role.trim_end_matches('_');
     admin
         .batch_execute(&format!(
