@@ -13,7 +13,8 @@
 //! dropped by hand, a function changed, another channel), so running it again repairs the schema.
 //! Identifiers are validated by [`CacheSettings::validate`] before they are formatted into SQL.
 
-use tokio_postgres::GenericClient;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, Row};
 
 use crate::conn::{bounded, open_one_shot, statement_bound};
 use crate::error::{Error, Result};
@@ -210,28 +211,43 @@ pub(crate) async fn verify<C: GenericClient>(client: &C, settings: &CacheSetting
     }
 }
 
+/// The one row of `sql`, whose parameters are all text, sent as one unnamed statement (`query_typed_one`).
+/// `connect` runs these checks on a connection of `dsn`, which may be a transaction pooler: a named
+/// statement (what `query_one` with a `&str` prepares first) can be gone in the next transaction
+/// ("prepared statement \"s1\" does not exist").
+async fn text_row<C: GenericClient>(client: &C, sql: &str, params: &[&str]) -> Result<Row> {
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+        params.iter().map(|param| (param as &(dyn ToSql + Sync), Type::TEXT)).collect();
+    client.query_typed_one(sql, &typed).await.map_err(Error::from_pg)
+}
+
+/// Whether the relation `name` (quoted, as `to_regclass` reads it) exists.
+async fn exists<C: GenericClient>(client: &C, name: &str) -> Result<bool> {
+    text_row(client, "SELECT to_regclass($1) IS NOT NULL", &[name]).await?.try_get(0).map_err(Error::from_pg)
+}
+
+/// Whether the relation `table` (quoted) has the live column `column`.
+async fn has_column<C: GenericClient>(client: &C, table: &str, column: &str) -> Result<bool> {
+    let sql = "SELECT count(*) > 0 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 \
+               AND NOT attisdropped";
+    text_row(client, sql, &[table, column]).await?.try_get(0).map_err(Error::from_pg)
+}
+
 /// Reads the schema version through any client (0 when not installed).
 async fn read_version<C: GenericClient>(client: &C, settings: &CacheSettings) -> Result<i32> {
     let table = quoted(settings, "cache_schema");
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await
-        .map_err(Error::from_pg)?
-        .try_get(0)
-        .map_err(Error::from_pg)?;
-    if !exists {
+    if !exists(client, &table).await? {
         return Ok(0);
     }
     let sql = format!("SELECT coalesce(max(version), 0) FROM {table}");
-    client.query_one(&sql, &[]).await.map_err(Error::from_pg)?.try_get(0).map_err(Error::from_pg)
+    text_row(client, &sql, &[]).await?.try_get(0).map_err(Error::from_pg)
 }
 
 /// The operator views that are missing (checked by `init_db` only: `connect` does not need them).
 async fn missing_views<C: GenericClient>(client: &C, settings: &CacheSettings) -> Result<Vec<String>> {
     let mut missing = Vec::new();
     for view in VIEWS.map(|view| quoted(settings, view)) {
-        let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&view]).await.map_err(Error::from_pg)?;
-        if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+        if !exists(client, &view).await? {
             missing.push(format!("view {view} is missing"));
         }
     }
@@ -245,63 +261,45 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
     let table = quoted(settings, "cache_entries");
     let sequence = quoted(settings, "cache_version_seq");
     for (object, kind) in [(&table, "table"), (&sequence, "sequence")] {
-        let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[object]).await.map_err(Error::from_pg)?;
-        if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+        if !exists(client, object).await? {
             problems.push(format!("{kind} {object} is missing"));
         }
     }
     for log in
         ["cache_invalidations", "cache_changes", "cache_pollers", "cache_leases"].map(|name| quoted(settings, name))
     {
-        let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&log]).await.map_err(Error::from_pg)?;
-        if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+        if !exists(client, &log).await? {
             problems.push(format!("table {log} is missing"));
         }
     }
     // The writer's transaction id on log rows (migration 5): the polling mode's watermark needs it.
     let log = quoted(settings, "cache_invalidations");
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'xid' AND NOT attisdropped",
-            &[&log],
-        )
-        .await
-        .map_err(Error::from_pg)?;
-    if row.try_get::<_, i64>(0).map_err(Error::from_pg)? == 0 {
+    if !has_column(client, &log, "xid").await? {
         problems.push(format!("column xid of {log} is missing"));
     }
     let incarnation = quoted(settings, "cache_incarnation");
-    let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&incarnation]).await.map_err(Error::from_pg)?;
-    if !row.try_get::<_, bool>(0).map_err(Error::from_pg)? {
+    if !exists(client, &incarnation).await? {
         problems.push(format!("table {incarnation} is missing"));
     } else {
         // The row must name the table as it is now: a table recreated by hand is a new life.
         let sql = format!("SELECT count(*) FROM {incarnation} WHERE entries = to_regclass($1)::oid");
-        let named: i64 =
-            client.query_one(&sql, &[&table]).await.map_err(Error::from_pg)?.try_get(0).map_err(Error::from_pg)?;
+        let named: i64 = text_row(client, &sql, &[&table]).await?.try_get(0).map_err(Error::from_pg)?;
         if named == 0 {
             problems.push(format!("no incarnation in {incarnation} names the current table {table}"));
         }
     }
     for column in ADDED_COLUMNS {
-        let row = client
-            .query_one(
-                "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped",
-                &[&table, &column],
-            )
-            .await
-            .map_err(Error::from_pg)?;
-        if row.try_get::<_, i64>(0).map_err(Error::from_pg)? == 0 {
+        if !has_column(client, &table, column).await? {
             problems.push(format!("column {column} of {table} is missing"));
         }
     }
     // The triggers that fire for ordinary sessions ('O'rigin, 'A'lways), with the function each calls:
     // found through the table, so a schema elsewhere on the search_path is inspected where it is.
     let rows = client
-        .query(
+        .query_typed(
             "SELECT t.tgname::text, p.proname::text, p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
              WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A')",
-            &[&table],
+            &[(&table, Type::TEXT)],
         )
         .await
         .map_err(Error::from_pg)?;
