@@ -34,7 +34,7 @@ enum Locking {
     /// Session advisory locks on the lock session's connection.
     Session,
     /// Lease rows, held by `holder` (this cache instance).
-    Lease { holder: String, sql: Box<Statements>, leases: LeaseStatements },
+    Lease { holder: String, leases: LeaseStatements },
 }
 
 /// Connections the lock session's pool may hold: one in use, plus ones being retired after a failure
@@ -53,6 +53,8 @@ pub(crate) struct LockSession {
     current: tokio::sync::Mutex<Option<Arc<Conn>>>,
     held: Mutex<HashSet<i64>>,
     locking: Locking,
+    /// The statements its own locking sends (prepared or not, as the settings say).
+    sql: Box<Statements>,
 }
 
 impl LockSession {
@@ -72,7 +74,6 @@ impl LockSession {
             let prefix = &settings.schema_prefix;
             Locking::Lease {
                 holder: format!("{}-{:016x}", settings.application_name, fastrand::u64(..)),
-                sql: Box::new(Statements::new(prefix, !settings.disable_notify, settings.prepared_statements)),
                 leases: LeaseStatements::new(prefix),
             }
         };
@@ -82,15 +83,20 @@ impl LockSession {
             current: tokio::sync::Mutex::new(None),
             held: Mutex::new(HashSet::new()),
             locking,
+            sql: Box::new(Statements::new(
+                &settings.schema_prefix,
+                !settings.disable_notify,
+                settings.prepared_statements,
+            )),
         })
     }
 
     /// Takes `key`'s lock on `conn` (one statement); true when taken.
     async fn take(&self, conn: &Conn, key: i64) -> Result<bool> {
         match &self.locking {
-            Locking::Session => conn.bounded(store::try_advisory_lock(conn.client()?, key)).await,
-            Locking::Lease { holder, sql, leases } => {
-                conn.bounded(store::take_lease(conn.client()?, sql, leases, key, holder, LEASE)).await
+            Locking::Session => conn.bounded(store::try_advisory_lock(conn.client()?, &self.sql, key)).await,
+            Locking::Lease { holder, leases } => {
+                conn.bounded(store::take_lease(conn.client()?, &self.sql, leases, key, holder, LEASE)).await
             }
         }
     }
@@ -102,7 +108,8 @@ impl LockSession {
         }
         let (session, conn) = (Arc::clone(self), Arc::clone(conn));
         Some(tokio::spawn(async move {
-            let Locking::Lease { holder, sql, leases } = &session.locking else { return };
+            let Locking::Lease { holder, leases } = &session.locking else { return };
+            let sql = &session.sql;
             loop {
                 tokio::time::sleep(LEASE / 3).await;
                 let renewed = match conn.client() {
@@ -190,7 +197,7 @@ impl LockSession {
         let mut guard = KeyLock { session: Arc::clone(self), conn: Some(conn), key: lock, renewal: None };
         let read = match (guard.conn.as_deref(), &self.locking) {
             (Some(conn), Locking::Session) => conn.bounded(store::get_or_lock(conn.client()?, sql, key, lock)).await,
-            (Some(conn), Locking::Lease { holder, sql, leases }) => {
+            (Some(conn), Locking::Lease { holder, leases }) => {
                 let read = store::get_or_lease(conn.client()?, sql, leases, key, (lock, holder, LEASE));
                 conn.bounded(read).await
             }
@@ -295,9 +302,11 @@ impl KeyLock {
 
 async fn unlock(session: &LockSession, conn: &Arc<Conn>, key: i64) {
     let unlocked = match (conn.client(), &session.locking) {
-        (Ok(client), Locking::Session) => conn.bounded(store::advisory_unlock(client, key)).await.map(|_| ()),
-        (Ok(client), Locking::Lease { holder, sql, leases }) => {
-            conn.bounded(store::release_lease(client, sql, leases, key, holder)).await
+        (Ok(client), Locking::Session) => {
+            conn.bounded(store::advisory_unlock(client, &session.sql, key)).await.map(|_| ())
+        }
+        (Ok(client), Locking::Lease { holder, leases }) => {
+            conn.bounded(store::release_lease(client, &session.sql, leases, key, holder)).await
         }
         (Err(e), _) => Err(e),
     };
@@ -332,20 +341,23 @@ impl Drop for KeyLock {
 /// Release it with [`release`](Self::release). If the guard is dropped instead (the future was cancelled,
 /// or a panic unwound), the connection is detached from the pool and closed, which makes PostgreSQL free
 /// the lock: a session lock must never go back to the pool with the lock still held.
-pub(crate) struct AdvisoryLock {
+pub(crate) struct AdvisoryLock<'a> {
     /// `None` once released (or handed back because the lock was not taken).
     conn: Option<Conn>,
     key: i64,
+    /// Its statements, prepared or not as the settings say: the lock pool is `dsn` when there is no
+    /// `listen_dsn`, which may be a transaction pooler.
+    sql: &'a Statements,
 }
 
-impl AdvisoryLock {
+impl<'a> AdvisoryLock<'a> {
     /// Tries to take the lock on a connection from the lock pool; `None` when another session holds it.
-    pub(crate) async fn try_acquire(db: &Db, key: i64) -> Result<Option<Self>> {
+    pub(crate) async fn try_acquire(db: &Db, sql: &'a Statements, key: i64) -> Result<Option<Self>> {
         // Hand the connection to the guard before awaiting: if this future is dropped (or the statement
         // overruns) while the statement is in flight, the guard's Drop discards the connection, lock or not.
-        let mut guard = Self { conn: Some(db.lock_conn().await?), key };
+        let mut guard = Self { conn: Some(db.lock_conn().await?), key, sql };
         let acquired = match &guard.conn {
-            Some(conn) => conn.bounded(store::try_advisory_lock(conn.client()?, key)).await?,
+            Some(conn) => conn.bounded(store::try_advisory_lock(conn.client()?, sql, key)).await?,
             None => false,
         };
         if acquired {
@@ -369,7 +381,7 @@ impl AdvisoryLock {
     pub(crate) async fn release(mut self) {
         let Some(conn) = self.conn.as_ref() else { return };
         let unlocked = match conn.client() {
-            Ok(client) => conn.bounded(store::advisory_unlock(client, self.key)).await,
+            Ok(client) => conn.bounded(store::advisory_unlock(client, self.sql, self.key)).await,
             Err(e) => Err(e),
         };
         match unlocked {
@@ -381,7 +393,7 @@ impl AdvisoryLock {
     }
 }
 
-impl Drop for AdvisoryLock {
+impl Drop for AdvisoryLock<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             // The session ends and PostgreSQL releases its locks.

@@ -632,17 +632,15 @@ pub(crate) async fn trim_log(client: &Client, sql: &Statements, batch: i64) -> R
 }
 
 /// `pg_try_advisory_lock`: true when this session now holds the lock.
-pub(crate) async fn try_advisory_lock(client: &Client, key: i64) -> Result<bool> {
+pub(crate) async fn try_advisory_lock(client: &Client, sql: &Statements, key: i64) -> Result<bool> {
     let _timer = telemetry::statement("try_advisory_lock");
-    let stmt = pg(client.prepare_cached("SELECT pg_try_advisory_lock($1)").await)?;
-    pg(pg(client.query_one(&stmt, &[&key]).await)?.try_get(0))
+    pg(row_one(client, sql, "SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)]).await?.try_get(0))
 }
 
 /// `pg_advisory_unlock`: true when this session held the lock.
-pub(crate) async fn advisory_unlock(client: &Client, key: i64) -> Result<bool> {
+pub(crate) async fn advisory_unlock(client: &Client, sql: &Statements, key: i64) -> Result<bool> {
     let _timer = telemetry::statement("advisory_unlock");
-    let stmt = pg(client.prepare_cached("SELECT pg_advisory_unlock($1)").await)?;
-    pg(pg(client.query_one(&stmt, &[&key]).await)?.try_get(0))
+    pg(row_one(client, sql, "SELECT pg_advisory_unlock($1)", &[(&key, Type::INT8)]).await?.try_get(0))
 }
 
 // ---- Coherence (issue 11): reconcile after a reconnect, the incarnation of L2 ----

@@ -17,7 +17,7 @@ use crate::store::{self, Statements};
 /// `pg_try_advisory_lock` so that one process sweeps a prefix at a time. Returns the rows removed
 /// (0 when another process holds the sweeper lock).
 pub(crate) async fn sweep(db: &Db, sql: &Statements, prefix: &str, batch: u32) -> Result<u64> {
-    let Some(guard) = AdvisoryLock::try_acquire(db, lock_key(prefix, "\u{0}pgcache:sweeper")).await? else {
+    let Some(guard) = AdvisoryLock::try_acquire(db, sql, lock_key(prefix, "\u{0}pgcache:sweeper")).await? else {
         return Ok(0);
     };
     let mut total = 0;
