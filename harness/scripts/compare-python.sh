@@ -26,6 +26,6 @@ if [ -z "$harness" ]; then
   (cd "$here" && cargo build --release --locked -q -p pgcache-harness)
   harness="${CARGO_TARGET_DIR:-$here/target}/release/pgcache-harness"
 fi
-backends="full,no-local,no-notify,redis,python-full,python-no-local,python-no-notify"
+backends="full,no-local,no-notify,raw-postgres,redis,python-full,python-no-local,python-no-notify"
 case " $* " in *" --backends"*) backends="" ;; esac
 "$harness" compare --python "$venv_dir/venv/bin/python" ${backends:+--backends "$backends"} "$@"

@@ -83,7 +83,7 @@ pub(crate) struct CompareArgs {
     #[arg(long)]
     pub(crate) managed_service: bool,
     /// Backends to run, in order (`python-*` need `--python`).
-    #[arg(long, value_delimiter = ',', default_value = "full,no-local,no-notify,redis")]
+    #[arg(long, value_delimiter = ',', default_value = "full,no-local,no-notify,raw-postgres,redis")]
     pub(crate) backends: Vec<Backend>,
     /// Connection pool size of each cache instance (the shared one, or each client's own).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -188,6 +188,10 @@ pub(crate) enum Backend {
     NoNotify,
     /// Redis GET/SET through redis-rs, one connection per client.
     Redis,
+    /// PostgreSQL itself, no cache: a prepared upsert and a point `SELECT` of a plain keyed table through
+    /// deadpool (one pool, or one per client with `--instance-per-client`): the floor of any cache whose
+    /// every write is a PostgreSQL commit.
+    RawPostgres,
     /// The Python library (`--python`), full feature set.
     PythonFull,
     /// The Python library without local cache.
@@ -203,6 +207,7 @@ impl Backend {
             Backend::NoLocal => "pgcache (no local cache)",
             Backend::NoNotify => "pgcache (notify disabled)",
             Backend::Redis => "redis",
+            Backend::RawPostgres => "raw postgres (no cache)",
             Backend::PythonFull => "python postgres-cache (full)",
             Backend::PythonNoLocal => "python postgres-cache (no local cache)",
             Backend::PythonNoNotify => "python postgres-cache (notify disabled)",
@@ -300,6 +305,14 @@ async fn compare(args: &CompareArgs, netem: Option<Netem>, work: Workload) -> an
             let row = workload::run(&work, backend, clients).await?;
             drop(server);
             row
+        } else if backend == Backend::RawPostgres {
+            let table = format!("cmp_{id}_raw");
+            let row = match Clients::raw_postgres(&dsn, &table, &work).await {
+                Ok(clients) => workload::run(&work, backend, clients).await,
+                Err(e) => Err(e),
+            };
+            let _ = workload::drop_raw_table(&args.db.dsn, &table).await;
+            row?
         } else {
             let mut settings = CacheSettings::new(&dsn)
                 .schema_prefix(format!("cmp_{id}_"))

@@ -1,5 +1,6 @@
 //! The clients and the timed run of one backend: writers and readers at once, each with its think time.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -33,6 +34,45 @@ pub(crate) struct Workload {
 enum Client {
     Pg(PostgresCache),
     Redis(redis::aio::MultiplexedConnection),
+    Raw(RawPostgres),
+}
+
+/// PostgreSQL with no cache in front: the statements a cache's write and shared read would send at the
+/// least (an upsert of key, value and expiry; a point read of a live row), prepared once per connection.
+#[derive(Clone)]
+struct RawPostgres {
+    pool: deadpool_postgres::Pool,
+    upsert: Arc<str>,
+    select: Arc<str>,
+}
+
+impl RawPostgres {
+    fn new(dsn: &str, table: &str, pool_size: usize) -> anyhow::Result<Self> {
+        let config: tokio_postgres::Config = dsn.parse()?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+        );
+        Ok(Self {
+            pool: deadpool_postgres::Pool::builder(manager).max_size(pool_size).build()?,
+            upsert: format!(
+                "INSERT INTO {table} (key, value, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3)) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at"
+            )
+            .into(),
+            select: format!("SELECT value FROM {table} WHERE key = $1 AND expires_at > now()").into(),
+        })
+    }
+
+    /// Opens one connection and prepares both statements on it, as a cache instance connects one (its
+    /// `min_pool_size`) before serving.
+    async fn warm(&self) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        client.prepare_cached(&self.upsert).await?;
+        client.prepare_cached(&self.select).await?;
+        Ok(())
+    }
 }
 
 impl Client {
@@ -43,6 +83,12 @@ impl Client {
                 let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
                 Ok(redis::cmd("SET").arg(key).arg(&value[..]).arg("PX").arg(ms).query_async(c).await?)
             }
+            Client::Raw(raw) => {
+                let client = raw.pool.get().await?;
+                let upsert = client.prepare_cached(&raw.upsert).await?;
+                client.execute(&upsert, &[&key, &&value[..], &ttl.as_secs_f64()]).await?;
+                Ok(())
+            }
         }
     }
 
@@ -52,6 +98,11 @@ impl Client {
             Client::Redis(c) => {
                 let v: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(c).await?;
                 Ok(v.is_some())
+            }
+            Client::Raw(raw) => {
+                let client = raw.pool.get().await?;
+                let select = client.prepare_cached(&raw.select).await?;
+                Ok(client.query_opt(&select, &[&key]).await?.is_some())
             }
         }
     }
@@ -79,6 +130,25 @@ impl Clients {
         Ok(Self { clients, instances })
     }
 
+    /// Raw PostgreSQL clients over a new table `table`: one pool, or with `instance_per_client` one pool
+    /// per client, as [`pgcache`](Self::pgcache) gives the cache.
+    pub(crate) async fn raw_postgres(dsn: &str, table: &str, work: &Workload) -> anyhow::Result<Self> {
+        let setup = crate::load::connect_raw(dsn).await?;
+        setup
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (key text PRIMARY KEY, value bytea NOT NULL, expires_at timestamptz NOT NULL)"
+            ))
+            .await
+            .context("creating the raw table")?;
+        let total = usize::try_from(work.writers + work.readers).unwrap_or(usize::MAX);
+        let n = if work.instance_per_client { total } else { 1 };
+        let raw = (0..n).map(|_| RawPostgres::new(dsn, table, work.pool_size)).collect::<anyhow::Result<Vec<_>>>()?;
+        try_join_all(raw.iter().map(RawPostgres::warm)).await?;
+        let instances: Vec<Client> = raw.into_iter().map(Client::Raw).collect();
+        let clients = (0..total).map(|i| instances[i % instances.len()].clone()).collect();
+        Ok(Self { clients, instances })
+    }
+
     /// Redis clients: one connection each, as the Python benchmark gives every client its own client.
     pub(crate) async fn redis(url: &str, clients: u32) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
@@ -92,11 +162,19 @@ impl Clients {
     async fn close(self) {
         drop(self.clients);
         for instance in self.instances {
-            if let Client::Pg(cache) = instance {
-                cache.close().await;
+            match instance {
+                Client::Pg(cache) => cache.close().await,
+                Client::Raw(raw) => raw.pool.close(),
+                Client::Redis(_) => {}
             }
         }
     }
+}
+
+/// Drops the table of [`Clients::raw_postgres`].
+pub(crate) async fn drop_raw_table(dsn: &str, table: &str) -> anyhow::Result<()> {
+    crate::load::connect_raw(dsn).await?.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await?;
+    Ok(())
 }
 
 /// What one client task measured.
