@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Mutex as AsyncMutex, Notify};
 
 use crate::cache_store::Entry;
-use crate::local::{LocalCache, LocalEntry};
+use crate::local::{LocalCache, LocalEntry, Slot};
 use crate::ttl::Expiry;
 
 const STRIPES: usize = 1024;
@@ -330,18 +330,32 @@ impl Coherence {
         if !self.lease.trusted() || !self.epochs.admits(key, snapshot, version) {
             return;
         }
-        let _installing = self.installing[Epochs::stripe(key)].lock().await;
-        if local.get(key).await.is_some_and(|held| held.version > version) {
+        let _installing = self.install_lock(key).await;
+        let held = local.slot(key).await;
+        if held.as_ref().is_some_and(|slot| slot.entry().version > version) {
             return;
         }
-        self.insert_checked(local, key, value, version, expiry, snapshot).await;
+        self.insert_checked(local, held.as_deref(), key, value, version, expiry, snapshot).await;
+    }
+
+    /// The install lock of `key`'s stripe (taken without a wait when it is free, as it nearly always is).
+    async fn install_lock(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let lock = &self.installing[Epochs::stripe(key)];
+        match lock.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => lock.lock().await,
+        }
     }
 
     /// The insert of [`install`](Self::install), under the stripe's install lock: removed again if an
     /// invalidation came in meanwhile. True when the value was inserted and kept.
+    ///
+    /// `held` is the key's slot, if any: the copy is swapped into it when it fits, else inserted.
+    #[allow(clippy::too_many_arguments)]
     async fn insert_checked(
         &self,
         local: &LocalCache,
+        held: Option<&Slot>,
         key: &str,
         value: Bytes,
         version: i64,
@@ -356,10 +370,16 @@ impl Coherence {
         if lifetime.is_zero() {
             return false;
         }
-        let key: Arc<str> = Arc::from(key);
-        local.insert(Arc::clone(&key), LocalEntry { value, version, lifetime, read_at: Instant::now(), expiry }).await;
-        if !self.epochs.admits(&key, snapshot, version) {
-            local.remove(&key).await;
+        let copy = LocalEntry { value, version, lifetime, read_at: Instant::now(), expiry };
+        let unswapped = match held {
+            Some(slot) => slot.swap(copy).err(),
+            None => Some(copy),
+        };
+        if let Some(copy) = unswapped {
+            local.insert(Arc::from(key), copy).await;
+        }
+        if !self.epochs.admits(key, snapshot, version) {
+            local.remove(key).await;
             return false;
         }
         true
@@ -396,12 +416,12 @@ impl Coherence {
         self.epochs.bump_key_to(key, version);
         self.fills.written(key);
         let Some(local) = &self.local else { return };
-        let _installing = self.installing[Epochs::stripe(key)].lock().await;
-        match local.get(key).await {
+        let _installing = self.install_lock(key).await;
+        let held = match local.slot(key).await {
             None => return,
-            Some(held) if held.version >= version => return,
-            Some(_) => {}
-        }
+            Some(slot) if slot.entry().version >= version => return,
+            Some(slot) => slot,
+        };
         let expiry = match expires_ms {
             None => Some(Expiry::Never),
             Some(ms) => self.clock.remaining(ms).map(Expiry::In),
@@ -410,7 +430,7 @@ impl Coherence {
         let snapshot = self.epochs.snapshot(key);
         let installed = match expiry {
             Some(expiry) if self.lease.trusted() => {
-                self.insert_checked(local, key, value, version, expiry, snapshot).await
+                self.insert_checked(local, Some(&held), key, value, version, expiry, snapshot).await
             }
             _ => false,
         };
