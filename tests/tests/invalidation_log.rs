@@ -419,3 +419,128 @@ async fn a_node_holding_an_older_copy_installs_the_value_its_notification_carrie
     b.close().await;
     Ok(())
 }
+
+/// The lock a sleeping flusher holds (`flusher.rs`): `(pid, mode)` of every session holding it.
+async fn wake_lock_holders(
+    sql: &tokio_postgres::Client,
+    settings: &CacheSettings,
+) -> anyhow::Result<Vec<(i32, String)>> {
+    let key = lock_key(&settings.schema_prefix, "\u{0}pgcache:flusher-awake");
+    let (high, low) = (i64::from((key >> 32) as u32), i64::from(key as u32));
+    let rows = sql
+        .query(
+            "SELECT pid, mode FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1",
+            &[&high, &low],
+        )
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Whether the flusher (the holder of the election lock) sleeps: it holds the wake lock exclusively.
+async fn flusher_asleep(sql: &tokio_postgres::Client, settings: &CacheSettings) -> bool {
+    let Ok(Some(flusher)) = advisory_lock_holder(sql, flusher_key(settings)).await else { return false };
+    wake_lock_holders(sql, settings)
+        .await
+        .is_ok_and(|held| held.iter().any(|(pid, mode)| *pid == flusher && mode == "ExclusiveLock"))
+}
+
+fn wake_channel(settings: &CacheSettings) -> String {
+    format!("pgcache_wake_{:016x}", lock_key(&settings.schema_prefix, "\u{0}pgcache:flusher-awake"))
+}
+
+/// Sleeping flushers wake well before their safety poll (5 s): a delivery slower than this was not woken.
+const WOKEN_WITHIN: Duration = Duration::from_millis(2500);
+
+/// With nothing written the flusher falls asleep (it holds the wake lock and stops polling); the first
+/// write after, by raw SQL or by the library, notifies the wake channel from its commit, and every node
+/// evicts without waiting for the flusher's safety poll.
+#[tokio::test]
+async fn an_idle_flusher_sleeps_and_the_first_write_wakes_it() -> anyhow::Result<()> {
+    let settings = settings_for("il_sleep");
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    let mut wakes = NotifyTap::listen(&settings.dsn, &wake_channel(&settings)).await?;
+    for (round, writer) in ["raw SQL", "library"].into_iter().enumerate() {
+        let key = format!("k{round}");
+        a.set(&key, &"old", None).await?;
+        make_local(&b, &key).await?;
+        // (The tap's own marker wakes the flusher too: drained before it falls asleep.)
+        let _ = wakes.drain(&wake_channel(&settings)).await?;
+        let slept = eventually(DEADLINE, || flusher_asleep(&sql, &settings)).await?;
+        eprintln!("round {round}: the flusher fell asleep {slept:?} after the last write");
+        let flusher = advisory_lock_holder(&sql, flusher_key(&settings)).await?;
+        let start = Instant::now();
+        if writer == "raw SQL" {
+            sql.execute(&format!("UPDATE {table} SET value = convert_to('\"new\"', 'UTF8') WHERE key = $1"), &[&key])
+                .await?;
+        } else {
+            a.set(&key, &"new", None).await?;
+        }
+        log_drained(&sql, &settings).await?;
+        let took = start.elapsed();
+        eventually(DEADLINE, || async { value_of(&b, &key).await.as_deref() == Some("new") }).await?;
+        eprintln!("round {round}: a {writer} write woke the flusher, which sent it after {took:?}");
+        assert!(took < WOKEN_WITHIN, "{writer}: the write waited for the safety poll ({took:?})");
+        let now = advisory_lock_holder(&sql, flusher_key(&settings)).await?;
+        assert_eq!(now, flusher, "{writer}: sent by another flusher session (the stall check, not a wake-up)");
+        let heard = wakes.drain(&wake_channel(&settings)).await?;
+        assert!(heard.iter().any(String::is_empty), "{writer}: no wake-up notification: {heard:?}");
+    }
+    a.close().await;
+    b.close().await;
+    Ok(())
+}
+
+/// A writer whose transaction found the flusher awake holds the wake lock in share mode until it ends,
+/// so the flusher cannot fall asleep past it: a transaction kept open across the flusher's idle spell is
+/// still sent as soon as it commits, not at the flusher's safety poll.
+#[tokio::test]
+async fn a_transaction_open_across_the_flushers_idle_spell_is_sent_at_its_commit() -> anyhow::Result<()> {
+    let settings = settings_for("il_straddle");
+    let a = connect(&node(&settings, "a")).await?;
+    let b = connect(&node(&settings, "b")).await?;
+    let mut writer = sql_client(&settings.dsn).await?;
+    let sql = sql_client(&settings.dsn).await?;
+    let table = entries_table(&settings);
+    a.set("k", &"old", None).await?;
+    make_local(&b, "k").await?;
+    // Open the writer's transaction while the flusher is awake (right after a write woke it), so the
+    // log trigger takes the wake lock in share mode; tried again if the flusher slept in between.
+    let pid: i32 = writer.query_one("SELECT pg_backend_pid()", &[]).await?.try_get(0)?;
+    let mut attempts = 0;
+    let tx = loop {
+        attempts += 1;
+        anyhow::ensure!(attempts <= 20, "never caught the flusher awake");
+        a.set("nudge", &attempts, None).await?;
+        let tx = writer.transaction().await?;
+        tx.execute(&format!("UPDATE {table} SET value = convert_to('\"new\"', 'UTF8') WHERE key = 'k'"), &[]).await?;
+        let held = wake_lock_holders(&sql, &settings).await?;
+        if held.iter().any(|(p, mode)| *p == pid && mode == "ShareLock") {
+            break tx;
+        }
+        tx.rollback().await?;
+    };
+    // Time must pass here, it is what the test is about: the flusher's idle spell (200 ms) goes by, and
+    // it tries to fall asleep while the transaction is open. It must not manage to.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!flusher_asleep(&sql, &settings).await, "the flusher fell asleep past an open writer");
+    let flusher = advisory_lock_holder(&sql, flusher_key(&settings)).await?;
+    let start = Instant::now();
+    tx.commit().await?;
+    // Sent: the log is drained (the other node's copy could also go by its local TTL, so it is not the
+    // measure here), and the other node evicted.
+    log_drained(&sql, &settings).await?;
+    let took = start.elapsed();
+    eventually(DEADLINE, || async { value_of(&b, "k").await.as_deref() == Some("new") }).await?;
+    eprintln!("a transaction open across the idle spell was sent {took:?} after its commit");
+    assert!(took < WOKEN_WITHIN, "the commit waited for the safety poll ({took:?})");
+    // Sent by the same flusher: not by a successor after the listeners' stall check ended its session
+    // (which is what would send it, within a second or so, had the flusher fallen asleep past it).
+    assert_eq!(advisory_lock_holder(&sql, flusher_key(&settings)).await?, flusher, "the flusher's session ended");
+    a.close().await;
+    b.close().await;
+    Ok(())
+}

@@ -26,7 +26,7 @@ use tokio_postgres::{AsyncMessage, Client, Statement};
 
 use crate::coherence::{Coherence, Lease};
 use crate::conn::{bounded, statement_bound};
-use crate::flusher::Flusher;
+use crate::flusher::{Flusher, FlusherStatements};
 use crate::settings::CacheSettings;
 use crate::store::{self, CoherenceStatements, Incarnation};
 use crate::telemetry::ListenerMetrics;
@@ -147,6 +147,20 @@ pub(crate) async fn apply(local: &Coherence, prefix: &str, payload: &str, metric
     }
 }
 
+/// Applies a payload, or wakes the flusher.
+async fn receive(
+    incoming: Incoming,
+    flusher: &mut Flusher,
+    coherence: &Coherence,
+    prefix: &str,
+    metrics: &ListenerMetrics,
+) {
+    match incoming {
+        Incoming::Payload(payload) => apply(coherence, prefix, &payload, metrics).await,
+        Incoming::Wake => flusher.wake(),
+    }
+}
+
 /// The first reconnect delay, and the one after a session that was healthy.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 /// The longest reconnect delay.
@@ -232,6 +246,21 @@ struct Prepared {
     drain: Statement,
     log_age: Statement,
     try_lock: Statement,
+    unlock: Statement,
+}
+
+impl Prepared {
+    fn flusher(&self) -> FlusherStatements<'_> {
+        FlusherStatements { try_lock: &self.try_lock, unlock: &self.unlock, drain: &self.drain }
+    }
+}
+
+/// What the connection's driver hands the session.
+enum Incoming {
+    /// A payload on the nodes' channel.
+    Payload(String),
+    /// A writer woke the sleeping flusher.
+    Wake,
 }
 
 /// How long the invalidation log's oldest row may wait before this node stops trusting its local
@@ -307,13 +336,20 @@ async fn session(
             return Ended::early(reason);
         }
     };
-    let (tx, mut notifications) = mpsc::unbounded_channel::<String>();
+    let mut flusher = Flusher::new(&settings.schema_prefix);
+    let (tx, mut notifications) = mpsc::unbounded_channel::<Incoming>();
     // Drive the connection, forwarding notifications; ends when the connection does.
+    let wake_channel = flusher.wake_channel().to_owned();
     let mut driver = tokio::spawn(async move {
         loop {
             match messages.next().await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().to_owned()).is_err() {
+                    let incoming = if n.channel() == wake_channel {
+                        Incoming::Wake
+                    } else {
+                        Incoming::Payload(n.payload().to_owned())
+                    };
+                    if tx.send(incoming).is_err() {
                         return "listener stopped".to_owned();
                     }
                 }
@@ -326,7 +362,6 @@ async fn session(
     let prefix = &settings.schema_prefix;
     let heartbeat_every = settings.heartbeat_interval;
     let mut listening_since = None;
-    let mut flusher = Flusher::new(prefix);
     let result = async {
         let bound = statement_bound(settings);
         let listen = format!("LISTEN \"{}\"", settings.notify_channel);
@@ -339,19 +374,20 @@ async fn session(
                 drain: store::prepare(&client, &sql.drain).await?,
                 log_age: store::prepare(&client, &sql.log_age).await?,
                 try_lock: store::prepare(&client, &sql.try_lock).await?,
+                unlock: store::prepare(&client, &sql.unlock).await?,
             })
         };
         let prepared =
             bounded(bound, "preparing the listener's statements", prepare).await.map_err(|e| e.to_string())?;
         let sent = Instant::now();
         // Run for flusher; if elected, send what waits in the log before judging whether it is drained.
-        let elect = flusher.drain_all(&client, &prepared.try_lock, &prepared.drain);
+        let elect = flusher.drain_all(&client, prepared.flusher());
         bounded(bound, "electing the invalidation flusher", elect).await.map_err(|e| e.to_string())?;
         check_log(settings, &client, &prepared).await?;
         resync(settings, &client, coherence, &prepared, known).await.map_err(|e| e.to_string())?;
         // Notifications of changes made during the resync: applied before anything local is served.
-        while let Ok(payload) = notifications.try_recv() {
-            apply(coherence, prefix, &payload, metrics).await;
+        while let Ok(incoming) = notifications.try_recv() {
+            receive(incoming, &mut flusher, coherence, prefix, metrics).await;
         }
         lease.renew(sent);
         lease.set_listening(true);
@@ -364,14 +400,14 @@ async fn session(
         loop {
             // Not `biased`: a steady stream of notifications must not starve the heartbeat.
             tokio::select! {
-                payload = notifications.recv() => match payload {
-                    Some(payload) => apply(coherence, prefix, &payload, metrics).await,
+                incoming = notifications.recv() => match incoming {
+                    Some(incoming) => receive(incoming, &mut flusher, coherence, prefix, metrics).await,
                     None => return Err("notification stream ended".to_owned()),
                 },
                 _ = tokio::time::sleep_until(flusher.due()) => {
                     // Bounded like the heartbeat: a batch that hangs is a hung connection (and it holds up
                     // the heartbeat, which runs on this loop too).
-                    let step = flusher.step(&client, &prepared.try_lock, &prepared.drain);
+                    let step = flusher.step(&client, prepared.flusher());
                     bounded(heartbeat_every, "flushing invalidations", step).await.map_err(|e| e.to_string())?;
                 }
                 _ = heartbeat.tick() => {
@@ -388,8 +424,8 @@ async fn session(
                                 coherence.evict_all();
                             }
                             // Notifications sent before the reply are already queued: apply them first.
-                            while let Ok(payload) = notifications.try_recv() {
-                                apply(coherence, prefix, &payload, metrics).await;
+                            while let Ok(incoming) = notifications.try_recv() {
+                                receive(incoming, &mut flusher, coherence, prefix, metrics).await;
                             }
                             lease.renew(sent);
                         }

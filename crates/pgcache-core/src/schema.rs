@@ -5,7 +5,7 @@
 //! (a new one whenever the table is created); `003_refresh_at.sql` the `refresh_at` column of early
 //! refresh; `004_invalidation_log.sql` the invalidation log; `005_capabilities.sql` what the polling
 //! mode needs (the writer's transaction id, the change history, the pollers, the leases);
-//! `notify_function.sql` the trigger function that appends other writers' changes to the log (it names
+//! `006_flusher_wake.sql` the log's trigger that wakes a sleeping flusher; `notify_function.sql` the trigger function that appends other writers' changes to the log (it names
 //! the channel) and its triggers (`notify_triggers_rows.sql`: row-level ones, for engines without
 //! transition tables).
 //! All are idempotent. `init_db` does not trust the version row alone: it
@@ -22,7 +22,7 @@ use crate::lock_key::lock_key;
 use crate::settings::CacheSettings;
 
 /// The schema version this library writes and expects.
-pub(crate) const SCHEMA_VERSION: i32 = 5;
+pub(crate) const SCHEMA_VERSION: i32 = 6;
 
 /// The table, its version sequence and the version trigger.
 const ENTRIES_SQL: &str = include_str!("../sql/001_init.sql");
@@ -34,6 +34,8 @@ const REFRESH_AT_SQL: &str = include_str!("../sql/003_refresh_at.sql");
 const INVALIDATION_LOG_SQL: &str = include_str!("../sql/004_invalidation_log.sql");
 /// Migration 5: the writer's transaction id on log rows, the change history and the pollers (issue 14).
 const CAPABILITIES_SQL: &str = include_str!("../sql/005_capabilities.sql");
+/// Migration 6: the trigger that wakes a sleeping invalidation flusher.
+const FLUSHER_WAKE_SQL: &str = include_str!("../sql/006_flusher_wake.sql");
 /// Columns added after migration 1, each checked by `inspect`.
 const ADDED_COLUMNS: [&str; 1] = ["refresh_at"];
 /// The notification function and its triggers.
@@ -63,6 +65,8 @@ fn render(sql: &str, settings: &CacheSettings) -> String {
     sql.replace("__UNLOGGED__", if unlogged { "UNLOGGED" } else { "" })
         .replace("__PREFIX__", &settings.schema_prefix)
         .replace("__CHANNEL__", &settings.notify_channel)
+        .replace("__WAKE_KEY__", &crate::flusher::wake_key(&settings.schema_prefix).to_string())
+        .replace("__WAKE_CHANNEL__", &crate::flusher::wake_channel(&settings.schema_prefix))
 }
 
 /// Function source compared as text, whatever line endings the files were checked out with.
@@ -120,6 +124,7 @@ pub(crate) async fn init_db(settings: &CacheSettings) -> Result<()> {
             batch(&tx, &render(REFRESH_AT_SQL, settings)).await?;
             batch(&tx, &render(INVALIDATION_LOG_SQL, settings)).await?;
             batch(&tx, &render(CAPABILITIES_SQL, settings)).await?;
+            batch(&tx, &render(FLUSHER_WAKE_SQL, settings)).await?;
             notify_triggers(&tx, settings).await?;
             batch(&tx, &render(VIEWS_SQL, settings)).await?;
             // One row per migration applied (a fresh install applies them all at once).
@@ -320,6 +325,14 @@ async fn inspect<C: GenericClient>(client: &C, settings: &CacheSettings) -> Resu
             problems.push(format!("trigger \"{name}\" is missing or disabled"));
         }
     }
+    // The log's wake trigger (migration 6): without it a sleeping flusher would never hear of a write.
+    let wake = format!("{prefix}cache_wake_flusher");
+    let sql = "SELECT count(*) > 0 FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = $2 \
+               AND tgenabled IN ('O', 'A')";
+    let woken: bool = text_row(client, sql, &[&log, &wake]).await?.try_get(0).map_err(Error::from_pg)?;
+    if !woken {
+        problems.push(format!("trigger \"{wake}\" on {log} is missing or disabled"));
+    }
     for (function, file) in FUNCTIONS {
         let name = format!("{prefix}{function}");
         let rendered = render(file, settings);
@@ -350,6 +363,11 @@ mod tests {
         let notify = render(NOTIFY_SQL, &s);
         assert!(notify.contains("channel ev ") && notify.contains("\"mk_cache_invalidations\""));
         assert!(!notify.contains("__CHANNEL__") && !notify.contains("__PREFIX__"));
+        let wake = render(FLUSHER_WAKE_SQL, &s);
+        assert!(!wake.contains("__"), "placeholder left in migration 6");
+        let key = crate::flusher::wake_key("mk_");
+        assert!(wake.contains(&format!("pg_try_advisory_xact_lock_shared({key})")));
+        assert!(wake.contains(&format!("pg_notify('{}', '')", crate::flusher::wake_channel("mk_"))));
     }
 
     #[test]

@@ -661,8 +661,10 @@ pub(crate) struct CoherenceStatements {
     pub(crate) drain: String,
     /// Milliseconds since the oldest row of the log was written (`NULL`: the log is empty).
     pub(crate) log_age: String,
-    /// `pg_try_advisory_lock($1)`: the flusher election.
+    /// `pg_try_advisory_lock($1)`: the flusher election, and the flusher falling asleep.
     pub(crate) try_lock: String,
+    /// `pg_advisory_unlock($1)`: the flusher waking up.
+    pub(crate) unlock: String,
 }
 
 /// How the listener's flusher statements start (then the prefix and ` */`), so that operators (and
@@ -756,6 +758,7 @@ impl CoherenceStatements {
                  FROM \"{prefix}cache_invalidations\""
             ),
             try_lock: format!("{LISTENER_TAG}{prefix} */ SELECT pg_try_advisory_lock($1)"),
+            unlock: format!("{LISTENER_TAG}{prefix} */ SELECT pg_advisory_unlock($1)"),
         }
     }
 }
@@ -834,6 +837,12 @@ pub(crate) async fn try_lock(
     key: i64,
 ) -> Result<bool> {
     pg(pg(client.query_one(stmt, &[&key]).await)?.try_get(0))
+}
+
+/// `pg_advisory_unlock` of a session lock this connection holds (`stmt`: [`CoherenceStatements::unlock`]).
+pub(crate) async fn unlock(client: &tokio_postgres::Client, stmt: &tokio_postgres::Statement, key: i64) -> Result<()> {
+    let _held: bool = pg(pg(client.query_one(stmt, &[&key]).await)?.try_get(0))?;
+    Ok(())
 }
 
 // ---- Capabilities and the polling invalidation mode (issue 14) ----

@@ -618,9 +618,11 @@ pub(crate) async fn drop_table(settings: &CacheSettings) -> anyhow::Result<()> {
     let p = &settings.schema_prefix;
     client
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS \"{p}cache_entries\", \"{p}cache_schema\", \"{p}cache_incarnation\", \"{p}cache_invalidations\" CASCADE; \
+            "DROP TABLE IF EXISTS \"{p}cache_entries\", \"{p}cache_schema\", \"{p}cache_incarnation\", \"{p}cache_invalidations\", \
+             \"{p}cache_changes\", \"{p}cache_pollers\", \"{p}cache_leases\" CASCADE; \
              DROP SEQUENCE IF EXISTS \"{p}cache_version_seq\"; \
              DROP FUNCTION IF EXISTS \"{p}cache_notify\"() CASCADE; \
+             DROP FUNCTION IF EXISTS \"{p}cache_wake_flusher\"() CASCADE; \
              DROP FUNCTION IF EXISTS \"{p}cache_bump_version\"() CASCADE;"
         ))
         .await?;
