@@ -100,6 +100,9 @@ async fn writes_queued_behind_a_batch_leave_as_one_transaction_and_collapse_per_
     let settings = one_batch_at_a_time("gc_collapse");
     let cache = connect(&settings).await?;
     let admin = sql_client(&settings.dsn).await?;
+    // An older copy of the key is held locally: no caller, the replaced ones included, may read it after.
+    cache.set_entry("k", Bytes::from_static(b"old"), &opts()).await?;
+    assert_eq!(cache.peek_local("k").map(|e| e.value), Some(Bytes::from_static(b"old")));
     let (lock, held) = hold_a_batch(&cache, &admin, &settings).await?;
 
     let parked = Parked::default();
@@ -127,8 +130,9 @@ async fn writes_queued_behind_a_batch_leave_as_one_transaction_and_collapse_per_
             row(&admin, &settings, &format!("other{i}")).await?.ok_or_else(|| anyhow::anyhow!("missing"))?;
         assert_eq!(other_xmin, xmin, "every write of the batch commits in one transaction");
     }
-    // This node serves the value that won, not a replaced one.
+    // This node serves the value that won, not a replaced one nor the older copy.
     assert_eq!(cache.get_bytes("k").await?.as_deref(), Some(&b"v4"[..]));
+    assert!(cache.peek_local("k").is_none_or(|e| e.value == b"v4"[..]), "an older copy survived the batch");
     cache.close().await;
     Ok(())
 }

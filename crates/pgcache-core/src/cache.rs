@@ -429,8 +429,10 @@ impl Node {
             self.coherence.install(key, value.clone(), version, expiry, snapshot).await;
             self.plans.record(key, version, meta.compute(), options.refresh_after, expiry);
         } else {
-            // A later write of the key in the same batch replaced this value: that one is installed.
-            self.coherence.evict(key).await;
+            // A later write of the key in the same batch replaced this value, and `version` is what the
+            // batch stored: that write installs it. A copy older than it goes (this caller must not read
+            // the value from before its write), and fills that read an older version are refused.
+            self.coherence.superseded(key, version).await;
         }
         Ok(version)
     }

@@ -393,6 +393,13 @@ impl Coherence {
         }
     }
 
+    /// This node's write of a key was replaced in its own batch by a later write of the key, stored as
+    /// `version`: as a notification of that version (a copy at least that new stays, an older one goes),
+    /// not a hard eviction, which would also throw out the later write's own install.
+    pub(crate) async fn superseded(&self, key: &str, version: i64) {
+        self.evict_notified(key, version, false).await;
+    }
+
     /// Applies a notification: the key was written with `version`, or deleted (`deleted`, the row had
     /// `version`). A local copy at least that new survives a write notification (typically this node's own).
     pub(crate) async fn evict_notified(&self, key: &str, version: i64, deleted: bool) {
