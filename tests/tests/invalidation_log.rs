@@ -246,8 +246,9 @@ async fn flusher_failover_is_bounded() -> anyhow::Result<()> {
 }
 
 /// A flusher that holds the lock but sends nothing (here: the test's own session holds it): the log's
-/// oldest row ages past the stall bound, every node withdraws its lease (serves no local copy) and,
-/// once a real flusher drains the log again, reconciles and serves local copies again.
+/// oldest row ages past the stall bound, every node withdraws its lease (serves no local copy) but keeps
+/// its listener's session and, once a real flusher drains the log again, reconciles and serves local
+/// copies again.
 #[tokio::test]
 async fn a_stalled_flusher_ends_every_nodes_lease_within_the_stall_bound() -> anyhow::Result<()> {
     let settings = settings_for("il_stall");
@@ -272,10 +273,17 @@ async fn a_stalled_flusher_ends_every_nodes_lease_within_the_stall_bound() -> an
     eprintln!("stale copy served for {stale_for:?} with a stalled flusher (bound {bound:?})");
     assert!(stale_for <= bound + Duration::from_millis(500), "served a stale copy for {stale_for:?}");
     assert_ne!(b.status().listener, ListenerState::Listening, "no lease while the log is not drained");
+    // The lease is withdrawn, the session is kept: a stall (or a flusher behind on a backlog) is not a
+    // broken connection, and ending sessions would only add reconnects and elections to the backlog.
+    let app = node(&settings, "b").application_name;
+    let listener = pgcache_tests::listener_pid(&sql, &app).await?;
+    assert!(listener.is_some(), "B's listener is not connected");
 
-    // The squatter goes: B's listener becomes the flusher, drains, and trusts its local cache again.
+    // The squatter goes: B's listener becomes the flusher, drains, reconciles and trusts its local cache
+    // again, on the same connection.
     squatter.execute("SELECT pg_advisory_unlock_all()", &[]).await?;
     eventually(DEADLINE, || async { b.status().listener == ListenerState::Listening }).await?;
+    assert_eq!(pgcache_tests::listener_pid(&sql, &app).await?, listener, "B's listener reconnected");
     make_local(&b, "k").await?;
     b.close().await;
     Ok(())

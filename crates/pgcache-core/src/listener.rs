@@ -270,16 +270,19 @@ fn stall_bound(settings: &CacheSettings) -> Duration {
     settings.heartbeat_interval.saturating_mul(2).max(Duration::from_secs(1))
 }
 
-/// Fails when the invalidation log holds a row older than the stall bound: no flusher is sending.
-async fn check_log(settings: &CacheSettings, client: &Client, prepared: &Prepared) -> Result<(), String> {
+/// The age of the invalidation log's oldest row when it is past the stall bound (no flusher is sending,
+/// or it is that far behind); `None` when the log is drained in time.
+///
+/// # Errors
+/// The statement failed.
+async fn stale_log(settings: &CacheSettings, client: &Client, prepared: &Prepared) -> Result<Option<Duration>, String> {
     let age =
         bounded(statement_bound(settings), "reading the invalidation log", store::log_age(client, &prepared.log_age));
-    match age.await.map_err(|e| e.to_string())? {
-        Some(age) if age > stall_bound(settings) => {
-            Err(format!("the invalidation log has not been drained for {age:?}: no flusher is sending invalidations"))
-        }
-        _ => Ok(()),
-    }
+    Ok(age.await.map_err(|e| e.to_string())?.filter(|age| *age > stall_bound(settings)))
+}
+
+fn stale_reason(age: Duration) -> String {
+    format!("the invalidation log has not been drained for {age:?}: no flusher is sending invalidations in time")
 }
 
 /// Brings the local cache in line with the shared table after a (re)connect: flushed when the table was
@@ -383,7 +386,9 @@ async fn session(
         // Run for flusher; if elected, send what waits in the log before judging whether it is drained.
         let elect = flusher.drain_all(&client, prepared.flusher());
         bounded(bound, "electing the invalidation flusher", elect).await.map_err(|e| e.to_string())?;
-        check_log(settings, &client, &prepared).await?;
+        if let Some(age) = stale_log(settings, &client, &prepared).await? {
+            return Err(stale_reason(age));
+        }
         resync(settings, &client, coherence, &prepared, known).await.map_err(|e| e.to_string())?;
         // Notifications of changes made during the resync: applied before anything local is served.
         while let Ok(incoming) = notifications.try_recv() {
@@ -395,6 +400,10 @@ async fn session(
         listening_since = Some(Instant::now());
         report(first, Ok(()));
         tracing::info!(target: "pgcache::listener", channel = %settings.notify_channel, "listening");
+        // Set while the log is past the stall bound: the session goes on (it may be the flusher, working
+        // through a backlog, or may become it), but the lease is withdrawn until the log is drained in
+        // time again and the local cache is reconciled.
+        let mut stalled = false;
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -405,17 +414,20 @@ async fn session(
                     None => return Err("notification stream ended".to_owned()),
                 },
                 _ = tokio::time::sleep_until(flusher.due()) => {
-                    // Bounded like the heartbeat: a batch that hangs is a hung connection (and it holds up
-                    // the heartbeat, which runs on this loop too).
+                    // Bounded by the stall bound: a batch that hangs is a hung connection (and it holds up
+                    // the heartbeat, which runs on this loop too, so the lease lapses meanwhile). Not by one
+                    // heartbeat interval: under a write load that saturates the CPUs a batch can take longer
+                    // (373 ms measured, and past 1 s), and ending the session would only add a reconnect,
+                    // a resync and an election to the backlog.
                     let step = flusher.step(&client, prepared.flusher());
-                    bounded(heartbeat_every, "flushing invalidations", step).await.map_err(|e| e.to_string())?;
+                    bounded(stall_bound(settings), "flushing invalidations", step).await.map_err(|e| e.to_string())?;
                 }
                 _ = heartbeat.tick() => {
                     let sent = Instant::now();
                     // The heartbeat reads the incarnation: a table replaced under a live connection
                     // (dropped and recreated, say) is noticed within one interval. And the log's age: a
-                    // flusher that stopped sending ends the lease too.
-                    check_log(settings, &client, &prepared).await?;
+                    // flusher that stopped sending (or fell that far behind) ends the lease too.
+                    let stale = stale_log(settings, &client, &prepared).await?;
                     let beat = store::incarnation(&client, &prepared.incarnation);
                     match bounded(heartbeat_every, "heartbeat", beat).await {
                         Ok((now, clock)) => {
@@ -427,7 +439,26 @@ async fn session(
                             while let Ok(incoming) = notifications.try_recv() {
                                 receive(incoming, &mut flusher, coherence, prefix, metrics).await;
                             }
-                            lease.renew(sent);
+                            match stale {
+                                Some(age) if !stalled => {
+                                    tracing::warn!(target: "pgcache::listener", reason = %stale_reason(age), "not serving local copies until the log is drained in time");
+                                    lease.set_listening(false);
+                                    metrics.down();
+                                    stalled = true;
+                                }
+                                Some(_) => {}
+                                None if stalled => {
+                                    // Rows the sweeper removed unsent (a stall of over a minute) are never
+                                    // notified: reconcile before serving local copies again.
+                                    resync(settings, &client, coherence, &prepared, known).await.map_err(|e| e.to_string())?;
+                                    lease.renew(sent);
+                                    lease.set_listening(true);
+                                    metrics.trusted_again();
+                                    stalled = false;
+                                    tracing::info!(target: "pgcache::listener", "the invalidation log is drained in time again; local cache reconciled");
+                                }
+                                None => lease.renew(sent),
+                            }
                         }
                         Err(e) => return Err(e.to_string()),
                     }

@@ -418,7 +418,15 @@ impl ListenerMetrics {
         self.connected_before = true;
     }
 
-    /// The listener went down.
+    /// The listener, still connected, is trusted again (the invalidation log it stopped trusting its
+    /// local cache for is drained again): the untrusted time is recorded, no reconnect counted.
+    pub(crate) fn trusted_again(&mut self) {
+        if let Some(since) = self.down_since.take() {
+            self.untrusted.record(since.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The listener went down, or stopped trusting its local cache.
     pub(crate) fn down(&mut self) {
         self.down_since.get_or_insert_with(Instant::now);
     }
