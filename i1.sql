@@ -1,0 +1,1 @@
+INSERT INTO lg1 (key, version) VALUES ('k', 1);

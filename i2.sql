@@ -1,0 +1,1 @@
+INSERT INTO lg2 (key, version) VALUES ('k', 1);
