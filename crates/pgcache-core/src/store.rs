@@ -701,7 +701,8 @@ pub(crate) const CARRIED_KEYS_MAX: usize = 64;
 /// database clock, rounded down; `null`: never), read in this same statement. Every key of `w` is in `u`
 /// too, so a node that does not read `w` (an older release) still evicts it. A node that holds the key at
 /// an older version installs this value instead of evicting it (`Coherence::replace_notified`), so its
-/// readers do not all read the key again from PostgreSQL.
+/// readers do not all read the key again from PostgreSQL. The entries are read in a lateral subquery
+/// (`OFFSET 0` keeps it one) whose key-count condition gates it, so a larger batch probes no entry at all.
 fn drain_sql(prefix: &str, channel: &str) -> String {
     let log = format!("\"{prefix}cache_invalidations\"");
     let entries = format!("\"{prefix}cache_entries\"");
@@ -717,11 +718,11 @@ fn drain_sql(prefix: &str, channel: &str) -> String {
                coalesce(bool_or(key IS NULL), false) AS everything FROM d), \
          k AS (SELECT DISTINCT ON (key) key, version, deleted FROM d WHERE key IS NOT NULL \
          ORDER BY key, version DESC, deleted DESC), \
-         kv AS (SELECT k.key, k.version, k.deleted, e.value, \
-                floor(EXTRACT(EPOCH FROM e.expires_at) * 1000)::bigint AS x \
-                FROM k LEFT JOIN {entries} e ON NOT k.deleted AND e.key = k.key AND e.version = k.version \
-                AND octet_length(e.value) <= {CARRIED_VALUE_MAX} AND {live} \
-                AND (SELECT count(*) FROM k) <= {CARRIED_KEYS_MAX}), \
+         kv AS (SELECT k.key, k.version, k.deleted, e.value, e.x FROM k LEFT JOIN LATERAL \
+                (SELECT e.value, floor(EXTRACT(EPOCH FROM e.expires_at) * 1000)::bigint AS x FROM {entries} e \
+                 WHERE (SELECT count(*) FROM k) <= {CARRIED_KEYS_MAX} AND NOT k.deleted AND e.key = k.key \
+                 AND e.version = k.version AND octet_length(e.value) <= {CARRIED_VALUE_MAX} AND {live} \
+                 OFFSET 0) e ON true), \
          c AS (SELECT key, version, deleted, value, x, \
                sum(octet_length(key) + 24 + coalesce(octet_length(key) + octet_length(value) * 4 / 3 + 48, 0)) \
                OVER (ORDER BY key) / {CHUNK_BYTES} AS chunk FROM kv), \
